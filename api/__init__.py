@@ -1,0 +1,1 @@
+"""HTTP API, WebSocket events, dashboards and Twilio webhooks (FastAPI)."""

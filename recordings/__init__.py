@@ -1,0 +1,1 @@
+"""Call recordings: finalisation, integrity (SHA-256), catalog and retention."""

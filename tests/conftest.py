@@ -1,0 +1,81 @@
+"""Shared fixtures: real PostgreSQL, real Mosquitto, free loopback ports.
+
+Every test run gets its own PostgreSQL database (created and dropped here), so parallel runs on
+one machine never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("HANDOFF_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+MQTT_URL = os.environ.get("HANDOFF_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+
+
+def free_port(kind: int = socket.SOCK_DGRAM, also_tcp: bool = True) -> int:
+    """A loopback port free for UDP (and TCP), for a SIP or HTTP listener of a test."""
+    for _ in range(200):
+        s = socket.socket(socket.AF_INET, kind)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if also_tcp:
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            finally:
+                t.close()
+        return port
+    raise RuntimeError("no free port")
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    dsn = PG_ADMIN_URL.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test session (SQLAlchemy async URL)."""
+    name = f"handoff_test_{uuid.uuid4().hex[:10]}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # the suite needs it: fail loudly, not skip silently
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {e}")
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'handoff.sqlite3'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run a test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'handoff.sqlite3'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    return MQTT_URL
