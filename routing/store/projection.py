@@ -1,0 +1,216 @@
+"""Folding a batch of events into the tables that a restart and the call records read.
+
+A batch is reduced in memory to its *net* effect first (the last status of each seat, one row
+change per call, the queue entries that still wait at the end of the batch), then applied with a
+handful of bulk statements.  That keeps a 500-event batch at a few round trips instead of a
+thousand, which is what lets persistence keep up with the ACD.
+
+Why a ringing call stays in ``queue_entries``: an ``OFFER`` only reserves a seat; if the node dies
+while the seat rings, the caller is still on the line and must come back *waiting*, in its place.
+Only ``CONNECT``, ``ABANDON``, ``COMPLETE`` and ``CALLEND`` take a call out of the queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from routing.events import Event, EventKind
+from routing.store.models import callbacks, calls, events, queue_entries, seats
+
+#: Call columns that keep their first value: a later event never rewrites when the call started,
+#: first queued or ended (a CALLEND after an ABANDON keeps the outcome "abandoned").
+FIRST_WINS = frozenset({"started_at", "queued_at", "ended_at", "end_reason", "ended_by", "answered_at"})
+
+LEAVES_QUEUE = frozenset({EventKind.CONNECT, EventKind.ABANDON, EventKind.COMPLETE, EventKind.CALLEND})
+
+
+@dataclass
+class QueueChange:
+    op: str  # "upsert" | "replace" (delete, then insert) | "update" | "delete"
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchChanges:
+    event_rows: list[dict[str, Any]] = field(default_factory=list)
+    seats: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # None = delete
+    calls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    queue: dict[str, QueueChange] = field(default_factory=dict)
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _outcome_name(outcome: Any) -> str | None:
+    if outcome is None:
+        return None
+    if isinstance(outcome, dict):
+        for key in ("name", "id", "kind", "skill"):
+            if outcome.get(key) is not None:
+                return str(outcome[key])[:64]
+        return None
+    return str(outcome)[:64]
+
+
+def fold(batch: list[Event], node_id: str | None, now: float) -> BatchChanges:
+    """The net changes of a batch, in event order (pure: no I/O)."""
+    ch = BatchChanges()
+
+    def call(call_id: str, **values: Any) -> None:
+        row = ch.calls.setdefault(call_id, {})
+        for k, v in values.items():
+            if v is None:
+                continue
+            if k in FIRST_WINS and k in row:
+                continue
+            row[k] = v
+
+    for ev in batch:
+        d = ev.data or {}
+        ch.event_rows.append(
+            {"at": ev.at, "kind": ev.kind.value, "call_id": ev.call_id, "seat_id": ev.seat_id,
+             "skill": ev.skill, "data": d, "node_id": node_id}
+        )
+        k = ev.kind
+        if k in (EventKind.SEATSTATUS, EventKind.SEATADDED) and ev.seat_id:
+            row = ch.seats.get(ev.seat_id) or {}
+            if k is EventKind.SEATADDED:
+                for src, dst in (("contact", "contact"), ("name", "name"), ("skills", "skills")):
+                    if d.get(src) is not None:
+                        row[dst] = d[src]
+                if isinstance(row.get("skills"), list):
+                    row["skills"] = {s: 0 for s in row["skills"]}
+            if d.get("status") is not None:
+                row["status"] = str(d["status"])
+                row["reason"] = d.get("reason")
+                row["since"] = ev.at
+            ch.seats[ev.seat_id] = row
+        elif k is EventKind.SEATREMOVED and ev.seat_id:
+            ch.seats[ev.seat_id] = None
+
+        if not ev.call_id:
+            continue
+        cid = ev.call_id
+        if k is EventKind.CALLSTART:
+            call(cid, started_at=ev.at, caller=d.get("caller"), callee=d.get("callee"),
+                 ingress=d.get("ingress"), node_id=d.get("node_id") or node_id,
+                 answered_at=d.get("answered_at"))
+        elif k is EventKind.IVRDONE:
+            record = d.get("record", d)
+            call(cid, ivr=record, outcome=_outcome_name(record.get("outcome") if isinstance(record, dict) else None),
+                 skill=ev.skill or d.get("skill"), priority=d.get("priority"))
+        elif k is EventKind.ENTERQUEUE:
+            enq = float(d.get("enqueued_at", ev.at))
+            prio = int(d.get("priority", 0) or 0)
+            call(cid, skill=ev.skill, priority=prio, queued_at=enq, caller=d.get("caller"))
+            row = {"call_id": cid, "skill": ev.skill, "priority": prio, "enqueued_at": enq,
+                   "caller": d.get("caller"), "info": d.get("info") or {}}
+            prev = ch.queue.get(cid)
+            if prev is None or prev.op == "update":
+                ch.queue[cid] = QueueChange("upsert", {**row, **(prev.row if prev else {})})
+            elif prev.op == "delete":
+                ch.queue[cid] = QueueChange("replace", row)
+            else:  # a re-queue inside the batch keeps the first enqueue time
+                prev.row.update({**row, "enqueued_at": prev.row["enqueued_at"]})
+        elif k is EventKind.ESCALATE:
+            target = d.get("to") or ev.skill
+            if target:
+                call(cid, skill=target)
+                prev = ch.queue.get(cid)
+                if prev is None:
+                    ch.queue[cid] = QueueChange("update", {"call_id": cid, "skill": target})
+                elif prev.op != "delete":
+                    prev.row["skill"] = target
+        elif k is EventKind.CONNECT:
+            call(cid, seat_id=ev.seat_id, seat_answered_at=ev.at)
+        elif k is EventKind.ABANDON:
+            call(cid, ended_at=ev.at, end_reason="abandoned", ended_by="caller")
+        elif k is EventKind.COMPLETE:
+            call(cid, ended_at=ev.at, end_reason="completed", ended_by=d.get("ended_by"))
+        elif k is EventKind.CALLEND:
+            call(cid, ended_at=ev.at, end_reason=d.get("reason") or "ended", ended_by=d.get("ended_by"),
+                 recording_id=d.get("recording_id"))
+        elif k is EventKind.CALLBACK:
+            enq = d.get("enqueued_at")
+            ch.callbacks[cid] = {
+                "call_id": cid, "caller": d.get("caller"), "skill": ev.skill,
+                "enqueued_at": float(enq if enq is not None else ev.at), "abandoned_at": ev.at,
+                "waited_s": d.get("wait_s", d.get("waited_s")), "status": "pending",
+            }
+        else:
+            call(cid)  # every call in the log gets a row, even one that only rang
+        if k in LEAVES_QUEUE:
+            ch.queue[cid] = QueueChange("delete")
+    for row in ch.calls.values():
+        row["updated_at"] = now
+    return ch
+
+
+def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
+    """INSERT with ON CONFLICT support for the connection's dialect (SQLite or PostgreSQL)."""
+    name = conn.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {name!r}")
+
+
+def _group_by_keys(rows: list[dict[str, Any]]) -> dict[frozenset[str], list[dict[str, Any]]]:
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(frozenset(r), []).append(r)
+    return groups
+
+
+async def apply(conn: AsyncConnection, ch: BatchChanges, now: float) -> None:
+    """Write the log rows and the net projection changes inside the caller's transaction."""
+    if ch.event_rows:
+        await conn.execute(events.insert(), ch.event_rows)
+
+    # seats: upsert what the events said, delete removed ones
+    removed = [sid for sid, row in ch.seats.items() if row is None]
+    if removed:
+        await conn.execute(delete(seats).where(seats.c.id.in_(removed)))
+    seat_rows = [{"id": sid, **row, "updated_at": now} for sid, row in ch.seats.items() if row is not None]
+    for keys, rows in _group_by_keys(seat_rows).items():
+        ins = dialect_insert(conn, seats)
+        set_ = {k: ins.excluded[k] for k in keys if k != "id"}
+        await conn.execute(ins.on_conflict_do_update(index_elements=["id"], set_=set_), rows)
+
+    # calls: one upsert per shape of change; first-wins columns only fill a NULL
+    call_rows = [{"id": cid, **row} for cid, row in ch.calls.items()]
+    for keys, rows in _group_by_keys(call_rows).items():
+        ins = dialect_insert(conn, calls)
+        set_: dict[str, Any] = {}
+        for k in keys:
+            if k == "id":
+                continue
+            set_[k] = func.coalesce(calls.c[k], ins.excluded[k]) if k in FIRST_WINS else ins.excluded[k]
+        await conn.execute(ins.on_conflict_do_update(index_elements=["id"], set_=set_), rows)
+
+    # queue entries: deletes (and the delete half of a replace) first, then inserts/updates
+    gone = [cid for cid, c in ch.queue.items() if c.op in ("delete", "replace")]
+    if gone:
+        await conn.execute(delete(queue_entries).where(queue_entries.c.call_id.in_(gone)))
+    upserts = [c.row for c in ch.queue.values() if c.op in ("upsert", "replace")]
+    if upserts:
+        ins = dialect_insert(conn, queue_entries)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["call_id"],
+            set_={"skill": ins.excluded.skill, "priority": ins.excluded.priority,
+                  "caller": func.coalesce(ins.excluded.caller, queue_entries.c.caller)},
+        )
+        await conn.execute(stmt, upserts)
+    moves = [{"cid": c.row["call_id"], "new_skill": c.row["skill"]} for c in ch.queue.values() if c.op == "update"]
+    if moves:
+        stmt = (update(queue_entries).where(queue_entries.c.call_id == bindparam("cid"))
+                .values(skill=bindparam("new_skill")))
+        await conn.execute(stmt, moves)
+
+    if ch.callbacks:
+        ins = dialect_insert(conn, callbacks)
+        await conn.execute(ins.on_conflict_do_nothing(index_elements=["call_id"]), list(ch.callbacks.values()))

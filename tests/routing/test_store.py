@@ -1,0 +1,298 @@
+"""The event log and its projections on SQLite and PostgreSQL: restart recovery, call records,
+batching, and the database going away while calls go on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from routing.acd import SeatSpec
+from routing.events import Event, EventKind
+from routing.status import SeatStatus
+from routing.store import CallRecords, EventWriter, create_schema, load_state, make_engine
+from routing.store.models import events as events_table
+from routing.store.models import metadata
+
+pytestmark = pytest.mark.timeout(60)
+
+K = EventKind
+
+
+async def fresh_engine(url: str):
+    engine = make_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+    await create_schema(engine)
+    return engine
+
+
+def seat_status(seat: str, status: str, at: float, reason: str | None = None, previous: str = "logged_out") -> Event:
+    return Event(K.SEATSTATUS, at, seat_id=seat, data={"status": status, "previous": previous, "reason": reason})
+
+
+def enqueue(call: str, skill: str, prio: int, at: float, caller: str = "13800000000", **data) -> Event:
+    return Event(K.ENTERQUEUE, at, call_id=call, skill=skill,
+                 data={"priority": prio, "caller": caller, "info": {"ivr": "x"}, **data})
+
+
+async def test_restart_recovery_restores_seat_status_and_waiting_order(db_url: str) -> None:
+    engine = await fresh_engine(db_url)
+    writer = EventWriter(engine, "node-a", batch_window_s=0.01, max_batch=4)  # several batches
+    await writer.start()
+    writer.append([
+        Event(K.SEATADDED, 1.0, seat_id="s1", data={"contact": "sip:s1@127.0.0.1:5091", "name": "一号",
+                                                     "skills": {"online_review": 0, "rescue": 2}}),
+        seat_status("s1", "available", 1.5),
+        Event(K.SEATADDED, 1.0, seat_id="s2", data={"contact": "sip:s2@x", "skills": ["rescue"]}),
+        seat_status("s2", "available", 2.0),
+        seat_status("s2", "not_ready", 3.0, reason="no answer", previous="available"),
+        seat_status("s3", "on_call", 4.0),  # a seat only the log knows about still comes back
+        Event(K.SEATADDED, 1.0, seat_id="gone", data={"contact": "sip:g@x", "skills": {"rescue": 0}}),
+        Event(K.SEATREMOVED, 2.0, seat_id="gone"),
+    ])
+    writer.append([
+        enqueue("c-late", "rescue", 2, 20.0),
+        enqueue("c-urgent", "rescue", 1, 30.0),
+        enqueue("c-early", "rescue", 2, 10.0),
+        enqueue("c-ringing", "rescue", 2, 15.0),
+        Event(K.OFFER, 31.0, call_id="c-ringing", seat_id="s1", skill="rescue", data={"ring_timeout_s": 20}),
+        enqueue("c-talking", "rescue", 2, 5.0),
+        Event(K.OFFER, 6.0, call_id="c-talking", seat_id="s1", skill="rescue"),
+        Event(K.CONNECT, 7.0, call_id="c-talking", seat_id="s1", skill="rescue", data={"wait_s": 2.0}),
+        enqueue("c-gone", "rescue", 2, 8.0),
+        Event(K.ABANDON, 9.0, call_id="c-gone", skill="rescue", data={"wait_s": 1.0}),
+        enqueue("c-esc", "online_review", 3, 11.0),
+        Event(K.ESCALATE, 40.0, call_id="c-esc", skill="intake_guidance",
+              data={"from": "online_review", "to": "intake_guidance"}),
+    ])
+    await writer.flush()
+    # a RONA puts the call back at the head: a repeated ENTERQUEUE must not move its enqueue time
+    writer.append([
+        Event(K.RINGNOANSWER, 51.0, call_id="c-ringing", seat_id="s1", skill="rescue"),
+        enqueue("c-ringing", "rescue", 2, 51.0),
+    ])
+    await writer.stop()
+    assert writer.stats()["batches"] >= 4
+    await engine.dispose()
+
+    engine2 = make_engine(db_url)  # a new process: nothing in memory
+    try:
+        seats, waiting = await load_state(engine2)
+    finally:
+        await engine2.dispose()
+    by_id = {s.spec.id: s for s in seats}
+    assert set(by_id) == {"s1", "s2", "s3"}
+    assert by_id["s1"].status is SeatStatus.AVAILABLE and by_id["s1"].since == 1.5
+    assert by_id["s1"].spec.contact == "sip:s1@127.0.0.1:5091"
+    assert by_id["s1"].spec.skills == {"online_review": 0, "rescue": 2}
+    assert by_id["s2"].status is SeatStatus.NOT_READY and by_id["s2"].reason == "no answer"
+    assert by_id["s2"].spec.skills == {"rescue": 0}
+    assert by_id["s3"].status is SeatStatus.ON_CALL
+
+    assert [(e.call_id, e.enqueued_at) for e in waiting] == [
+        ("c-urgent", 30.0), ("c-early", 10.0), ("c-ringing", 15.0), ("c-late", 20.0), ("c-esc", 11.0)]
+    esc = next(e for e in waiting if e.call_id == "c-esc")
+    assert esc.skill == "intake_guidance" and esc.priority == 3
+    assert waiting[0].caller == "13800000000" and waiting[0].info == {"ivr": "x"}
+
+
+async def test_event_log_keeps_append_order_across_batches(db_url: str) -> None:
+    engine = await fresh_engine(db_url)
+    writer = EventWriter(engine, "node-b", batch_window_s=0.005, max_batch=7)
+    await writer.start()
+    sent = [enqueue(f"c{i:03d}", "rescue", 3, 100.0 - i) for i in range(60)]
+    for i in range(0, 60, 5):
+        writer.append(sent[i:i + 5])
+        if i % 20 == 0:
+            await asyncio.sleep(0.01)
+    await writer.flush()
+    stats = writer.stats()
+    await writer.stop()
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(events_table.c.call_id, events_table.c.node_id)
+                                   .order_by(events_table.c.seq))).all()
+    await engine.dispose()
+    assert [r[0] for r in rows] == [e.call_id for e in sent]
+    assert {r[1] for r in rows} == {"node-b"}
+    assert stats["events_written"] == 60 and stats["max_batch"] <= 7 and stats["batches"] >= 9
+
+
+async def test_call_record_timeline_filters_and_flags(db_url: str) -> None:
+    engine = await fresh_engine(db_url)
+    writer = EventWriter(engine, "node-c", batch_window_s=0.005)
+    await writer.start()
+    ivr = {"answers": [{"node": "welcome", "key": "1", "at": 101.0}], "outcome": {"name": "dispute"},
+           "skill": "online_determination", "priority": 3}
+    writer.append([
+        Event(K.CALLSTART, 100.0, call_id="A", data={"caller": "13900000001", "callee": "122", "ingress": "sip"}),
+        Event(K.IVRDONE, 110.0, call_id="A", skill="online_determination", data={"record": ivr, "priority": 3}),
+        enqueue("A", "online_determination", 3, 110.5, caller="13900000001"),
+        Event(K.OFFER, 111.0, call_id="A", seat_id="s7", skill="online_determination"),
+        Event(K.CONNECT, 113.0, call_id="A", seat_id="s7", skill="online_determination", data={"wait_s": 2.5}),
+        Event(K.COMPLETE, 200.0, call_id="A", seat_id="s7", skill="online_determination",
+              data={"ended_by": "seat", "talk_s": 87.0}),
+        Event(K.CALLEND, 200.1, call_id="A", data={"reason": "hangup", "ended_by": "caller", "recording_id": "rec-A"}),
+        Event(K.CALLSTART, 300.0, call_id="B", data={"caller": "13900000002", "ingress": "twilio"}),
+        enqueue("B", "rescue", 2, 310.0, caller="13900000002"),
+        Event(K.ABANDON, 350.0, call_id="B", skill="rescue", data={"wait_s": 40.0}),
+        Event(K.CALLBACK, 350.0, call_id="B", skill="rescue",
+              data={"caller": "13900000002", "enqueued_at": 310.0, "wait_s": 40.0}),
+        Event(K.CALLEND, 350.2, call_id="B", data={"reason": "hangup", "ended_by": "caller"}),
+        Event(K.CALLSTART, 320.0, call_id="C", data={"caller": "13900000003", "ingress": "sip"}),
+        enqueue("C", "rescue", 2, 305.0, caller="13900000003"),
+        Event(K.ABANDON, 360.0, call_id="C", skill="rescue", data={"wait_s": 55.0}),
+        Event(K.CALLBACK, 360.0, call_id="C", skill="rescue", data={"caller": "13900000003", "enqueued_at": 305.0}),
+    ])
+    await writer.stop()
+    records = CallRecords(engine)
+    try:
+        a = await records.get("A")
+        assert a is not None
+        assert a["caller"] == "13900000001" and a["started_at"] == 100.0 and a["ingress"] == "sip"
+        assert a["ivr"]["answers"] == ivr["answers"] and a["ivr"]["skill"] == "online_determination"
+        assert a["ivr"]["priority"] == 3
+        assert [e["kind"] for e in a["events"]] == ["CALLSTART", "IVRDONE", "ENTERQUEUE", "OFFER", "CONNECT",
+                                                   "COMPLETE", "CALLEND"]
+        assert a["events"][3]["seat_id"] == "s7"
+        assert a["seat_id"] == "s7" and a["seat_answered_at"] == 113.0
+        # the first end wins: COMPLETE closed the call, CALLEND only adds the recording
+        assert a["ended_at"] == 200.0 and a["end_reason"] == "completed" and a["ended_by"] == "seat"
+        assert a["recording_id"] == "rec-A"
+        b = await records.get("B")
+        assert b["end_reason"] == "abandoned" and b["seat_id"] is None and b["queued_at"] == 310.0
+        assert await records.get("nope") is None
+
+        assert [c["id"] for c in await records.list()] == ["C", "B", "A"]
+        assert [c["id"] for c in await records.list(limit=1, before=320.0)] == ["B"]
+        assert [c["id"] for c in await records.list(skill="rescue")] == ["C", "B"]
+        assert [c["id"] for c in await records.list(outcome="dispute")] == ["A"]
+        assert [c["id"] for c in await records.list(seat_id="s7")] == ["A"]
+        assert [c["id"] for c in await records.list(caller="13900000002")] == ["B"]
+        assert [c["id"] for c in await records.list(since=300.0, until=320.0)] == ["B"]
+
+        assert await records.set_flags("A", recording_failed=True) == {"recording_failed": True}
+        assert await records.set_flags("A", note="x") == {"recording_failed": True, "note": "x"}
+        assert (await records.get("A"))["flags"] == {"recording_failed": True, "note": "x"}
+
+        # callbacks in the callers' original queue order, not the order they hung up
+        cbs = await records.list_callbacks()
+        assert [c["call_id"] for c in cbs] == ["C", "B"]
+        assert await records.complete_callback("C", "s1") is True
+        assert await records.complete_callback("C", "s1") is False
+        assert [c["call_id"] for c in await records.list_callbacks()] == ["B"]
+
+        _, waiting = await load_state(engine)
+        assert waiting == []
+    finally:
+        await engine.dispose()
+
+
+async def test_saved_seat_keeps_its_logged_status(db_url: str) -> None:
+    engine = await fresh_engine(db_url)
+    records = CallRecords(engine)
+    writer = EventWriter(engine, "node-d", batch_window_s=0.005)
+    await writer.start()
+    try:
+        await records.save_seat(SeatSpec("s9", "sip:s9@x", {"rescue": 0}, name="九", status=SeatStatus.AVAILABLE))
+        writer.append([seat_status("s9", "not_ready", 5.0, reason="break", previous="available")])
+        await writer.flush()
+        # the seats file is read again at the next start: config changes, the status does not
+        await records.save_seat(SeatSpec("s9", "sip:s9@y", {"rescue": 1, "online_review": 0}, name="九号"))
+        seats, _ = await load_state(engine)
+        assert len(seats) == 1
+        s = seats[0]
+        assert s.status is SeatStatus.NOT_READY and s.reason == "break" and s.since == 5.0
+        assert s.spec.contact == "sip:s9@y" and s.spec.skills == {"rescue": 1, "online_review": 0}
+        assert s.spec.name == "九号"
+        assert await records.delete_seat("s9") is True
+        assert await load_state(engine) == ([], [])
+    finally:
+        await writer.stop()
+        await engine.dispose()
+
+
+class TcpRelay:
+    """A loopback relay in front of PostgreSQL that the test cuts and restores (a real outage:
+    connects are refused and open connections drop)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection(*self.target)
+        except OSError:
+            w.close()
+            return
+        self._writers.update({w, uw})
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+        self._writers.difference_update({w, uw})
+
+
+@pytest.mark.postgres
+async def test_database_away_and_back_keeps_every_event(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    await (await fresh_engine(pg_url)).dispose()
+    u = make_url(pg_url)
+    relay = TcpRelay(u.host or "127.0.0.1", u.port or 5432)
+    await relay.up()
+    engine = make_engine(u.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False))
+    writer = EventWriter(engine, "node-e", batch_window_s=0.005, max_batch=20)
+    await writer.start()
+    try:
+        writer.append([enqueue(f"before{i}", "rescue", 3, float(i)) for i in range(10)])
+        await writer.flush()
+        await relay.down()
+        caplog.set_level(logging.ERROR, logger="routing.store.writer")
+        for i in range(50):  # the call flow goes on: appends neither block nor raise
+            writer.append([enqueue(f"during{i}", "rescue", 3, 100.0 + i)])
+        while writer.stats()["failures"] < 2:
+            await asyncio.sleep(0.02)
+        assert writer.buffered == 50
+        failed = [r for r in caplog.records if "write failed" in r.getMessage()]
+        assert failed and failed[-1].count == 50
+        await relay.up()
+        await writer.flush()
+        assert writer.stats()["database_down"] is False
+    finally:
+        await writer.stop()
+        await relay.down()
+        await engine.dispose()
+    engine = make_engine(pg_url)
+    try:
+        async with engine.connect() as conn:
+            n = (await conn.execute(select(func.count()).select_from(events_table))).scalar_one()
+            order = (await conn.execute(select(events_table.c.call_id).order_by(events_table.c.seq))).scalars().all()
+        assert n == 60
+        assert order == [f"before{i}" for i in range(10)] + [f"during{i}" for i in range(50)]
+        _, waiting = await load_state(engine)
+        assert len(waiting) == 60
+    finally:
+        await engine.dispose()
