@@ -79,3 +79,17 @@ async def catalog(engine: AsyncEngine, tmp_path: Path) -> Catalog:
     await cat.create_schema()
     cat.layout.prepare()
     return cat
+
+
+async def closed_recording(catalog: Catalog, call_id: str, started_at: float, seconds: float = 0.2,
+                           hz: float = 440.0, closed_at: float | None = None) -> str:
+    """One call's recording the way the node makes it: opened, written, finalised, catalogued."""
+    from recordings.finalize import finalize
+
+    rid = catalog.layout.new_recording_id(call_id)
+    await catalog.opened(rid, call_id, started_at)
+    partial = write_wav(catalog.layout.partial_path(rid), tone(hz, seconds))
+    final = catalog.layout.final_path(rid, started_at)
+    info = finalize(partial, final)
+    await catalog.closed(rid, info, final, at=started_at + seconds if closed_at is None else closed_at)
+    return rid
