@@ -199,7 +199,7 @@ def _check_graph(found: _Findings, start: str, nodes: dict[str, Node]) -> None:
         name = pending.pop()
         if name not in reached:
             reached.add(name)
-            pending.extend(t.goto for t in nodes[name].keys.values() if t.goto is not None)
+            pending.extend(t.goto for t in nodes[name].keys.values() if t.goto in nodes)
     for name in nodes:
         if name not in reached:
             found.add(("nodes", name), f"unreachable: no key path from start '{start}' leads here")
@@ -212,7 +212,7 @@ def _check_graph(found: _Findings, start: str, nodes: dict[str, Node]) -> None:
         on_path.append(name)
         for key, target in nodes[name].keys.items():
             nxt = target.goto
-            if nxt is None:
+            if nxt is None or nxt not in nodes:  # an unknown target is reported on its own
                 continue
             if nxt in on_path:
                 cycle = " -> ".join([*on_path[on_path.index(nxt):], nxt])
