@@ -1,0 +1,58 @@
+"""Bearer-token authentication and the role checks of the API (CONTRACT.md).
+
+401 (with ``WWW-Authenticate: Bearer``) when there is no token or it is unknown/revoked; 403 when
+the token is valid but its role may not do this.  Admins can do everything a supervisor can; a
+seat token acts only on its own seat.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.context import ApiContext
+from api.tokens import Principal
+
+bearer = HTTPBearer(auto_error=False, description="an API token from `handoff122 token create`")
+
+
+def get_ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def resolve_token(ctx: ApiContext, token: str | None) -> Principal | None:
+    if not token:
+        return None
+    return await ctx.on_control(ctx.tokens.resolve, token)
+
+
+async def principal(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+    if creds is None:
+        raise _unauthorized("missing bearer token")
+    who = await resolve_token(get_ctx(request), creds.credentials)
+    if who is None:
+        raise _unauthorized("unknown or revoked token")
+    return who
+
+
+async def supervisor(who: Principal = Depends(principal)) -> Principal:
+    if not who.is_supervisor():
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="needs a supervisor or admin token")
+    return who
+
+
+async def admin(who: Principal = Depends(principal)) -> Principal:
+    if who.role.value != "admin":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="needs an admin token")
+    return who
+
+
+def may_act_on_seat(who: Principal, seat_id: str) -> None:
+    """A seat token acts only on its own seat; supervisors and admins on any."""
+    if who.is_supervisor() or who.seat_id == seat_id:
+        return
+    raise HTTPException(status.HTTP_403_FORBIDDEN, detail="a seat token acts only on its own seat")

@@ -1,0 +1,87 @@
+"""What the API needs from the node, injected by the composition root (``gateway.node``).
+
+The API owns no state of the centre: seats and queues are the routing service's, call records the
+store's, recordings the catalog's.  Naming them here (as Protocols) keeps ``api`` testable against
+the real objects and keeps the dependency pointing inward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from api.bridge import ControlLoopBridge
+from api.tokens import TokenStore
+
+
+class FlowProblemLike(Protocol):
+    location: str
+    message: str
+
+
+class FlowAdmin(Protocol):
+    """Validates a new IVR flow and, if it has no problems, makes new calls use it (no restart)."""
+
+    async def install_flow(self, yaml_text: str) -> list[FlowProblemLike]: ...
+
+
+class AcdReads(Protocol):
+    def seats_view(self, now: float) -> list[dict[str, Any]]: ...
+    def queues_view(self, now: float) -> list[dict[str, Any]]: ...
+
+
+class Routing(Protocol):
+    """The slice of ``routing.service.RoutingService`` the API uses."""
+
+    acd: AcdReads
+
+    async def set_status(self, seat_id: str, status: Any, reason: str | None = None) -> Any: ...
+    async def end_wrap_up(self, seat_id: str) -> Any: ...
+    async def add_seat(self, spec: Any) -> Any: ...
+    def subscribe(self) -> asyncio.Queue[Any]: ...
+    def unsubscribe(self, q: asyncio.Queue[Any]) -> None: ...
+
+
+class CallStore(Protocol):
+    """The slice of ``routing.store.calls.CallRecords`` the API uses."""
+
+    async def get(self, call_id: str) -> dict[str, Any] | None: ...
+    async def list(self, limit: int = 50, before: float | None = None, skill: str | None = None,
+                   outcome: str | None = None, seat_id: str | None = None, caller: str | None = None,
+                   since: float | None = None, until: float | None = None) -> list[dict[str, Any]]: ...
+
+
+class RecordingCatalog(Protocol):
+    async def get(self, recording_id: str) -> Any: ...
+
+
+@dataclass
+class ApiContext:
+    routing: Routing
+    calls: CallStore
+    tokens: TokenStore
+    recordings: RecordingCatalog | None = None
+    flow_admin: FlowAdmin | None = None
+    clock: Callable[[], float] = time.time
+    service_level_s: float = 20.0
+    node_id: str = "node-1"
+    #: How API-thread code reaches the control loop; None when the API runs on the control loop.
+    bridge: ControlLoopBridge | None = None
+    #: Extra gauges for /metrics from the gateway, e.g. {"calls_active": 3, "workers_alive": 4}.
+    gateway_stats: Callable[[], Mapping[str, float]] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Await a coroutine function of the node on the control loop."""
+        if self.bridge is None:
+            return await fn(*args, **kwargs)
+        return await self.bridge.run(fn, *args, **kwargs)
+
+    async def read_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a plain read of the node's state on the control loop's thread (no torn reads)."""
+        if self.bridge is None:
+            return fn(*args, **kwargs)
+        return await self.bridge.call(fn, *args, **kwargs)

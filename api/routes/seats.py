@@ -1,0 +1,55 @@
+"""Seats: the board for supervisors, and a seat's own status (ready, not ready, end wrap-up)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path
+
+from api.auth import get_ctx, may_act_on_seat, principal, supervisor
+from api.context import ApiContext
+from api.schemas import SEAT_ID_PATTERN, SeatStatusChange, SeatView
+from api.tokens import Principal
+from api.views import seat_rows
+from routing.status import SeatStatus
+
+router = APIRouter(prefix="/api/v1/seats", tags=["seats"])
+
+SeatId = Path(pattern=SEAT_ID_PATTERN, description="seat id, [a-z0-9_-]{1,32}")
+
+
+async def current_seat(ctx: ApiContext, seat_id: str) -> dict[str, Any]:
+    for seat in await seat_rows(ctx):
+        if seat["id"] == seat_id:
+            return seat
+    raise HTTPException(404, detail=f"unknown seat {seat_id!r}")
+
+
+@router.get("", response_model=list[SeatView], dependencies=[Depends(supervisor)])
+async def list_seats(ctx: ApiContext = Depends(get_ctx)) -> list[dict[str, Any]]:
+    return await seat_rows(ctx)
+
+
+@router.get("/{seat_id}", response_model=SeatView)
+async def get_seat(seat_id: str = SeatId, who: Principal = Depends(principal),
+                   ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+    may_act_on_seat(who, seat_id)
+    return await current_seat(ctx, seat_id)
+
+
+@router.put("/{seat_id}/status", response_model=SeatView,
+            responses={404: {"description": "unknown seat"}, 409: {"description": "illegal transition"}})
+async def set_status(body: SeatStatusChange, seat_id: str = SeatId, who: Principal = Depends(principal),
+                     ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+    may_act_on_seat(who, seat_id)
+    await ctx.on_control(ctx.routing.set_status, seat_id, SeatStatus(body.status), body.reason)
+    return await current_seat(ctx, seat_id)
+
+
+@router.post("/{seat_id}/wrap-up/end", response_model=SeatView,
+             responses={404: {"description": "unknown seat"}, 409: {"description": "not in wrap-up"}})
+async def end_wrap_up(seat_id: str = SeatId, who: Principal = Depends(principal),
+                      ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+    may_act_on_seat(who, seat_id)
+    await ctx.on_control(ctx.routing.end_wrap_up, seat_id)
+    return await current_seat(ctx, seat_id)

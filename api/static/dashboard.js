@@ -1,0 +1,189 @@
+// The supervisor dashboard: REST snapshot on load and after each live event (debounced).
+"use strict";
+
+(() => {
+  const { t, el, SKILLS } = H122;
+  const KEY = "h122.supervisorToken";
+  const FIELDS = [
+    ["waiting", (q) => q.waiting ?? 0],
+    ["longest_wait_s", (q) => H122.fmtDuration(q.longest_wait_s ?? 0)],
+    ["free", (q) => seatsIn(q, "available")],
+    ["ringing", (q) => seatsIn(q, "reserved")],
+    ["busy", (q) => seatsIn(q, "on_call")],
+    ["wrap_up", (q) => seatsIn(q, "wrap_up")],
+    ["not_ready", (q) => seatsIn(q, "not_ready")],
+    ["offered", (q) => q.offered ?? 0],
+    ["service_level", (q) => H122.fmtPct(q.service_level)],
+    ["abandoned", (q) => q.abandoned ?? 0],
+  ];
+  let api = null; let live = null; let seats = []; const state = { refreshes: 0 };
+  window.h122Dashboard = state;  // read by browser tests: how many refreshes completed
+
+  function seatsIn(q, status) { return (q.seats_by_status || {})[status] || 0; }
+  function midnight() { const d = new Date(); d.setHours(0, 0, 0, 0); return d.getTime() / 1000; }
+
+  function buildSkillRows() {
+    const body = document.querySelector("#skills tbody");
+    body.replaceChildren();
+    for (const s of SKILLS) {
+      const tr = el("tr", { dataset: { skill: s } }, el("td", { dataset: { skillLabel: s } }, H122.skillLabel(s)));
+      for (const [f] of FIELDS) tr.append(el("td", { dataset: { skill: s, field: f } }, "0"));
+      body.append(tr);
+    }
+  }
+
+  function renderQueues(queues) {
+    let total = 0;
+    for (const q of queues) {
+      const tr = document.querySelector(`#skills tr[data-skill="${q.skill}"]`);
+      if (!tr) continue;
+      for (const [f, fmt] of FIELDS) {
+        const td = tr.querySelector(`td[data-field="${f}"]`);
+        td.textContent = fmt(q);
+        if (f === "waiting") td.dataset.value = String(q.waiting ?? 0);
+      }
+      tr.querySelector('td[data-field="waiting"]').classList.toggle("num-alert", (q.waiting || 0) > 0);
+      total += q.waiting || 0;
+    }
+    const tw = document.getElementById("total-waiting");
+    tw.textContent = String(total); tw.dataset.value = String(total);
+  }
+
+  function renderSeats() {
+    const box = document.getElementById("seats");
+    box.replaceChildren();
+    for (const s of seats) {
+      box.append(el("div", { class: `seat st-${s.status}`, dataset: { seat: s.id, status: s.status, since: s.since ?? "" } },
+        el("span", { class: "timer", dataset: { field: "timer" } }, ""),
+        el("div", { class: "name" }, s.name || s.id),
+        el("div", { dataset: { field: "status" } }, H122.statusLabel(s.status) + (s.reason ? ` (${s.reason})` : "")),
+        el("div", { class: "skills" }, Object.keys(s.skills || {}).map(H122.skillLabel).join(" · "))));
+    }
+    tickTimers();
+  }
+
+  function tickTimers() {
+    const now = Date.now() / 1000;
+    document.querySelectorAll("#seats .seat").forEach((d) => {
+      const since = parseFloat(d.dataset.since);
+      d.querySelector(".timer").textContent = isFinite(since) ? H122.fmtDuration(now - since) : "";
+    });
+  }
+
+  function renderCalls(calls) {
+    const body = document.querySelector("#calls tbody");
+    body.replaceChildren();
+    for (const c of calls.slice(0, 20)) {
+      const skill = (c.ivr && c.ivr.skill) || c.skill;
+      body.append(el("tr", { dataset: { call: c.id, outcome: c.end_reason || "" } },
+        el("td", {}, H122.fmtTime(c.started_at)), el("td", {}, c.caller || t("none")),
+        el("td", {}, skill ? H122.skillLabel(skill) : t("none")), el("td", {}, c.seat_id || t("none")),
+        el("td", {}, c.end_reason || (c.seat_answered_at ? H122.statusLabel("on_call") : t("waiting")))));
+    }
+  }
+
+  // Calls per hour (bars) and service level per hour (line), drawn as inline SVG.
+  function renderChart(calls) {
+    const W = 480; const H = 180; const pad = 24; const hours = new Array(24).fill(0);
+    const answered = new Array(24).fill(0); const inSl = new Array(24).fill(0); const closed = new Array(24).fill(0);
+    for (const c of calls) {
+      if (c.started_at == null) continue;
+      const h = new Date(c.started_at * 1000).getHours();
+      hours[h] += 1;
+      const q = c.queued_at ?? c.started_at;
+      if (c.seat_answered_at != null) {
+        answered[h] += 1; closed[h] += 1;
+        if (c.seat_answered_at - q <= 20) inSl[h] += 1;
+      } else if (c.end_reason === "abandoned") closed[h] += 1;
+    }
+    const max = Math.max(1, ...hours); const bw = (W - 2 * pad) / 24;
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    const add = (tag, attrs, text) => {
+      const n = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+      if (text != null) n.textContent = text;
+      svg.append(n); return n;
+    };
+    add("line", { x1: pad, y1: H - pad, x2: W - pad, y2: H - pad, stroke: "#2a3644" });
+    const points = [];
+    for (let h = 0; h < 24; h++) {
+      const bh = (hours[h] / max) * (H - 2 * pad);
+      add("rect", { x: pad + h * bw + 1, y: H - pad - bh, width: bw - 2, height: bh, fill: "#58a6ff",
+        "data-hour": h, "data-calls": hours[h] });
+      if (h % 3 === 0) add("text", { x: pad + h * bw, y: H - 8, fill: "#8b98a5", "font-size": 10 }, String(h));
+      if (closed[h]) points.push(`${pad + h * bw + bw / 2},${H - pad - (inSl[h] / closed[h]) * (H - 2 * pad)}`);
+    }
+    if (points.length) add("polyline", { points: points.join(" "), fill: "none", stroke: "#2ea043", "stroke-width": 2 });
+    add("text", { x: pad, y: 12, fill: "#58a6ff", "font-size": 11 }, `▮ ${t("calls_per_hour")} (max ${max})`);
+    add("text", { x: W / 2, y: 12, fill: "#2ea043", "font-size": 11 }, `― ${t("sl")}`);
+    document.getElementById("chart").replaceChildren(svg);
+  }
+
+  async function refresh() {
+    try {
+      const since = midnight();
+      const [queues, seatList, calls] = await Promise.all([
+        api.get(`/api/v1/queues?since=${since}`), api.get("/api/v1/seats"),
+        api.get(`/api/v1/calls?since=${since}&limit=500`)]);
+      renderQueues(queues); seats = seatList; renderSeats(); renderCalls(calls); renderChart(calls);
+      state.refreshes += 1; document.body.dataset.refreshes = String(state.refreshes);
+    } catch (e) {
+      if (e.status === 401 || e.status === 403) { logout(t("bad_token")); return; }
+      console.error(e);
+    }
+  }
+  const refreshSoon = H122.debounce(refresh, 250);
+
+  function setLive(ok) {
+    const s = document.getElementById("ws-status");
+    s.className = ok ? "live" : "dead"; s.dataset.i18n = ok ? "connected" : "disconnected";
+    s.textContent = t(s.dataset.i18n);
+    if (ok) refreshSoon();
+  }
+
+  function start(token) {
+    api = H122.client(token);
+    document.getElementById("login").classList.add("hidden");
+    document.getElementById("board").classList.remove("hidden");
+    document.getElementById("logout").classList.remove("hidden");
+    buildSkillRows();
+    refresh();
+    live = H122.liveEvents(token, (ev) => { if (ev.kind !== "HELLO") refreshSoon(); }, setLive);
+  }
+
+  function logout(message) {
+    localStorage.removeItem(KEY);
+    if (live) live.close();
+    document.getElementById("board").classList.add("hidden");
+    document.getElementById("logout").classList.add("hidden");
+    document.getElementById("login").classList.remove("hidden");
+    document.getElementById("login-error").textContent = message || "";
+  }
+
+  document.getElementById("login").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const token = document.getElementById("token").value.trim();
+    try {
+      const me = await H122.client(token).get("/api/v1/me");
+      if (me.role !== "supervisor" && me.role !== "admin") throw new H122.ApiError(403, "role");
+      localStorage.setItem(KEY, token);
+      start(token);
+    } catch (err) {
+      document.getElementById("login-error").textContent = t("bad_token");
+    }
+  });
+  document.getElementById("logout").addEventListener("click", () => logout());
+  document.getElementById("lang-toggle").addEventListener("click", () => {
+    H122.setLang(H122.getLang() === "zh" ? "en" : "zh");
+    document.getElementById("lang-toggle").textContent = H122.getLang() === "zh" ? "EN" : "中文";
+    if (api) refresh();
+  });
+
+  H122.applyLabels();
+  document.getElementById("lang-toggle").textContent = H122.getLang() === "zh" ? "EN" : "中文";
+  setInterval(tickTimers, 1000);
+  const saved = localStorage.getItem(KEY);
+  if (saved) start(saved); else document.getElementById("login").classList.remove("hidden");
+})();
