@@ -133,7 +133,9 @@ def run_decisions(seats: int, waiting: int, decisions: int, seed: int = 122) -> 
         r = rng.random()
         action: Callable[[], list[Event]] | None = None
         name = ""
-        if r < 0.30 and centre.ringing:
+        if r < 0.12 and len(centre.waiting) < waiting:
+            name, action = "enqueue", new_call()   # keep the queues about `waiting` deep
+        elif r < 0.30 and centre.ringing:
             cid = centre.ringing.pick(rng)
             name, action = "answer", partial(acd.seat_answered, cid, now)
         elif r < 0.34 and centre.ringing:
