@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request
 
 from api.auth import admin, get_ctx
 from api.context import ApiContext
+from api.errors import unprocessable
 from api.schemas import (
     SEAT_ID_PATTERN,
     FlowInstalled,
@@ -114,7 +115,7 @@ async def create_token(body: TokenRequest = Body(...), ctx: ApiContext = Depends
     try:
         token = await ctx.on_control(ctx.tokens.create, body.role, body.seat_id, body.label)
     except TokenError as e:
-        raise HTTPException(422, detail=str(e)) from e
+        raise unprocessable(("body", "seat_id"), str(e)) from e
     who = await ctx.on_control(ctx.tokens.resolve, token)
     return TokenCreated(id=who.token_id if who else None, token=token, role=body.role, seat_id=body.seat_id)
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from api.auth import get_ctx, principal
 from api.context import ApiContext
+from api.errors import unprocessable
 from api.schemas import SEAT_ID_PATTERN, Callback
 from api.tokens import Principal
 from routing.events import EventKind
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/api/v1/callbacks", tags=["callbacks"])
 def _acting_seat(who: Principal, seat_id: str | None) -> str:
     if who.is_supervisor():
         if seat_id is None:
-            raise HTTPException(422, detail="a supervisor takes a callback on behalf of a seat: ?seat_id=")
+            raise unprocessable(("query", "seat_id"), "a supervisor takes a callback on behalf of a seat")
         return seat_id
     if seat_id is not None and seat_id != who.seat_id:
         raise HTTPException(403, detail="a seat token acts only on its own seat")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 
 from api.auth import get_ctx, supervisor
 from api.context import ApiContext
+from api.errors import unprocessable
 from api.schemas import QueueRow
 from api.views import queue_rows
 
@@ -21,5 +22,5 @@ async def list_queues(
     ctx: ApiContext = Depends(get_ctx),
 ) -> list[dict[str, Any]]:
     if since is not None and until is not None and until < since:
-        raise HTTPException(422, detail="until is before since")
+        raise unprocessable(("query", "until"), "until is before since")
     return await queue_rows(ctx, since, until)

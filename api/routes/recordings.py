@@ -45,7 +45,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
         return max(0, size - n), size - 1
     first = int(first_s)
     last = int(last_s) if last_s else size - 1
-    if last < first:
+    if last_s and last < first:
         return None
     if first >= size:
         raise RangeNotSatisfiable
@@ -84,12 +84,10 @@ async def get_recording(recording_id: str = Path(max_length=128), range_: str | 
     if row is None:
         raise HTTPException(404, detail=f"unknown recording {recording_id!r}")
     status = _field(row, "status")
-    if status not in (None, "ready", "complete", "final", "finalized", "ok"):
+    if status is not None and str(status) != "closed":  # recording, failed or purged: no sealed file
         raise HTTPException(404, detail=f"recording {recording_id!r} is {status}")
-    path = FsPath(str(_field(row, "path")))
-    if not path.is_absolute():
-        root = getattr(ctx.recordings, "root", None)
-        path = FsPath(root) / path if root is not None else path
+    file_of = getattr(ctx.recordings, "file_of", None)
+    path = FsPath(file_of(row)) if file_of is not None else FsPath(str(_field(row, "path")))
     try:
         size = os.stat(path).st_size
     except OSError as e:
