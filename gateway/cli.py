@@ -33,10 +33,10 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level")
 
 
-_SERVE_KEYS = (
-    "config sip_host sip_port api_host api_port data_dir db_url mqtt_url seats flow workers "
-    "worker_callers ring_timeout service_numbers kamailio log_level"
-).split()
+_SERVE_KEYS = [
+    "config", "sip_host", "sip_port", "api_host", "api_port", "data_dir", "db_url", "mqtt_url", "seats",
+    "flow", "workers", "worker_callers", "ring_timeout", "service_numbers", "kamailio", "log_level",
+]
 
 
 def _settings_from(args: argparse.Namespace):

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     kamailio: str = Field("auto", description="auto | off | path to the kamailio binary")
     kamailio_shm_mb: int = Field(128, ge=16, le=4096)
     retry_after_s: int = Field(5, ge=1, le=3600)
+    answer_delay_s: float = Field(0.3, ge=0, le=10, description="ring before answering (a caller may still CANCEL)")
 
     # control, storage, events
     api_host: str = "127.0.0.1"

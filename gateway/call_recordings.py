@@ -1,0 +1,54 @@
+"""Binds a call's recording to the catalog: opened at answer, sealed (hash) when the call ends.
+
+The recording id is the call id: one recording per call, from answer to end.  Finalisation reads
+and hashes the whole file, so it runs in a thread, never on the control loop.  A recording that
+cannot be made or sealed (disk full, unwritable dir) never affects the call: the failure is
+logged, kept in the catalog and flagged on the call record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from recordings.catalog import Catalog, RecordingStatus
+from recordings.closing import close_recording
+from routing.store.calls import CallRecords
+
+log = logging.getLogger("gateway.recordings")
+
+
+class CallRecordings:
+    def __init__(self, catalog: Catalog, calls: CallRecords) -> None:
+        self.catalog = catalog
+        self.calls = calls
+        self.started: dict[str, float] = {}
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.catalog.layout.partial_dir
+
+    async def call_started(self, call_id: str, partial_path: str | None, started_at: float,
+                           error: str | None) -> str | None:
+        self.started[call_id] = started_at
+        try:
+            await self.catalog.opened(call_id, call_id, started_at)
+            if error or not partial_path:
+                await self.catalog.failed(call_id, error or "recorder not started")
+                await self.calls.set_flags(call_id, recording_failed=error or "recorder not started")
+        except Exception as e:
+            log.error("recording_catalog_failed", extra={"call_id": call_id, "error": str(e)})
+        return call_id
+
+    async def call_ended(self, call_id: str, partial_path: str | None, error: str | None) -> str | None:
+        started_at = self.started.pop(call_id, None)
+        if error or not partial_path or started_at is None:
+            return call_id
+        row = await close_recording(self.catalog, call_id, call_id, started_at, time.time())
+        if row.status is RecordingStatus.FAILED:
+            await self.calls.set_flags(call_id, recording_failed=row.error or "not sealed")
+        else:
+            log.info("recording_sealed", extra={"call_id": call_id, "size": row.size,
+                                                "duration_s": row.duration_s, "sha256": row.sha256})
+        return call_id

@@ -1,0 +1,376 @@
+"""Kamailio as the node's SIP front door: config from settings, a child process, JSON-RPC.
+
+Kamailio owns the public SIP port and relays signalling only (RTP flows caller <-> worker).  It
+answers what needs no media (404 for other numbers, OPTIONS, 503 + Retry-After when every worker
+is full, malformed requests) and spreads INVITEs over the workers with dispatcher algorithm 10
+(call load, ``maxload`` = callers per worker), health-checked with OPTIONS, failing over on
+timeout/5xx.  The control process talks to it over a JSON-RPC datagram socket to mark a dead
+worker down at once and to end that worker's dialogs so its callers hear a BYE, not silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("gateway.kamailio")
+
+MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/aarch64-linux-gnu/kamailio/modules",
+               "/usr/lib/kamailio/modules", "/usr/local/lib64/kamailio/modules")
+
+
+@dataclass(slots=True)
+class Destination:
+    worker_id: int
+    host: str
+    port: int
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.host}:{self.port}"
+
+
+def find_kamailio(setting: str) -> str | None:
+    """The binary to run, or None when the node must run without a front door."""
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return setting if os.access(setting, os.X_OK) else None
+    return shutil.which("kamailio") or next(
+        (p for p in ("/usr/sbin/kamailio", "/usr/local/sbin/kamailio") if os.access(p, os.X_OK)), None)
+
+
+def module_dir() -> str:
+    for d in MODULE_DIRS:
+        if Path(d, "dispatcher.so").exists():
+            return d
+    raise FileNotFoundError("Kamailio modules not found (is the kamailio package complete?)")
+
+
+def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socket: Path, dispatcher_list: Path,
+                  retry_after_s: int, max_forwards: int = 10, children: int = 4) -> str:
+    numbers = "|".join(n.replace("+", "\\+") for n in service_numbers)
+    return f"""#!KAMAILIO
+# Written by handoff122 serve from its settings; edits are overwritten at the next start.
+debug=1
+log_stderror=yes
+log_prefix="{{$mt $hdr(CSeq) $ci}} "
+memdbg=5
+memlog=5
+children={children}
+tcp_children=2
+disable_tcp=no
+auto_aliases=no
+listen=udp:{host}:{port}
+listen=tcp:{host}:{port}
+alias="{host}:{port}"
+server_header="Server: handoff122-front"
+user_agent_header="User-Agent: handoff122-front"
+tcp_connection_lifetime=3605
+
+mpath="{module_dir()}"
+loadmodule "kex.so"
+loadmodule "corex.so"
+loadmodule "tm.so"
+loadmodule "tmx.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "sanity.so"
+loadmodule "jsonrpcs.so"
+loadmodule "dialog.so"
+loadmodule "dispatcher.so"
+
+modparam("jsonrpcs", "transport", 2)
+modparam("jsonrpcs", "dgram_socket", "{rpc_socket}")
+modparam("jsonrpcs", "dgram_mode", 0666)
+modparam("tm", "fr_timer", 2000)
+modparam("tm", "fr_inv_timer", 120000)
+modparam("rr", "enable_full_lr", 0)
+modparam("rr", "append_fromtag", 1)
+modparam("dialog", "enable_stats", 1)
+modparam("dialog", "default_timeout", 14400)
+modparam("dispatcher", "list_file", "{dispatcher_list}")
+modparam("dispatcher", "flags", 2)
+modparam("dispatcher", "xavp_dst", "_dsdst_")
+modparam("dispatcher", "xavp_ctx", "_dsctx_")
+modparam("dispatcher", "ds_hash_size", 9)
+modparam("dispatcher", "ds_hash_expire", 14400)
+modparam("dispatcher", "ds_hash_initexpire", 300)
+modparam("dispatcher", "ds_ping_interval", 1)
+modparam("dispatcher", "ds_ping_from", "sip:front@{host}:{port}")
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_threshold", 1)
+modparam("dispatcher", "ds_inactive_threshold", 1)
+modparam("dispatcher", "ds_ping_reply_codes", "class=2")
+
+request_route {{
+    if (!mf_process_maxfwd_header("{max_forwards}")) {{
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }}
+    if (!sanity_check("17895", "7")) {{
+        xlog("L_WARN", "malformed request from $si:$sp dropped\\n");
+        exit;
+    }}
+    if (has_totag()) {{
+        route(WITHINDLG);
+        exit;
+    }}
+    if (is_method("CANCEL")) {{
+        if (t_check_trans()) {{
+            route(RELAY);
+        }}
+        exit;
+    }}
+    if (t_check_trans()) {{
+        exit;
+    }}
+    if (is_method("OPTIONS")) {{
+        sl_send_reply("200", "OK");
+        exit;
+    }}
+    if (!is_method("INVITE")) {{
+        append_to_reply("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO\\r\\n");
+        sl_send_reply("405", "Method Not Allowed");
+        exit;
+    }}
+    if (!($rU =~ "^({numbers})$")) {{
+        sl_send_reply("404", "Not Found");
+        exit;
+    }}
+    remove_hf("Route");
+    record_route();
+    if (!ds_select_dst("1", "10")) {{
+        route(FULL);
+    }}
+    dlg_manage();
+    $dlg_var(worker) = $du;
+    t_on_failure("FAILOVER");
+    t_on_reply("REPLY");
+    route(RELAY);
+}}
+
+route[WITHINDLG] {{
+    if (loose_route()) {{
+        if (is_method("BYE")) {{
+            ds_load_update();
+        }}
+        route(RELAY);
+        exit;
+    }}
+    if (is_method("ACK")) {{
+        if (t_check_trans()) {{
+            route(RELAY);
+        }}
+        exit;
+    }}
+    sl_send_reply("404", "Not here");
+    exit;
+}}
+
+route[RELAY] {{
+    if (!t_relay()) {{
+        sl_reply_error();
+    }}
+    exit;
+}}
+
+route[FULL] {{
+    append_to_reply("Retry-After: {retry_after_s}\\r\\n");
+    sl_send_reply("503", "Service Unavailable");
+    exit;
+}}
+
+onreply_route[REPLY] {{
+    if (status =~ "2[0-9][0-9]" && is_method("INVITE")) {{
+        ds_load_update();
+    }}
+}}
+
+failure_route[FAILOVER] {{
+    if (t_is_canceled()) {{
+        ds_load_unset();
+        exit;
+    }}
+    if (t_branch_timeout() || t_check_status("408|500|502")) {{
+        xlog("L_WARN", "worker $du failed ($T_reply_code), marking it down\\n");
+        ds_mark_dst("ip");
+    }}
+    if (t_branch_timeout() || t_check_status("408|5[0-9][0-9]")) {{
+        ds_load_unset();
+        if (ds_next_dst()) {{
+            $dlg_var(worker) = $du;
+            t_on_failure("FAILOVER");
+            route(RELAY);
+            exit;
+        }}
+        append_to_reply("Retry-After: {retry_after_s}\\r\\n");
+        t_reply("503", "Service Unavailable");
+        exit;
+    }}
+    ds_load_unset();
+}}
+"""
+
+
+def render_dispatcher_list(destinations: list[Destination], maxload: int) -> str:
+    lines = ["# setid destination flags priority attributes (written by handoff122 serve)"]
+    for d in destinations:
+        lines.append(f"1 {d.uri} 0 0 duid=w{d.worker_id};maxload={maxload}")
+    return "\n".join(lines) + "\n"
+
+
+class KamailioRpc:
+    """JSON-RPC over Kamailio's datagram socket (blocking; run it in a thread from asyncio)."""
+
+    def __init__(self, rpc_socket: Path) -> None:
+        self.rpc_socket = rpc_socket
+        self._id = 0
+
+    def call(self, method: str, *params: Any, timeout: float = 2.0) -> Any:
+        self._id += 1
+        req = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": self._id})
+        with tempfile.TemporaryDirectory(prefix="h122rpc") as d:
+            reply_path = os.path.join(d, "r.sock")
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                s.bind(reply_path)
+                s.settimeout(timeout)
+                s.sendto(req.encode(), str(self.rpc_socket))
+                data = s.recv(1 << 20)
+            finally:
+                s.close()
+        reply = json.loads(data)
+        if "error" in reply:
+            raise RuntimeError(f"kamailio {method}: {reply['error']}")
+        return reply.get("result")
+
+
+class Kamailio:
+    """The front-door child process of a node."""
+
+    def __init__(self, binary: str, run_dir: Path, *, host: str, port: int, service_numbers: list[str],
+                 destinations: list[Destination], maxload: int, retry_after_s: int, shm_mb: int) -> None:
+        self.binary = binary
+        self.run_dir = run_dir
+        self.host = host
+        self.port = port
+        self.service_numbers = service_numbers
+        self.destinations = destinations
+        self.maxload = maxload
+        self.retry_after_s = retry_after_s
+        self.shm_mb = shm_mb
+        self.proc: asyncio.subprocess.Process | None = None
+        self.rpc = KamailioRpc(run_dir / "kamailio-rpc.sock")
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    def write_config(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ds = self.run_dir / "dispatcher.list"
+        ds.write_text(render_dispatcher_list(self.destinations, self.maxload))
+        cfg = self.run_dir / "kamailio.cfg"
+        cfg.write_text(render_config(host=self.host, port=self.port, service_numbers=self.service_numbers,
+                                     rpc_socket=self.rpc.rpc_socket, dispatcher_list=ds,
+                                     retry_after_s=self.retry_after_s))
+        return cfg
+
+    async def check_config(self) -> None:
+        cfg = self.write_config()
+        p = await asyncio.create_subprocess_exec(self.binary, "-c", "-f", str(cfg), stdout=asyncio.subprocess.PIPE,
+                                                 stderr=asyncio.subprocess.STDOUT)
+        out, _ = await p.communicate()
+        if p.returncode != 0:
+            lines = [ln for ln in out.decode(errors="replace").splitlines() if "ERROR" in ln or "error" in ln]
+            raise RuntimeError("kamailio config rejected: " + (lines[-1] if lines else out.decode()[-300:]))
+
+    async def start(self) -> None:
+        await self.check_config()
+        self.rpc.rpc_socket.unlink(missing_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            self.binary, "-f", str(self.run_dir / "kamailio.cfg"), "-DD", "-E", "-m", str(self.shm_mb), "-M", "16",
+            "-w", str(self.run_dir), "-Y", str(self.run_dir),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        self._stderr_task = asyncio.create_task(self._pump_stderr())
+        for _ in range(100):
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"kamailio exited at start (code {self.proc.returncode}); "
+                                   f"is {self.host}:{self.port} already in use?")
+            if self.rpc.rpc_socket.exists() and await asyncio.to_thread(self._rpc_ok):
+                log.info("kamailio_started", extra={"pid": self.proc.pid, "port": self.port})
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError("kamailio did not come up within 10 s")
+
+    def _rpc_ok(self) -> bool:
+        try:
+            self.rpc.call("core.version", timeout=0.5)
+            return True
+        except Exception:
+            return False
+
+    async def _pump_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if not line:
+                continue
+            level = logging.ERROR if " ERROR:" in line or "CRITICAL" in line else (
+                logging.WARNING if "WARNING" in line else logging.DEBUG)
+            log.log(level, "kamailio", extra={"line": line[-400:]})
+
+    async def call(self, method: str, *params: Any) -> Any:
+        return await asyncio.to_thread(self.rpc.call, method, *params)
+
+    async def mark_down(self, dest: Destination) -> None:
+        """Stop sending new callers to a worker at once (probing brings it back when it answers)."""
+        try:
+            await self.call("dispatcher.set_state", "ip", 1, dest.uri)
+        except Exception as e:
+            log.warning("kamailio_mark_down_failed", extra={"worker_id": dest.worker_id, "error": str(e)})
+
+    async def end_dialogs_of(self, dest: Destination) -> int:
+        """End (BYE) every dialog that was relayed to ``dest``; returns how many."""
+        try:
+            dialogs = await self.call("dlg.list") or []
+        except Exception as e:
+            log.warning("kamailio_dlg_list_failed", extra={"error": str(e)})
+            return 0
+        ended = 0
+        for d in dialogs if isinstance(dialogs, list) else []:
+            variables = d.get("variables") or []
+            worker = None
+            for v in variables:
+                if isinstance(v, dict) and "worker" in v:
+                    worker = v["worker"]
+            if worker and dest.uri in str(worker):
+                try:
+                    await self.call("dlg.end_dlg", d["h_entry"], d["h_id"])
+                    ended += 1
+                except Exception as e:
+                    log.warning("kamailio_end_dlg_failed", extra={"error": str(e)})
+        return ended
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._stderr_task:
+            self._stderr_task.cancel()

@@ -1,0 +1,274 @@
+"""``handoff122 serve``: one node, the composition root.
+
+Start order matters for the promise "never drop a caller": storage and routing first (so a call
+can be recorded and queued from its first second), then the media workers, then the front door
+(so SIP reaches workers that are ready), then the API.  Stop order is the reverse.  Any bad
+configuration (port taken, unreadable flow, invalid seats file) ends the start with one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from gateway.call_recordings import CallRecordings
+from gateway.callflow import CallDirector
+from gateway.kamailio import Kamailio, find_kamailio
+from gateway.logs import configure_logging
+from gateway.pool import WorkerPool, WorkerSpec
+from gateway.settings import ConfigError, Settings
+
+log = logging.getLogger("gateway.node")
+
+
+def _check_port_free(host: str, port: int, udp: bool, what: str) -> None:
+    kinds = [socket.SOCK_STREAM] + ([socket.SOCK_DGRAM] if udp else [])
+    for kind in kinds:
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                proto = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
+                raise ConfigError(f"{what} port {host}:{port}/{proto} is already in use") from None
+            raise ConfigError(f"{what} address {host}:{port}: {e.strerror}") from None
+        finally:
+            s.close()
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node_id = f"{socket.gethostname()}:{settings.sip_port}"
+        self.run_dir = settings.data_dir / "run"
+        self.kamailio: Kamailio | None = None
+        self.pool: WorkerPool | None = None
+        self.director: CallDirector | None = None
+        self.routing: Any = None
+        self.api: Any = None
+        self.engine: Any = None
+        self.direct_mode = False
+        self.flow: Any = None
+        self.worker_stats: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        from ivr.flow import FlowInvalid, load_flow
+        from routing.seats_file import SeatsFileInvalid, load_seats
+
+        # 1. configuration that can be wrong: say so in one line, before touching anything
+        try:
+            self.flow = load_flow(s.flow_file)
+        except FlowInvalid as e:
+            first = e.problems[0]
+            more = f" (+{len(e.problems) - 1} more; run handoff122 check-flow)" if len(e.problems) > 1 else ""
+            raise ConfigError(f"flow {s.flow_file}: {first}{more}") from None
+        except OSError as e:
+            raise ConfigError(f"flow {s.flow_file}: {e.strerror}") from None
+        seats = []
+        if s.seats is not None:
+            try:
+                seats = load_seats(s.seats)
+            except SeatsFileInvalid as e:
+                raise ConfigError(f"seats file {s.seats}: {e}") from None
+            except OSError as e:
+                raise ConfigError(f"seats file {s.seats}: {e.strerror}") from None
+        binary = find_kamailio(s.kamailio)
+        if s.kamailio not in ("auto", "off") and binary is None:
+            raise ConfigError(f"kamailio binary {s.kamailio!r} is not executable")
+        self.direct_mode = binary is None
+        _check_port_free(s.sip_host, s.sip_port, True, "SIP")
+        if s.api_port:
+            _check_port_free(s.api_host, s.api_port, False, "API")
+        specs = self._worker_specs()
+        for spec in specs if not self.direct_mode else []:
+            _check_port_free(spec.sip_host, spec.sip_port, True, f"worker {spec.worker_id} SIP")
+        try:
+            s.data_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"data dir {s.data_dir}: {e.strerror}") from None
+
+        # 2. storage and routing
+        from routing.service import RoutingService
+
+        from gateway.schema import upgrade_schema
+        from recordings.catalog import Catalog
+        from recordings.closing import recover_unclosed
+        from routing.store.calls import CallRecords
+        from routing.store.database import make_engine
+
+        self.engine = make_engine(s.database_url)
+        try:
+            await upgrade_schema(self.engine)
+        except Exception as e:
+            raise ConfigError(f"database {_safe_url(s.database_url)}: {str(e).splitlines()[0][:200]}") from None
+        self.calls = CallRecords(self.engine)
+        self.catalog = Catalog(self.engine, s.recordings_dir)
+        self.catalog.layout.prepare()
+        self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id)
+        await self.routing.start(seats)
+        recovered = await recover_unclosed(self.catalog, [], time.time())
+        if recovered:
+            log.warning("recordings_recovered", extra={"count": len(recovered)})
+
+        # 3. media workers and the call director
+        self.recordings = CallRecordings(self.catalog, self.calls)
+        from api.metrics import observe_handoff_latency
+
+        self.director = CallDirector(flow=self.flow, routing=self.routing, media=self, recordings=self.recordings,
+                                     node_id=self.node_id, sip_host=s.sip_host, caller_id_header=s.caller_id_header,
+                                     on_handoff=observe_handoff_latency)
+        self.pool = WorkerPool(
+            specs, run_dir=self.run_dir, partial_dir=self.catalog.layout.partial_dir,
+            service_numbers=s.service_numbers, callers_per_worker=s.worker_callers, max_calls=s.worker_max_calls,
+            retry_after_s=s.retry_after_s, log_level=s.log_level, answer_delay_s=s.answer_delay_s,
+            on_event=self._worker_event, on_worker_lost=self._worker_lost)
+        try:
+            await self.pool.start()
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
+        self._write_pids()
+
+        # 4. the front door
+        if self.direct_mode:
+            print(f"handoff122: kamailio not found: running one media worker directly on "
+                  f"{s.sip_host}:{s.sip_port} ({s.worker_callers} callers at most)", file=sys.stderr)
+        else:
+            assert binary is not None
+            self.kamailio = Kamailio(binary, self.run_dir / "kamailio", host=s.sip_host, port=s.sip_port,
+                                     service_numbers=s.service_numbers,
+                                     destinations=[w.destination for w in specs], maxload=s.worker_callers,
+                                     retry_after_s=s.retry_after_s, shm_mb=s.kamailio_shm_mb)
+            try:
+                await self.kamailio.start()
+            except (RuntimeError, FileNotFoundError) as e:
+                raise ConfigError(str(e)) from None
+
+        # 5. the API, on its own thread and loop
+        if s.api_port:
+            self.api = await self._start_api()
+        log.info("node_ready", extra={"node_id": self.node_id, "sip": f"{s.sip_host}:{s.sip_port}",
+                                      "api": f"http://{s.api_host}:{s.api_port}" if s.api_port else None,
+                                      "workers": len(specs), "front_door": "kamailio" if self.kamailio else "none",
+                                      "capacity": len(specs) * s.worker_callers})
+
+    def _worker_specs(self) -> list[WorkerSpec]:
+        s = self.settings
+        rtp = s.first_rtp_port
+        if self.direct_mode:
+            return [WorkerSpec(0, s.sip_host, s.sip_port, rtp, s.rtp_ports_per_worker)]
+        return [WorkerSpec(i, s.sip_host, s.first_worker_port + i, rtp + i * s.rtp_ports_per_worker,
+                           s.rtp_ports_per_worker) for i in range(s.workers)]
+
+    def _write_pids(self) -> None:
+        assert self.pool is not None
+        (self.run_dir / "node.pid").write_text(str(os.getpid()))
+        for wid, pid in self.pool.pids().items():
+            (self.run_dir / f"worker-{wid}.pid").write_text(str(pid))
+
+    async def _start_api(self) -> Any:
+        from api.node import build_api
+
+        return await build_api(self)
+
+    # ------------------------------------------------------------------------------------------
+    # the media side as the director sees it
+    # ------------------------------------------------------------------------------------------
+    def send(self, call_id: str, cmd: Any) -> bool:
+        return self.pool.send(call_id, cmd) if self.pool else False
+
+    def _worker_event(self, worker_id: int, msg: Any) -> None:
+        from gateway import channel as ch
+
+        if isinstance(msg, ch.WorkerStats):
+            self.worker_stats[worker_id] = msg
+            return
+        if isinstance(msg, ch.CallRejected):
+            from api.metrics import count_sip_error
+
+            count_sip_error(msg.code)
+        assert self.director is not None
+        self.director.worker_event(worker_id, msg)
+
+    async def _worker_lost(self, spec: WorkerSpec, call_ids: set[str]) -> None:
+        if self.kamailio is not None:
+            await self.kamailio.mark_down(spec.destination)
+            ended = await self.kamailio.end_dialogs_of(spec.destination)
+            log.warning("worker_dialogs_ended", extra={"worker_id": spec.worker_id, "dialogs": ended})
+        self.worker_stats.pop(spec.worker_id, None)
+        if self.director is not None:
+            self.director.worker_lost(call_ids)
+        self.run_dir.joinpath(f"worker-{spec.worker_id}.pid").unlink(missing_ok=True)
+        asyncio.get_running_loop().call_later(2.0, self._write_pids)
+
+    def media_stats(self) -> dict[str, int]:
+        stats = list(self.worker_stats.values())
+        return {"calls": sum(x.calls for x in stats), "callers": sum(x.callers for x in stats),
+                "players": sum(x.players for x in stats), "recorders": sum(x.recorders for x in stats)}
+
+    # ------------------------------------------------------------------------------------------
+    async def stop(self) -> None:
+        log.info("node_stopping", extra={"node_id": self.node_id})
+        if self.api is not None:
+            with contextlib.suppress(Exception):
+                await self.api.stop()
+        if self.kamailio is not None:
+            await self.kamailio.stop()
+        if self.director is not None:
+            self.director.hangup_all()
+            await asyncio.sleep(0.3)
+        if self.pool is not None:
+            await self.pool.stop()
+        if self.director is not None:
+            await self.director.drain()
+        if self.routing is not None:
+            with contextlib.suppress(Exception):
+                await self.routing.stop()
+        if self.engine is not None:
+            await self.engine.dispose()
+        log.info("node_stopped", extra={"node_id": self.node_id})
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    node = Node(settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+    except ConfigError as e:
+        await node.stop()
+        print(f"handoff122: {e}", file=sys.stderr)
+        return 2
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    await node.stop()
+    return 0
+
+
+def run_node(settings: Settings) -> int:
+    configure_logging(settings.log_level, process_name="control")
+    return asyncio.run(serve(settings))

@@ -1,0 +1,214 @@
+"""The node's media workers: spawn, supervise, route commands, replace the dead.
+
+A worker that dies takes only its own calls with it: the pool tells the front door to stop using
+it and to end its dialogs, reports those calls as lost (``lost_worker_failure``) and starts a
+replacement on the same ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway import channel as ch
+from gateway.kamailio import Destination
+
+log = logging.getLogger("gateway.pool")
+
+
+@dataclass(slots=True)
+class WorkerSpec:
+    worker_id: int
+    sip_host: str
+    sip_port: int
+    rtp_port: int
+    rtp_range: int
+
+    @property
+    def destination(self) -> Destination:
+        return Destination(self.worker_id, self.sip_host, self.sip_port)
+
+
+@dataclass(slots=True)
+class WorkerHandle:
+    spec: WorkerSpec
+    proc: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: set[str] = field(default_factory=set)
+    restarts: int = 0
+    started_at: float = 0.0
+
+
+EventSink = Callable[[int, Any], None]
+LossSink = Callable[[WorkerSpec, set[str]], Awaitable[None]]
+
+
+class WorkerPool:
+    def __init__(self, specs: list[WorkerSpec], *, run_dir: Path, partial_dir: Path, service_numbers: list[str],
+                 callers_per_worker: int, max_calls: int, retry_after_s: int, log_level: str,
+                 on_event: EventSink, on_worker_lost: LossSink, answer_delay_s: float = 0.0) -> None:
+        self.specs = specs
+        self.run_dir = run_dir
+        self.partial_dir = partial_dir
+        self.service_numbers = service_numbers
+        self.callers_per_worker = callers_per_worker
+        self.max_calls = max_calls
+        self.retry_after_s = retry_after_s
+        self.log_level = log_level
+        self.answer_delay_s = answer_delay_s
+        self.on_event = on_event
+        self.on_worker_lost = on_worker_lost
+        self.workers: dict[int, WorkerHandle] = {s.worker_id: WorkerHandle(s) for s in specs}
+        self.call_worker: dict[str, int] = {}
+        self.socket_path = run_dir / "control.sock"
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self, timeout: float = 15.0) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._on_connection, path=str(self.socket_path),
+                                                       limit=1 << 20)
+        for h in self.workers.values():
+            await self._spawn(h)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(h.ready.wait() for h in self.workers.values())), timeout)
+        except TimeoutError:
+            dead = [h.spec for h in self.workers.values() if not h.ready.is_set()]
+            await self.stop()
+            d = dead[0]
+            raise RuntimeError(f"media worker {d.worker_id} did not start on {d.sip_host}:{d.sip_port} "
+                               f"(port in use?)") from None
+
+    async def _spawn(self, h: WorkerHandle) -> None:
+        s = h.spec
+        h.ready.clear()
+        h.started_at = time.time()
+        h.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.worker", "--worker-id", str(s.worker_id), "--control",
+            str(self.socket_path), "--sip-host", s.sip_host, "--sip-port", str(s.sip_port), "--rtp-port",
+            str(s.rtp_port), "--rtp-range", str(s.rtp_range), "--callers", str(self.callers_per_worker),
+            "--max-calls", str(self.max_calls), "--service-numbers", ",".join(self.service_numbers),
+            "--partial-dir", str(self.partial_dir), "--retry-after", str(self.retry_after_s),
+            "--log-level", self.log_level, "--answer-delay", str(self.answer_delay_s),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=None,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self._track(asyncio.create_task(self._watch(h, h.proc)))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, h: WorkerHandle, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self._stopping or h.proc is not proc:
+            return
+        lost = set(h.calls)
+        h.calls.clear()
+        h.writer = None
+        for call_id in lost:
+            self.call_worker.pop(call_id, None)
+        log.error("worker_died", extra={"worker_id": h.spec.worker_id, "exit_code": code, "lost_calls": len(lost)})
+        try:
+            await self.on_worker_lost(h.spec, lost)
+        except Exception:
+            log.exception("worker_loss_handling_failed")
+        h.restarts += 1
+        # Back off if a worker keeps dying at start, but bring it back.
+        await asyncio.sleep(min(5.0, 0.2 * 2 ** min(h.restarts - 1, 5)) if time.time() - h.started_at < 5 else 0.1)
+        if not self._stopping:
+            await self._spawn(h)
+            log.info("worker_restarted", extra={"worker_id": h.spec.worker_id, "restarts": h.restarts})
+
+    async def stop(self, grace: float = 6.0) -> None:
+        self._stopping = True
+        for h in self.workers.values():
+            if h.writer is not None:
+                with contextlib.suppress(Exception):
+                    h.writer.write(ch.encode(ch.Shutdown()))
+        procs = [h.proc for h in self.workers.values() if h.proc and h.proc.returncode is None]
+        if procs:
+            _, pending = await asyncio.wait([asyncio.create_task(p.wait()) for p in procs], timeout=grace)
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        self.socket_path.unlink(missing_ok=True)
+
+    # -- channel -------------------------------------------------------------------------------
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handle: WorkerHandle | None = None
+        try:
+            while line := await reader.readline():
+                try:
+                    msg = ch.decode_event(line)
+                except ch.ProtocolError as e:
+                    log.error("bad_worker_message", extra={"error": str(e)})
+                    if handle is None:
+                        break  # a peer that cannot even say hello in our protocol
+                    continue
+                if isinstance(msg, ch.Hello):
+                    handle = self.workers.get(msg.worker_id)
+                    if handle is None:
+                        break
+                    handle.writer = writer
+                    handle.ready.set()
+                    log.info("worker_connected", extra={"worker_id": msg.worker_id, "pid": msg.pid})
+                    continue
+                if handle is None:
+                    continue
+                wid = handle.spec.worker_id
+                if isinstance(msg, ch.CallStarted):
+                    handle.calls.add(msg.call_id)
+                    self.call_worker[msg.call_id] = wid
+                elif isinstance(msg, ch.CallEnded):
+                    handle.calls.discard(msg.call_id)
+                    self.call_worker.pop(msg.call_id, None)
+                try:
+                    self.on_event(wid, msg)
+                except Exception:
+                    log.exception("worker_event_handling_failed", extra={"worker_id": wid})
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def send(self, call_id: str, cmd: Any) -> bool:
+        """Send a command to the worker holding ``call_id``; False when that worker is gone."""
+        wid = self.call_worker.get(call_id)
+        if wid is None:
+            return False
+        h = self.workers[wid]
+        if h.writer is None or h.writer.is_closing():
+            return False
+        h.writer.write(ch.encode(cmd))
+        return True
+
+    # -- introspection -------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {
+            "workers": len(self.workers),
+            "ready": sum(1 for h in self.workers.values() if h.ready.is_set()),
+            "calls": len(self.call_worker),
+            "restarts": sum(h.restarts for h in self.workers.values()),
+            "capacity": len(self.workers) * self.callers_per_worker,
+        }
+
+    def pids(self) -> dict[int, int]:
+        return {wid: h.proc.pid for wid, h in self.workers.items() if h.proc and h.proc.returncode is None}

@@ -1,0 +1,1 @@
+"""Simulated callers and seats (pjsua2), for tests, demos and benchmarks."""

@@ -1,0 +1,3 @@
+from gateway.worker.process import main
+
+raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""A media worker's SIP service: admits callers, runs commands, keeps every pjsua2 object alive
+exactly as long as PJSIP needs it (PJSIP thread only)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pjsua2 as pj
+
+from gateway import channel as ch
+from gateway.pjsip import PjsipRuntime, header_value, request_uri_user, sip_user_of
+from gateway.worker.legs import SeatLeg
+from gateway.worker.session import HandoffSession
+
+log = logging.getLogger("gateway.worker")
+
+
+def new_call_id() -> str:
+    return "c-" + secrets.token_hex(8)
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    worker_id: int
+    service_numbers: tuple[str, ...]
+    callers: int                  # callers admitted at once (each may need a seat leg)
+    partial_dir: Path             # recordings are written here while the call lasts
+    retry_after_s: int = 5
+    answer_delay_s: float = 0.0   # ring this long before answering (lets a caller CANCEL)
+
+
+class RefusedLeg(pj.Call):
+    """An INVITE we answered with an error; kept referenced until PJSIP is done with it."""
+
+    def __init__(self, account: pj.Account, call_index: int, service: WorkerService) -> None:
+        super().__init__(account, call_index)
+        self.service = service
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        if self.getInfo().state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.service.refused.discard(self)
+
+
+class GatewayAccount(pj.Account):
+    def __init__(self, on_incoming: Callable[[pj.OnIncomingCallParam], None]) -> None:
+        super().__init__()
+        self._on_incoming = on_incoming
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        self._on_incoming(prm)
+
+
+class WorkerService:
+    def __init__(self, rt: PjsipRuntime, config: WorkerConfig, send: Callable[[Any], None]) -> None:
+        self.rt = rt
+        self.config = config
+        self.send = send
+        self.sessions: dict[str, HandoffSession] = {}
+        self.refused: set[RefusedLeg] = set()
+        self.orphans: set[SeatLeg] = set()
+        self._graveyard: list[Any] = []
+
+    @property
+    def account(self) -> pj.Account:
+        assert self.rt.account is not None
+        return self.rt.account
+
+    def live_calls(self) -> int:
+        return len(self.sessions) + len(self.refused) + len(self.orphans)
+
+    def stats(self) -> ch.WorkerStats:
+        """Live pjsua2 objects, so a leak (a player or recorder outliving its call) is visible."""
+        return ch.WorkerStats(
+            calls=self.live_calls(), callers=len(self.sessions), at=time.time(),
+            players=sum(1 for s in self.sessions.values() if s.player is not None) + len(self._graveyard),
+            recorders=sum(1 for s in self.sessions.values() if s.recording is not None),
+        )
+
+    def report_stats(self, every_s: float = 1.0) -> None:
+        self.send(self.stats())
+        self.rt.call_later(every_s, lambda: self.report_stats(every_s))
+
+    # -- admission -----------------------------------------------------------------------------
+    def on_incoming(self, prm: pj.OnIncomingCallParam) -> None:
+        msg = prm.rdata.wholeMsg
+        callee = request_uri_user(msg)
+        caller = sip_user_of(header_value(msg, "P-Asserted-Identity") or header_value(msg, "From")
+                             or header_value(msg, "f") or "")
+        if callee not in self.config.service_numbers:
+            self._refuse(prm.callId, 404, "Not Found", callee, caller)
+            return
+        if len(self.sessions) >= self.config.callers:
+            self._refuse(prm.callId, 503, "Service Unavailable", callee, caller,
+                         {"Retry-After": str(self.config.retry_after_s)})
+            return
+        call_id = new_call_id()
+        session = HandoffSession(self, call_id, prm.callId)
+        self.sessions[call_id] = session
+        assert session.caller is not None
+        sip_call_id = header_value(msg, "Call-ID") or header_value(msg, "i") or ""
+        try:
+            session.caller.answer(_status(180))
+        except pj.Error as e:
+            log.error("answer_failed", extra={"call_id": call_id, "error": e.info()})
+            return
+        session.pending_answer = (caller, callee, sip_call_id)
+        if self.config.answer_delay_s > 0:
+            self.rt.call_later(self.config.answer_delay_s, lambda: self._answer(session))
+        else:
+            self._answer(session)
+
+    def _answer(self, session: HandoffSession) -> None:
+        """200 OK, recording from this moment, and the control process learns of the call."""
+        if session.ended or session.caller is None or session.pending_answer is None:
+            return
+        caller, callee, sip_call_id = session.pending_answer
+        session.pending_answer = None
+        call_id = session.call_id
+        session.start_recording(self.config.partial_dir / f"{call_id}.wav")
+        try:
+            session.caller.answer(_status(200))
+        except pj.Error as e:
+            log.error("answer_failed", extra={"call_id": call_id, "error": e.info()})
+            return
+        session.announced = True
+        log.info("call_answered", extra={"call_id": call_id, "caller": caller, "callee": callee,
+                                         "sip_call_id": sip_call_id})
+        self.send(ch.CallStarted(
+            call_id=call_id, caller=caller, callee=callee, sip_call_id=sip_call_id, at=time.time(),
+            recording_path=str(session.recording_path) if session.recording_path else None,
+            recording_error=session.recording_error,
+        ))
+
+    def _refuse(self, call_index: int, code: int, reason: str, callee: str, caller: str,
+                headers: dict[str, str] | None = None) -> None:
+        leg = RefusedLeg(self.account, call_index, self)
+        self.refused.add(leg)
+        prm = _status(code)
+        for k, v in (headers or {}).items():
+            h = pj.SipHeader()
+            h.hName = k
+            h.hValue = v
+            prm.txOption.headers.append(h)
+        try:
+            leg.hangup(prm)
+        except pj.Error:
+            self.refused.discard(leg)
+        self.send(ch.CallRejected(code=code, reason=reason, callee=callee, caller=caller))
+
+    # -- commands from the control process -----------------------------------------------------
+    def handle(self, cmd: Any) -> None:
+        if isinstance(cmd, ch.Shutdown):
+            self.rt.request_stop()
+            return
+        session = self.sessions.get(cmd.call_id)
+        if session is None:
+            if isinstance(cmd, ch.DialSeat):
+                self.send(ch.SeatFailed(call_id=cmd.call_id, leg_id=cmd.leg_id, code=0,
+                                        reason="caller gone", cancelled=True, at=time.time()))
+            return
+        if isinstance(cmd, ch.Play):
+            session.play(cmd.files, cmd.token)
+        elif isinstance(cmd, ch.StopPlayback):
+            session.stop_playback()
+        elif isinstance(cmd, ch.DialSeat):
+            session.dial_seat(cmd)
+        elif isinstance(cmd, ch.CancelSeat):
+            session.cancel_seat(cmd.leg_id, cmd.reason)
+        elif isinstance(cmd, ch.Hangup):
+            session.hangup(cmd.code)
+
+    # -- object lifetimes ----------------------------------------------------------------------
+    def session_ended(self, session: HandoffSession) -> None:
+        self.sessions.pop(session.call_id, None)
+
+    def orphan_seat(self, leg: SeatLeg) -> None:
+        """A seat leg whose caller left: end it, keep it referenced until DISCONNECTED."""
+        self.orphans.add(leg)
+        with contextlib.suppress(pj.Error):
+            leg.hangup(pj.CallOpParam(True))
+
+    def forget_orphan(self, leg: SeatLeg) -> None:
+        self.orphans.discard(leg)
+
+    def bury(self, obj: Any) -> None:
+        """Destroy a media object after the current callback has returned."""
+        self._graveyard.append(obj)
+        if len(self._graveyard) == 1:
+            self.rt.call_soon(self._graveyard.clear)
+
+    def hangup_all(self) -> None:
+        for session in list(self.sessions.values()):
+            session.hangup()
+
+
+def _status(code: int) -> pj.CallOpParam:
+    prm = pj.CallOpParam(True)
+    prm.statusCode = code
+    return prm

@@ -1,0 +1,236 @@
+"""One caller's time in a media worker: the caller leg, at most one seat leg, prompts, recording.
+
+Everything here runs on the PJSIP thread.  The session obeys the control process's commands and
+reports wire events; the rules it enforces on its own are the product's promises: the caller leg
+is only ever ended by the caller, by the seat's normal BYE after a conversation, or by shutdown,
+and a failing seat leg never touches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pjsua2 as pj
+
+from gateway import channel as ch
+from gateway.worker.legs import CallerLeg, SeatLeg, active_audio
+from gateway.worker.media import CallRecording, PromptPlayer
+
+if TYPE_CHECKING:
+    from gateway.worker.service import WorkerService
+
+log = logging.getLogger("gateway.worker.session")
+
+
+class HandoffSession:
+    def __init__(self, service: WorkerService, call_id: str, caller_index: int) -> None:
+        self.service = service
+        self.call_id = call_id
+        self.caller: CallerLeg | None = CallerLeg(service.account, caller_index, self)
+        self.seat: SeatLeg | None = None
+        self.player: PromptPlayer | None = None
+        self.pending_play: tuple[list[str], int] | None = None
+        self.recording: CallRecording | None = None
+        self.recording_path: Path | None = None
+        self.recording_error: str | None = None
+        self.bridged = False
+        self.ended = False
+        self.ended_by: str | None = None
+        self.pending_answer: tuple[str, str, str] | None = None  # ringing, not yet answered
+        self.announced = False  # the control process knows this call (CallStarted sent)
+
+    # -- set-up --------------------------------------------------------------------------------
+    def start_recording(self, path: Path) -> None:
+        try:
+            self.recording = CallRecording(path)
+            self.recording_path = path
+        except (pj.Error, OSError) as e:
+            # Disk full or unwritable: the call goes on without a recording; it is flagged.
+            self.recording = None
+            self.recording_error = e.info() if isinstance(e, pj.Error) else str(e)
+            log.error("recording_failed", extra={"call_id": self.call_id, "error": self.recording_error})
+
+    # -- caller leg ----------------------------------------------------------------------------
+    def caller_media_changed(self) -> None:
+        if self.caller is None:
+            return
+        am = active_audio(self.caller)
+        if am is None:
+            return  # on hold: the bridge ports come back when media is active again
+        if self.recording is not None:
+            self.recording.feed(am)
+        if self.pending_play is not None:
+            files, token = self.pending_play
+            self.pending_play = None
+            self.play(files, token)
+        elif self.player is not None:
+            self.player.startTransmit(am)
+        if self.bridged and self.seat is not None:
+            self._connect_seat(self.seat)
+
+    def digit(self, digit: str, method: str) -> None:
+        # Only report: for SIP INFO the callback runs before the INFO's 200 OK is sent, so any
+        # action is taken later by the control process.
+        self.service.send(ch.Dtmf(call_id=self.call_id, digit=digit, method=method, at=time.time()))
+
+    def caller_disconnected(self, code: int, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        ended_by = self.ended_by or "caller"
+        self.caller = None  # drop the Call object inside its DISCONNECTED callback
+        if self.seat is not None:
+            self.service.orphan_seat(self.seat)
+            self.seat = None
+        self._drop_player()
+        if self.recording is not None:
+            self.recording.close()
+            self.recording = None
+        self.service.session_ended(self)
+        if not self.announced:
+            # Cancelled while ringing: the control process never heard of this call.
+            self.service.send(ch.CallRejected(code=487, reason="cancelled before answer", callee="", caller=""))
+            return
+        self.service.send(ch.CallEnded(
+            call_id=self.call_id, ended_by=ended_by, reason=reason, code=code, at=time.time(),
+            bridged=self.bridged, recording_path=str(self.recording_path) if self.recording_path else None,
+            recording_error=self.recording_error,
+        ))
+
+    # -- prompts -------------------------------------------------------------------------------
+    def play(self, files: list[str], token: int) -> None:
+        self._drop_player()
+        am = active_audio(self.caller) if self.caller is not None else None
+        if am is None:
+            self.pending_play = (files, token)
+            return
+        try:
+            player = PromptPlayer(files, token, self._prompt_ended)
+        except pj.Error as e:
+            self.service.send(ch.CommandFailed(call_id=self.call_id, command="play", error=e.info()))
+            self.service.send(ch.PromptFinished(call_id=self.call_id, token=token, at=time.time()))
+            return
+        self.player = player
+        player.startTransmit(am)
+        if self.recording is not None:
+            self.recording.feed(player)
+
+    def _prompt_ended(self, token: int) -> None:
+        # Called from the player's media callback: defer everything to the loop.
+        self.service.rt.call_soon(lambda: self._finish_prompt(token))
+
+    def _finish_prompt(self, token: int) -> None:
+        if self.player is not None and self.player.token == token and not self.ended:
+            self._drop_player()
+            self.service.send(ch.PromptFinished(call_id=self.call_id, token=token, at=time.time()))
+
+    def stop_playback(self) -> None:
+        self.pending_play = None
+        self._drop_player()
+
+    def _drop_player(self) -> None:
+        if self.player is not None:
+            self.service.bury(self.player)
+            self.player = None
+
+    # -- seat leg ------------------------------------------------------------------------------
+    def dial_seat(self, cmd: ch.DialSeat) -> None:
+        if self.ended or self.caller is None:
+            self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=cmd.leg_id, code=0,
+                                            reason="caller gone", cancelled=True, at=time.time()))
+            return
+        if self.seat is not None or self.bridged:
+            self.service.send(ch.CommandFailed(call_id=self.call_id, command="dial_seat",
+                                               error="a seat leg already exists"))
+            return
+        leg = SeatLeg(self.service.account, self, cmd.leg_id)
+        prm = pj.CallOpParam(True)
+        prm.opt.audioCount = 1
+        prm.opt.videoCount = 0
+        for name, value in cmd.headers.items():
+            h = pj.SipHeader()
+            h.hName = name
+            h.hValue = value
+            prm.txOption.headers.append(h)
+        if cmd.from_uri:
+            prm.txOption.localUri = cmd.from_uri
+        try:
+            leg.makeCall(cmd.uri, prm)
+        except pj.Error as e:
+            self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=cmd.leg_id, code=500,
+                                            reason=f"dial failed: {e.reason}", at=time.time()))
+            return
+        self.seat = leg
+        leg_id = cmd.leg_id
+        self.service.rt.call_later(cmd.timeout_s, lambda: self.cancel_seat(leg_id, "worker ring timeout"))
+
+    def cancel_seat(self, leg_id: str, reason: str) -> None:
+        seat = self.seat
+        if seat is None or seat.leg_id != leg_id or self.bridged:
+            return
+        seat.cancelled = reason
+        with contextlib.suppress(pj.Error):
+            seat.hangup(pj.CallOpParam(True))
+
+    def seat_ringing(self, leg: SeatLeg) -> None:
+        if leg is self.seat and not self.ended:
+            self.service.send(ch.SeatRinging(call_id=self.call_id, leg_id=leg.leg_id, at=time.time()))
+
+    def seat_media_changed(self, leg: SeatLeg) -> None:
+        if leg is not self.seat or self.ended:
+            return
+        if not self._connect_seat(leg):
+            return
+        if not self.bridged:
+            self.bridged = True
+            now = time.time()
+            self.service.send(ch.SeatAnswered(call_id=self.call_id, leg_id=leg.leg_id, at=now, answered_at=now))
+
+    def _connect_seat(self, leg: SeatLeg) -> bool:
+        seat_am = active_audio(leg)
+        caller_am = active_audio(self.caller) if self.caller is not None else None
+        if seat_am is None or caller_am is None:
+            return False
+        self.pending_play = None
+        self._drop_player()
+        seat_am.startTransmit(caller_am)
+        caller_am.startTransmit(seat_am)
+        if self.recording is not None:
+            self.recording.feed(seat_am)
+        return True
+
+    def seat_disconnected(self, leg: SeatLeg, code: int, reason: str) -> None:
+        if leg is not self.seat:
+            self.service.forget_orphan(leg)
+            return
+        self.seat = None  # drop inside DISCONNECTED
+        if self.ended:
+            return
+        now = time.time()
+        if self.bridged:
+            if code in (0, 200) or 200 <= code < 300:
+                # The seat's normal BYE after the conversation ends the call for both sides.
+                self.ended_by = "seat"
+                if self.caller is not None:
+                    with contextlib.suppress(pj.Error):
+                        self.caller.hangup(pj.CallOpParam(True))
+                return
+            # The seat leg failed mid-call: the caller stays, the control process re-queues.
+            self.bridged = False
+        cancelled = leg.cancelled
+        self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=leg.leg_id, code=code,
+                                        reason=cancelled or reason, cancelled=bool(cancelled), at=now))
+
+    # -- shutdown / forced end -----------------------------------------------------------------
+    def hangup(self, code: int = 0) -> None:
+        self.ended_by = self.ended_by or "gateway"
+        if self.caller is not None:
+            prm = pj.CallOpParam(True)
+            if code:
+                prm.statusCode = code
+            with contextlib.suppress(pj.Error):
+                self.caller.hangup(prm)
