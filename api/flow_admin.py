@@ -1,8 +1,9 @@
-"""Installing a new IVR flow while the node runs: validate, write, swap (no restart).
+"""Installing a new IVR flow while the node runs: validate, swap, keep a copy (no restart).
 
-Calls already in the IVR keep the flow they started with; the node's ``on_installed`` callback
-decides what new calls use.  A flow with any problem is never written, so a typo in an upload
-cannot take the IVR down.
+Calls already in the IVR keep the flow they started with; ``on_installed`` decides what new calls
+use.  A flow with any problem is never installed nor written, so a typo in an upload cannot take
+the IVR down.  Relative ``prompts_dir`` entries resolve against ``base_dir`` (the directory of the
+flow file the node started with), as they would in that file.
 """
 
 from __future__ import annotations
@@ -27,18 +28,31 @@ class UploadProblem:
     message: str
 
 
-class FlowFileAdmin:
-    """``ApiContext.flow_admin`` backed by the flow file the node was started with."""
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".flow-", suffix=".yaml")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
-    def __init__(self, flow_path: Path, on_installed: Callable[[Any], Any] | None = None,
+
+class FlowFileAdmin:
+    """``ApiContext.flow_admin``: validates with ``ivr.check``, builds with ``ivr.flow``.
+
+    ``save_to``: where an installed flow is written (the operator's ``--flow`` file, so a restart
+    keeps it); None keeps it in memory only.
+    """
+
+    def __init__(self, save_to: Path | None, on_installed: Callable[[Any], Any] | None = None,
                  base_dir: Path | None = None) -> None:
-        self.flow_path = Path(flow_path)
-        self.base_dir = Path(base_dir) if base_dir is not None else self.flow_path.parent
+        self.save_to = Path(save_to) if save_to is not None else None
+        self.base_dir = Path(base_dir) if base_dir is not None else (
+            self.save_to.parent if self.save_to is not None else Path.cwd())
         self.on_installed = on_installed
 
     async def install_flow(self, yaml_text: str) -> list[Any]:
         from ivr.check import validate_flow
-        from ivr.flow import load_flow
+        from ivr.flow import flow_from_data
 
         try:
             data = yaml.safe_load(yaml_text)
@@ -51,15 +65,12 @@ class FlowFileAdmin:
         problems = list(validate_flow(data, self.base_dir))
         if problems:
             return problems
-        self.flow_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.flow_path.parent, prefix=".flow-", suffix=".yaml")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(yaml_text)
-        os.replace(tmp, self.flow_path)
-        flow = load_flow(self.flow_path)
+        flow = flow_from_data(data, self.base_dir, source="upload")
+        if self.save_to is not None:
+            _write_atomically(self.save_to, yaml_text)
         if self.on_installed is not None:
             result = self.on_installed(flow)
             if inspect.isawaitable(result):
                 await result
-        log.info("ivr flow installed", extra={"flow_path": str(self.flow_path)})
+        log.info("ivr_flow_installed", extra={"saved_to": str(self.save_to) if self.save_to else None})
         return []

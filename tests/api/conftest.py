@@ -23,6 +23,7 @@ from api.context import ApiContext
 from api.flow_admin import FlowFileAdmin
 from api.server import ApiServer, ControlLoopBridge
 from api.tokens import TokenStore
+from gateway.settings import Settings
 from recordings.catalog import Catalog
 from recordings.finalize import finalize
 from routing.acd import SeatSpec
@@ -37,10 +38,14 @@ except ImportError:  # pragma: no cover - until routing.service lands
     RoutingService = None  # type: ignore[assignment,misc]
 
 
-def build_routing(engine: Any) -> Any:
+async def build_routing(engine: Any, db_url: str, tmp_path: Path, seats: list[SeatSpec]) -> Any:
+    """The routing service exactly as ``gateway.node`` builds it."""
     if RoutingService is None:
         pytest.skip("routing.service is not there yet")
-    return RoutingService(engine=engine)
+    settings = Settings(data_dir=tmp_path, db_url=db_url, ring_timeout=20.0)
+    routing = RoutingService.from_settings(settings, engine, node_id="test-node")
+    await routing.start(seats)
+    return routing
 
 
 @dataclass
@@ -78,11 +83,7 @@ async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS)
     await token_store.create_schema()
     catalog = Catalog(engine, tmp_path / "recordings")
     await catalog.create_schema()
-    routing = build_routing(engine)
-    if hasattr(routing, "start"):
-        await routing.start()
-    for spec in seats:
-        await routing.add_seat(spec)
+    routing = await build_routing(engine, db_url, tmp_path, seats)
     flow_path = tmp_path / "flow.yaml"
     flow_path.write_text((ROOT / "ivr" / "flows" / "default.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     installed: list[Any] = []
@@ -105,8 +106,7 @@ async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS)
 
 async def stop_node(node: Node) -> None:
     await node.server.stop_async()
-    if hasattr(node.routing, "stop"):
-        await node.routing.stop()
+    await node.routing.stop()
     await node.token_store.engine.dispose()
 
 
