@@ -213,10 +213,14 @@ class Node:
         self.run_dir.joinpath(f"worker-{spec.worker_id}.pid").unlink(missing_ok=True)
         asyncio.get_running_loop().call_later(2.0, self._write_pids)
 
-    def media_stats(self) -> dict[str, int]:
+    def media_stats(self) -> dict[str, float]:
+        """Live pjsua2 objects across workers (``handoff122_gateway_*`` in /metrics): leaks show here."""
         stats = list(self.worker_stats.values())
-        return {"calls": sum(x.calls for x in stats), "callers": sum(x.callers for x in stats),
-                "players": sum(x.players for x in stats), "recorders": sum(x.recorders for x in stats)}
+        pool = self.pool.stats() if self.pool else {}
+        return {"media_calls": sum(x.calls for x in stats), "media_callers": sum(x.callers for x in stats),
+                "media_players": sum(x.players for x in stats), "media_recorders": sum(x.recorders for x in stats),
+                "workers_ready": pool.get("ready", 0), "worker_restarts": pool.get("restarts", 0),
+                "capacity_callers": pool.get("capacity", 0)}
 
     # ------------------------------------------------------------------------------------------
     async def stop(self) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_IVR_DIR = PACKAGE_DIR.parent / "ivr"
@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # SIP edge
     sip_host: str = "127.0.0.1"
     sip_port: int = Field(5060, ge=1, le=65535)
-    service_numbers: list[str] = Field(default_factory=lambda: ["122"])
+    service_numbers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["122"])
     workers: int = Field(default_factory=_default_workers, ge=1, le=256)
     worker_callers: int = Field(2, ge=1, le=256, description="callers per worker (each needs a seat leg too)")
     worker_max_calls: int = Field(4, ge=2, le=1024, description="PJSUA_MAX_CALLS of the pjsua2 build")
@@ -163,6 +163,8 @@ def load_settings(cli: dict[str, Any] | None = None) -> Settings:
     merged.update(cli)
     try:
         return Settings(**merged)
+    except SettingsError as e:
+        raise ConfigError(f"invalid environment setting: {str(e).splitlines()[0]}") from e
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
