@@ -255,9 +255,11 @@ class CallDirector:
         if msg.leg_id != call.leg_id or call.state is not CallState.RINGING:
             return
         call.state = CallState.TALKING
-        if call.offered_at is not None and self.on_handoff:
-            self.on_handoff(msg.at - call.offered_at)
-        log.info("bridged", extra={"call_id": call.call_id, "seat_id": call.seat_id})
+        handoff_s = msg.at - call.offered_at if call.offered_at is not None else None
+        if handoff_s is not None and self.on_handoff:
+            self.on_handoff(handoff_s)
+        log.info("bridged", extra={"call_id": call.call_id, "seat_id": call.seat_id,
+                                   "handoff_ms": round(handoff_s * 1000, 2) if handoff_s is not None else None})
         self.routing.seat_answered(call.call_id)
 
     def _seat_failed(self, call: CallFlow, msg: ch.SeatFailed) -> None:

@@ -56,7 +56,7 @@ def module_dir() -> str:
 
 
 def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socket: Path, dispatcher_list: Path,
-                  retry_after_s: int, max_forwards: int = 10, children: int = 4) -> str:
+                  retry_after_s: int, max_forwards: int = 10, children: int = 4, probing: bool = True) -> str:
     numbers = "|".join(n.replace("+", "\\+") for n in service_numbers)
     return f"""#!KAMAILIO
 # Written by handoff122 serve from its settings; edits are overwritten at the next start.
@@ -111,7 +111,7 @@ modparam("dispatcher", "ds_hash_expire", 14400)
 modparam("dispatcher", "ds_hash_initexpire", 300)
 modparam("dispatcher", "ds_ping_interval", 1)
 modparam("dispatcher", "ds_ping_from", "sip:front@{host}:{port}")
-modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_mode", {1 if probing else 0})
 modparam("dispatcher", "ds_probing_threshold", 1)
 modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2")
@@ -263,7 +263,8 @@ class Kamailio:
     """The front-door child process of a node."""
 
     def __init__(self, binary: str, run_dir: Path, *, host: str, port: int, service_numbers: list[str],
-                 destinations: list[Destination], maxload: int, retry_after_s: int, shm_mb: int) -> None:
+                 destinations: list[Destination], maxload: int, retry_after_s: int, shm_mb: int,
+                 probing: bool = True) -> None:
         self.binary = binary
         self.run_dir = run_dir
         self.host = host
@@ -273,6 +274,7 @@ class Kamailio:
         self.maxload = maxload
         self.retry_after_s = retry_after_s
         self.shm_mb = shm_mb
+        self.probing = probing
         self.proc: asyncio.subprocess.Process | None = None
         self.rpc = KamailioRpc(run_dir / "kamailio-rpc.sock")
         self._stderr_task: asyncio.Task[None] | None = None
@@ -284,7 +286,7 @@ class Kamailio:
         cfg = self.run_dir / "kamailio.cfg"
         cfg.write_text(render_config(host=self.host, port=self.port, service_numbers=self.service_numbers,
                                      rpc_socket=self.rpc.rpc_socket, dispatcher_list=ds,
-                                     retry_after_s=self.retry_after_s))
+                                     retry_after_s=self.retry_after_s, probing=self.probing))
         return cfg
 
     async def check_config(self) -> None:

@@ -1,0 +1,201 @@
+"""What the benchmarks share: a node as a subprocess, SIPp runs, per-process CPU and memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SIPP_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    for _ in range(200):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            t.close()
+    raise RuntimeError("no free port")
+
+
+def free_block(n: int) -> int:
+    for _ in range(200):
+        base = free_port()
+        if base + n >= 65000:
+            continue
+        ok = True
+        for p in range(base, base + n):
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                s = socket.socket(socket.AF_INET, kind)
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                finally:
+                    s.close()
+            if not ok:
+                break
+        if ok:
+            return base
+    raise RuntimeError(f"no block of {n} free ports")
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class NodeProcess:
+    """``handoff122 serve`` on free loopback ports in a temporary data dir."""
+
+    workers: int = 2
+    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    sip_port: int = 0
+    api_port: int = 0
+    data_dir: Path | None = None
+
+    def start(self, timeout: float = 120) -> NodeProcess:
+        self._tmp = tempfile.TemporaryDirectory(prefix="h122-bench-")
+        self.data_dir = Path(self._tmp.name) / "var"
+        self.sip_port, self.api_port = free_port(), free_port()
+        wbase = free_block(self.workers + 1)
+        env = {**os.environ, "HANDOFF_WORKER_BASE_PORT": str(wbase),
+               "HANDOFF_RTP_BASE_PORT": str(20000 + (self.sip_port % 100) * 400), "HANDOFF_LOG_LEVEL": "WARNING",
+               **self.env}
+        self.log = Path(self._tmp.name) / "node.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--sip-port", str(self.sip_port), "--api-port",
+             str(self.api_port), "--data-dir", str(self.data_dir), "--workers", str(self.workers), *self.args],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError("node exited: " + self.log.read_text(errors="replace")[-1500:])
+            if self._api_up():
+                return self
+            time.sleep(0.3)
+        raise RuntimeError("node did not come up")
+
+    def _api_up(self) -> bool:
+        try:
+            import httpx
+
+            return httpx.get(f"http://127.0.0.1:{self.api_port}/healthz", timeout=1).status_code == 200
+        except Exception:
+            return False
+
+    def worker_pids(self) -> list[int]:
+        assert self.data_dir is not None
+        return [int(p.read_text()) for p in (self.data_dir / "run").glob("worker-*.pid")]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._tmp.cleanup()
+
+
+@dataclass
+class SippRun:
+    ok_calls: int
+    failed_calls: int
+    elapsed_s: float
+    returncode: int
+    tail: str
+
+    @property
+    def cps(self) -> float:
+        return (self.ok_calls + self.failed_calls) / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def sipp(target_port: int, scenario: str | Path, *, calls: int, rate: float, limit: int, timeout: float,
+         subs: dict[str, str] | None = None, extra: list[str] | None = None) -> SippRun:
+    path = Path(scenario)
+    if subs is not None:
+        text = path.read_text()
+        for k, v in subs.items():
+            text = text.replace(f"@{k.upper()}@", v)
+        with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as f:
+            f.write(text)
+        path = Path(f.name)
+    workdir = tempfile.mkdtemp(prefix="h122-sipp-")
+    cmd = ["sipp", f"127.0.0.1:{target_port}", "-sf", str(path), "-m", str(calls), "-r", str(rate), "-l",
+           str(limit), "-i", "127.0.0.1", "-p", str(free_port()), "-cp", str(free_port()), "-mi", "127.0.0.1",
+           "-mp", str(free_port()), "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
+           "-max_socket", "4096", "-recv_timeout", "30000", *(extra or [])]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60, cwd=workdir)
+    elapsed = time.monotonic() - t0
+    ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", p.stdout)
+    bad = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", p.stdout)
+    return SippRun(int(ok.group(1)) if ok else 0, int(bad.group(1)) if bad else 0, elapsed, p.returncode,
+                   p.stdout[-1500:])
+
+
+class ProcSampler:
+    """CPU (share of one core) and RSS of a set of processes over an interval."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.t0 = time.monotonic()
+        self.cpu0 = {pid: self._cpu(pid) for pid in pids}
+        self.rss_max: dict[int, int] = {}
+
+    @staticmethod
+    def _cpu(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except (OSError, IndexError):
+            return 0.0
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def sample(self) -> None:
+        for pid in self.pids:
+            self.rss_max[pid] = max(self.rss_max.get(pid, 0), self._rss(pid))
+
+    def result(self) -> dict[str, Any]:
+        dt = time.monotonic() - self.t0
+        cpu = [(self._cpu(pid) - self.cpu0[pid]) / dt for pid in self.pids]
+        rss = [self.rss_max.get(pid, 0) for pid in self.pids]
+        n = max(1, len(self.pids))
+        return {"processes": len(self.pids), "cpu_core_share_avg": round(sum(cpu) / n, 4),
+                "cpu_core_share_total": round(sum(cpu), 3), "rss_mb_avg": round(sum(rss) / n / 2**20, 1),
+                "rss_mb_max": round(max(rss, default=0) / 2**20, 1)}
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
