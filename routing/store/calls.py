@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from routing.acd import SeatSpec
@@ -149,8 +149,10 @@ class CallRecords:
         return [dict(r) for r in rows]
 
     async def complete_callback(self, call_id: str, seat_id: str | None, now: float | None = None) -> bool:
+        """Close a callback outside the ACD (e.g. an operator cleaning the list); False if not open."""
         async with self.engine.begin() as conn:
             res = await conn.execute(
-                update(callbacks).where(callbacks.c.call_id == call_id, callbacks.c.status == "pending")
-                .values(status="done", done_at=time.time() if now is None else now, done_by=seat_id))
+                update(callbacks).where(callbacks.c.call_id == call_id, callbacks.c.status != "done")
+                .values(status="done", done_at=time.time() if now is None else now,
+                        seat_id=func.coalesce(callbacks.c.seat_id, seat_id)))
         return bool(res.rowcount)

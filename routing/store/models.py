@@ -92,14 +92,18 @@ callbacks = Table(
     "callbacks",
     metadata,
     Column("call_id", String(64), primary_key=True),
+    Column("callback_id", String(80), nullable=False),
     Column("caller", String(200)),
     Column("skill", String(32)),
+    Column("priority", Integer),
     Column("enqueued_at", Float, nullable=False),  # the original place in the queue: the list's order
     Column("abandoned_at", Float, nullable=False),
     Column("waited_s", Float),
-    Column("status", String(16), nullable=False, default="pending"),  # pending | done
+    Column("info", JSON),
+    Column("status", String(16), nullable=False, default="pending"),  # pending | taken | done
+    Column("seat_id", String(32)),  # the intake seat that took it
+    Column("taken_at", Float),
     Column("done_at", Float),
-    Column("done_by", String(32)),
     Index("ix_callbacks_status_enqueued", "status", "enqueued_at"),
 )
 

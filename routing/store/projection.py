@@ -41,7 +41,7 @@ class BatchChanges:
     seats: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # None = delete
     calls: dict[str, dict[str, Any]] = field(default_factory=dict)
     queue: dict[str, QueueChange] = field(default_factory=dict)
-    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    callbacks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (action, row), in order
 
 
 def _outcome_name(outcome: Any) -> str | None:
@@ -53,6 +53,25 @@ def _outcome_name(outcome: Any) -> str | None:
                 return str(outcome[key])[:64]
         return None
     return str(outcome)[:64]
+
+
+def _callback_change(ev: Event, d: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """CALLBACK events: ``queued`` (an abandoned caller joins the list), ``taken``, ``completed``."""
+    action = d.get("action") or "queued"
+    cid = ev.call_id
+    if action == "queued":
+        wait = d.get("wait_s", d.get("waited_s"))
+        enq = d.get("enqueued_at")
+        if enq is None:  # the ACD says how long the caller waited; the place is abandon time - wait
+            enq = ev.at - float(wait or 0.0)
+        return "queued", {
+            "call_id": cid, "callback_id": d.get("callback_id") or f"cb-{cid}", "caller": d.get("caller"),
+            "skill": ev.skill, "priority": d.get("priority"), "enqueued_at": float(enq), "abandoned_at": ev.at,
+            "waited_s": wait, "info": d.get("info") or {}, "status": "pending",
+        }
+    if action == "taken":
+        return "taken", {"call_id": cid, "status": "taken", "seat_id": ev.seat_id, "taken_at": ev.at}
+    return "completed", {"call_id": cid, "status": "done", "done_at": ev.at}
 
 
 def fold(batch: list[Event], node_id: str | None, now: float) -> BatchChanges:
@@ -83,7 +102,7 @@ def fold(batch: list[Event], node_id: str | None, now: float) -> BatchChanges:
                         row[dst] = d[src]
                 if isinstance(row.get("skills"), list):
                     row["skills"] = {s: 0 for s in row["skills"]}
-            if d.get("status") is not None:
+            if d.get("status") is not None and not (k is EventKind.SEATADDED and d.get("updated")):
                 row["status"] = str(d["status"])
                 row["reason"] = d.get("reason")
                 row["since"] = ev.at
@@ -134,12 +153,7 @@ def fold(batch: list[Event], node_id: str | None, now: float) -> BatchChanges:
             call(cid, ended_at=ev.at, end_reason=d.get("reason") or "ended", ended_by=d.get("ended_by"),
                  recording_id=d.get("recording_id"))
         elif k is EventKind.CALLBACK:
-            enq = d.get("enqueued_at")
-            ch.callbacks[cid] = {
-                "call_id": cid, "caller": d.get("caller"), "skill": ev.skill,
-                "enqueued_at": float(enq if enq is not None else ev.at), "abandoned_at": ev.at,
-                "waited_s": d.get("wait_s", d.get("waited_s")), "status": "pending",
-            }
+            ch.callbacks.append(_callback_change(ev, d))
         else:
             call(cid)  # every call in the log gets a row, even one that only rang
         if k in LEAVES_QUEUE:
@@ -211,6 +225,10 @@ async def apply(conn: AsyncConnection, ch: BatchChanges, now: float) -> None:
                 .values(skill=bindparam("new_skill")))
         await conn.execute(stmt, moves)
 
-    if ch.callbacks:
-        ins = dialect_insert(conn, callbacks)
-        await conn.execute(ins.on_conflict_do_nothing(index_elements=["call_id"]), list(ch.callbacks.values()))
+    for action, row in ch.callbacks:
+        if action == "queued":
+            ins = dialect_insert(conn, callbacks)
+            await conn.execute(ins.on_conflict_do_nothing(index_elements=["call_id"]), row)
+        else:
+            values = {k: v for k, v in row.items() if k != "call_id"}
+            await conn.execute(update(callbacks).where(callbacks.c.call_id == row["call_id"]).values(**values))

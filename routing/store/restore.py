@@ -8,13 +8,14 @@ enqueue time, so nobody loses their place because a node restarted.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from routing.acd import RestoredEntry, RestoredSeat, SeatSpec
 from routing.status import SeatStatus
-from routing.store.models import queue_entries, seats
+from routing.store.models import callbacks, queue_entries, seats
 
 log = logging.getLogger("routing.store.restore")
 
@@ -51,3 +52,13 @@ async def load_state(engine: AsyncEngine) -> tuple[list[RestoredSeat], list[Rest
         for r in entry_rows
     ]
     return restored, waiting
+
+
+async def load_callbacks(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Callbacks not yet done, in their callers' original queue order (the ACD keeps them in memory)."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(
+            select(callbacks).where(callbacks.c.status != "done")
+            .order_by(callbacks.c.enqueued_at, callbacks.c.call_id)
+        )).mappings().all()
+    return [dict(r) for r in rows]

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from routing.acd import SeatSpec
 from routing.events import Event, EventKind
 from routing.status import SeatStatus
-from routing.store import CallRecords, EventWriter, create_schema, load_state, make_engine
+from routing.store import CallRecords, EventWriter, create_schema, load_callbacks, load_state, make_engine
 from routing.store.models import events as events_table
 from routing.store.models import metadata
 
@@ -141,12 +141,14 @@ async def test_call_record_timeline_filters_and_flags(db_url: str) -> None:
         enqueue("B", "rescue", 2, 310.0, caller="13900000002"),
         Event(K.ABANDON, 350.0, call_id="B", skill="rescue", data={"wait_s": 40.0}),
         Event(K.CALLBACK, 350.0, call_id="B", skill="rescue",
-              data={"caller": "13900000002", "enqueued_at": 310.0, "wait_s": 40.0}),
+              data={"action": "queued", "callback_id": "cb-B", "caller": "13900000002", "enqueued_at": 310.0,
+                    "wait_s": 40.0}),
         Event(K.CALLEND, 350.2, call_id="B", data={"reason": "hangup", "ended_by": "caller"}),
         Event(K.CALLSTART, 320.0, call_id="C", data={"caller": "13900000003", "ingress": "sip"}),
         enqueue("C", "rescue", 2, 305.0, caller="13900000003"),
         Event(K.ABANDON, 360.0, call_id="C", skill="rescue", data={"wait_s": 55.0}),
-        Event(K.CALLBACK, 360.0, call_id="C", skill="rescue", data={"caller": "13900000003", "enqueued_at": 305.0}),
+        Event(K.CALLBACK, 360.0, call_id="C", skill="rescue",  # as the ACD says it: the wait, not the place
+              data={"action": "queued", "callback_id": "cb-C", "caller": "13900000003", "wait_s": 55.0}),
     ])
     await writer.stop()
     records = CallRecords(engine)
@@ -181,14 +183,44 @@ async def test_call_record_timeline_filters_and_flags(db_url: str) -> None:
 
         # callbacks in the callers' original queue order, not the order they hung up
         cbs = await records.list_callbacks()
-        assert [c["call_id"] for c in cbs] == ["C", "B"]
-        assert await records.complete_callback("C", "s1") is True
-        assert await records.complete_callback("C", "s1") is False
-        assert [c["call_id"] for c in await records.list_callbacks()] == ["B"]
-
+        assert [(c["call_id"], c["enqueued_at"], c["callback_id"]) for c in cbs] == [("C", 305.0, "cb-C"),
+                                                                                  ("B", 310.0, "cb-B")]
+        assert [c["call_id"] for c in await load_callbacks(engine)] == ["C", "B"]
+        assert await records.complete_callback("B", "s1") is True
+        assert await records.complete_callback("B", "s1") is False
+        assert [c["call_id"] for c in await records.list_callbacks()] == ["C"]
         _, waiting = await load_state(engine)
-        assert waiting == []
+        assert waiting == []  # answered and abandoned calls never come back as waiting
     finally:
+        await engine.dispose()
+
+
+async def test_callbacks_follow_taken_and_completed(db_url: str) -> None:
+    engine = await fresh_engine(db_url)
+    writer = EventWriter(engine, "node-f", batch_window_s=0.005)
+    await writer.start()
+    writer.append([
+        Event(K.CALLBACK, 50.0, call_id="X", skill="rescue",
+              data={"action": "queued", "callback_id": "cb-X", "caller": "1", "wait_s": 40.0}),
+        Event(K.CALLBACK, 51.0, call_id="Y", skill="rescue",
+              data={"action": "queued", "callback_id": "cb-Y", "caller": "2", "wait_s": 45.0}),
+    ])
+    await writer.flush()
+    writer.append([Event(K.CALLBACK, 60.0, call_id="Y", seat_id="s2", skill="rescue",
+                         data={"action": "taken", "callback_id": "cb-Y"})])
+    await writer.flush()
+    records = CallRecords(engine)
+    try:
+        taken = await records.list_callbacks(status="taken")
+        assert [(c["call_id"], c["seat_id"], c["taken_at"]) for c in taken] == [("Y", "s2", 60.0)]
+        assert [c["call_id"] for c in await load_callbacks(engine)] == ["Y", "X"]  # Y waited since 6.0
+        writer.append([Event(K.CALLBACK, 70.0, call_id="Y", seat_id="s2", skill="rescue",
+                             data={"action": "completed", "callback_id": "cb-Y"})])
+        await writer.flush()
+        assert [c["call_id"] for c in await load_callbacks(engine)] == ["X"]
+        assert (await records.list_callbacks(status="done"))[0]["done_at"] == 70.0
+    finally:
+        await writer.stop()
         await engine.dispose()
 
 
