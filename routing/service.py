@@ -1,0 +1,352 @@
+"""The routing service: the async edge around the pure ``Acd``.
+
+Every command reads the clock once, asks the ACD (synchronous, microseconds, no I/O) and hands the
+resulting events to ``_emit``: the event writer (memory only; the database is written in the
+background), the MQTT bus (memory only; sent in the background), the WebSocket subscribers and the
+registered listeners (the SIP gateway and the Twilio ingress act on ``OFFER`` / ``RINGNOANSWER``).
+Nothing on that path awaits the database or the broker, so a slow disk or a dead broker never
+delays a decision.
+
+Commands return ``Emitted``: the events of the decision, as a list that can also be awaited.  The
+SIP gateway calls them as plain functions; the API and the Twilio ingress ``await`` them (through
+the control-loop bridge); both get the same list at once.
+
+The ACD owns every timer; a background task sleeps until ``acd.next_deadline()`` and calls
+``tick``.  On ``start`` the state comes back from the store (seats in the status they had, waiting
+calls in their places, pending callbacks, the metrics of the recent log), then the seats file adds
+seats it does not know yet and updates the configuration of those it does, without touching their
+status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from routing.acd import Acd, AcdConfig, RoutingError, SeatSpec, SkillPolicy
+from routing.bus import EventBus
+from routing.events import Event, EventKind
+from routing.skills import SKILLS
+from routing.status import SeatStatus
+from routing.store.restore import load_callbacks, load_recent_events, load_state
+from routing.store.writer import EventWriter
+
+log = logging.getLogger("routing.service")
+
+Listener = Callable[[Event], Any]
+
+#: After one of these the call is no longer offered anywhere: forget its screen-pop details.
+CALL_DONE = frozenset({EventKind.CONNECT, EventKind.ABANDON, EventKind.COMPLETE, EventKind.CALLEND})
+
+QUEUE_SNAPSHOT_EVERY_S = 0.5
+
+
+class Emitted(list[Event]):
+    """The events of one decision; ``await``-able (it resolves at once to itself)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, Emitted]:
+        yield from ()
+        return self
+
+
+class RoutingService:
+    def __init__(self, acd: Acd, writer: EventWriter | None = None, bus: EventBus | None = None,
+                 engine: AsyncEngine | None = None, clock: Callable[[], float] = time.time,
+                 node_id: str = "node-1", subscriber_buffer: int = 1000) -> None:
+        self.acd = acd
+        self.writer = writer
+        self.bus = bus
+        self.engine = engine
+        self.clock = clock
+        self.node_id = node_id
+        self.subscriber_buffer = subscriber_buffer
+        self._subscribers: list[asyncio.Queue[Event]] = []
+        self._listeners: list[Listener] = []
+        self._dispatch: deque[Event] = deque()
+        self._dispatching = False
+        self._background: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._rearm: asyncio.Event | None = None
+        self._dirty_skills: set[str] = set()
+        self._snapshot_handle: asyncio.TimerHandle | None = None
+        self._pop_info: dict[str, dict[str, Any]] = {}
+        self.subscriber_drops = 0
+        if bus is not None and bus.on_seat_status is None:
+            bus.on_seat_status = self.seat_status_from_bus
+
+    @classmethod
+    def from_settings(cls, settings: Any, engine: AsyncEngine | None, node_id: str = "node-1",
+                      clock: Callable[[], float] = time.time) -> RoutingService:
+        """The service as a node runs it: ACD policy from the settings, writer on ``engine``, bus if
+        ``mqtt_url`` is set."""
+        config = AcdConfig(
+            ring_timeout_s=float(settings.ring_timeout),
+            rona_not_ready_after=int(settings.rona_not_ready_after),
+            service_level_s=float(settings.service_level_s),
+            callback_after_s=float(settings.callback_after_s),
+            policies={s: SkillPolicy(wrap_up_s=float(settings.wrap_up_s)) for s in SKILLS},
+        )
+        writer = EventWriter(engine, node_id) if engine is not None else None
+        bus = EventBus(settings.mqtt_url, node_id) if getattr(settings, "mqtt_url", None) else None
+        return cls(Acd(config), writer=writer, bus=bus, engine=engine, clock=clock, node_id=node_id)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self, seats: Iterable[SeatSpec] | None = None) -> None:
+        """Restore from the store, merge the seats file, then start writer, bus and timer."""
+        now = self.clock()
+        if self.writer is not None:
+            await self.writer.start()
+        if self.engine is not None:
+            await self._restore(now)
+        for spec in seats or ():
+            self._merge_file_seat(spec, now)
+        if self.bus is not None:
+            await self.bus.start()
+        self._rearm = asyncio.Event()
+        self._timer = asyncio.create_task(self._run_timers(), name="acd-timers")
+        self._mark_all_queues()
+
+    async def _restore(self, now: float) -> None:
+        assert self.engine is not None
+        m = self.acd.metrics
+        recent = await load_recent_events(self.engine, since=now - m.interval_s * m.keep_intervals)
+        m.observe_all(recent)  # cumulative and interval metrics survive the restart
+        seats, waiting = await load_state(self.engine)
+        events = self.acd.restore(seats, waiting, now)
+        for entry in waiting:
+            self._pop_info[entry.call_id] = {"caller": entry.caller, "info": entry.info}
+        restored_callbacks = 0
+        for row in await load_callbacks(self.engine):
+            # one being called back when the node stopped goes back to pending: nobody may be lost
+            with contextlib.suppress(RoutingError):
+                self.acd.callbacks.add(row["call_id"], row["caller"], row["skill"] or "intake_guidance",
+                                       int(row["priority"] or 3), float(row["enqueued_at"]),
+                                       float(row["abandoned_at"]), row["info"] or {}, row["callback_id"])
+                restored_callbacks += 1
+        log.info("routing state restored", extra={"seats": len(seats), "waiting": len(waiting),
+                                                  "callbacks": restored_callbacks, "log_events": len(recent)})
+        self._emit(events)
+
+    def _merge_file_seat(self, spec: SeatSpec, now: float) -> None:
+        try:
+            current = self.acd.seat_view(spec.id, now)
+        except RoutingError:
+            current = None
+        try:
+            if current is None:
+                self._emit(self.acd.add_seat(spec, now))
+            elif (current["contact"], current["skills"], current["name"]) != (spec.contact, dict(spec.skills),
+                                                                              spec.name):
+                self._emit(self.acd.update_seat(spec, now))
+        except RoutingError as e:
+            log.error("seat from the seats file refused", extra={"seat_id": spec.id, "error": str(e)})
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+            self._timer = None
+        if self._snapshot_handle is not None:
+            self._snapshot_handle.cancel()
+            self._snapshot_handle = None
+        for t in list(self._background):
+            t.cancel()
+        if self.bus is not None:
+            await self.bus.stop()
+        if self.writer is not None:
+            await self.writer.stop()
+
+    # -- commands (synchronous decisions; the result may be awaited) -----------------------------
+    def add_seat(self, spec: SeatSpec) -> Emitted:
+        return self._emit(self.acd.add_seat(spec, self.clock()))
+
+    def update_seat(self, spec: SeatSpec) -> Emitted:
+        return self._emit(self.acd.update_seat(spec, self.clock()))
+
+    def remove_seat(self, seat_id: str) -> Emitted:
+        return self._emit(self.acd.remove_seat(seat_id, self.clock()))
+
+    def set_status(self, seat_id: str, status: SeatStatus | str, reason: str | None = None) -> Emitted:
+        return self._emit(self.acd.set_status(seat_id, SeatStatus(status), self.clock(), reason))
+
+    def end_wrap_up(self, seat_id: str) -> Emitted:
+        return self._emit(self.acd.end_wrap_up(seat_id, self.clock()))
+
+    def enqueue(self, call_id: str, skill: str, priority: int, caller: str | None = None,
+                info: dict[str, Any] | None = None) -> Emitted:
+        events = self.acd.enqueue(call_id, skill, priority, self.clock(), caller=caller, info=info)
+        self._pop_info[call_id] = {"caller": caller, "info": dict(info or {})}
+        return self._emit(events)
+
+    def seat_answered(self, call_id: str, seat_id: str | None = None) -> Emitted:
+        return self._emit(self.acd.seat_answered(call_id, self.clock(), seat_id=seat_id))
+
+    def ring_no_answer(self, call_id: str, seat_id: str | None = None) -> Emitted:
+        return self._emit(self.acd.ring_no_answer(call_id, self.clock(), seat_id=seat_id))
+
+    def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None) -> Emitted:
+        return self._emit(self.acd.seat_failed(call_id, self.clock(), reason, seat_id=seat_id))
+
+    def caller_abandoned(self, call_id: str) -> Emitted:
+        return self._emit(self.acd.caller_abandoned(call_id, self.clock()))
+
+    def call_completed(self, call_id: str, ended_by: str) -> Emitted:
+        return self._emit(self.acd.call_completed(call_id, self.clock(), ended_by))
+
+    def take_callback(self, seat_id: str) -> Emitted:
+        return self._emit(self.acd.take_callback(seat_id, self.clock()))
+
+    def complete_callback(self, callback_id: str) -> Emitted:
+        return self._emit(self.acd.complete_callback(callback_id, self.clock()))
+
+    def tick(self) -> Emitted:
+        return self._emit(self.acd.tick(self.clock()))
+
+    def record(self, events: list[Event]) -> Emitted:
+        """Log and publish events decided outside the ACD (CALLSTART, IVRDONE, CALLEND from the gateway)."""
+        return self._emit(list(events))
+
+    def seat_status_from_bus(self, seat_id: str, status: SeatStatus, reason: str | None) -> None:
+        """A seat desktop asked for a status over MQTT; a refusal is logged (nobody to answer)."""
+        try:
+            if status is SeatStatus.AVAILABLE and self.acd.seat_view(seat_id, self.clock())["status"] == "wrap_up":
+                self.end_wrap_up(seat_id)
+            else:
+                self.set_status(seat_id, status, reason)
+        except RoutingError as e:
+            log.warning("seat status from MQTT refused", extra={"seat_id": seat_id, "status": status.value,
+                                                               "error": f"{e.__class__.__name__}: {e}"})
+
+    # -- observers --------------------------------------------------------------------------------
+    def on_event(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event, in log order; returns the unregister function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def subscribe(self, maxsize: int | None = None) -> asyncio.Queue[Event]:
+        q: asyncio.Queue[Event] = asyncio.Queue(maxsize or self.subscriber_buffer)
+        self._subscribers.append(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(q)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "writer": self.writer.stats() if self.writer else None,
+            "bus": self.bus.stats() if self.bus else None,
+            "subscribers": len(self._subscribers), "subscriber_drops": self.subscriber_drops,
+            "next_deadline": self.acd.next_deadline(),
+        }
+
+    # -- the fan-out ----------------------------------------------------------------------------
+    def _emit(self, events: list[Event]) -> Emitted:
+        out = Emitted(events)
+        if not out:
+            return out
+        if self.writer is not None:
+            self.writer.append(out)
+        for ev in out:
+            if self.bus is not None:
+                self.bus.publish(ev)
+                if ev.kind is EventKind.OFFER and ev.seat_id:
+                    self.bus.publish_screen_pop(ev.seat_id, self._screen_pop(ev))
+            if ev.skill:
+                self._dirty_skills.add(ev.skill)
+            for q in self._subscribers:
+                if q.full():
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        q.get_nowait()
+                    self.subscriber_drops += 1
+                q.put_nowait(ev)
+        self._dispatch.extend(out)
+        if not self._dispatching:  # a listener that issues a command sees the events in log order
+            self._dispatching = True
+            try:
+                while self._dispatch:
+                    self._notify(self._dispatch.popleft())
+            finally:
+                self._dispatching = False
+        for ev in out:
+            if ev.kind in CALL_DONE and ev.call_id:
+                self._pop_info.pop(ev.call_id, None)
+        self._after_decision()
+        return out
+
+    def _notify(self, ev: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                result = listener(ev)
+            except Exception:
+                log.exception("routing event listener failed", extra={"kind": ev.kind.value, "call_id": ev.call_id})
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._background.add(task)
+                task.add_done_callback(self._listener_done)
+
+    def _listener_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("routing event listener failed", exc_info=task.exception())
+
+    def _screen_pop(self, ev: Event) -> dict[str, Any]:
+        known = self._pop_info.get(ev.call_id or "", {})
+        return {"call_id": ev.call_id, "seat_id": ev.seat_id, "skill": ev.skill, "at": ev.at,
+                "caller": known.get("caller"), "info": known.get("info") or {},
+                "ring_timeout_s": ev.data.get("ring_timeout_s"), "attempt": ev.data.get("attempt")}
+
+    def _after_decision(self) -> None:
+        if self._rearm is not None:
+            self._rearm.set()
+        if self.bus is not None and self._dirty_skills and self._snapshot_handle is None:
+            with contextlib.suppress(RuntimeError):  # no running loop (a synchronous test): no snapshots
+                loop = asyncio.get_running_loop()
+                self._snapshot_handle = loop.call_later(QUEUE_SNAPSHOT_EVERY_S, self._publish_snapshots)
+
+    def _mark_all_queues(self) -> None:
+        self._dirty_skills.update(SKILLS)
+        self._after_decision()
+
+    def _publish_snapshots(self) -> None:
+        """At most every QUEUE_SNAPSHOT_EVERY_S: the realtime view of the queues that changed."""
+        self._snapshot_handle = None
+        if self.bus is None:
+            return
+        dirty, self._dirty_skills = self._dirty_skills, set()
+        for view in self.acd.queues_view(self.clock()):
+            if view["skill"] in dirty:
+                self.bus.publish_queue(view["skill"], view)
+
+    async def _run_timers(self) -> None:
+        assert self._rearm is not None
+        while True:
+            self._rearm.clear()
+            deadline = self.acd.next_deadline()
+            try:
+                if deadline is None:
+                    await self._rearm.wait()
+                    continue
+                delay = deadline - self.clock()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._rearm.wait(), delay)
+                    continue
+                self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a failing tick must not stop every later timer
+                log.exception("ACD tick failed")
+                await asyncio.sleep(0.05)
