@@ -328,3 +328,13 @@ async def test_database_away_and_back_keeps_every_event(pg_url: str, caplog: pyt
         assert len(waiting) == 60
     finally:
         await engine.dispose()
+
+
+async def test_persistence_bench_persists_every_event(db_url: str) -> None:
+    from routing.store.bench import persistence_bench
+
+    evs = [enqueue(f"b{i}", "rescue", 3, float(i)) for i in range(300)]
+    fig = await persistence_bench(evs, db_url, batch_window_s=0.01, max_batch=50, paced_rate=3000)
+    assert fig["throughput"]["persisted"] == 300 and fig["throughput"]["max_batch"] <= 50
+    assert fig["paced"]["persisted"] == 300
+    assert fig["crash_loss_window_ms"] == fig["paced"]["max_append_to_commit_ms"] > 0
