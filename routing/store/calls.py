@@ -154,5 +154,5 @@ class CallRecords:
             res = await conn.execute(
                 update(callbacks).where(callbacks.c.call_id == call_id, callbacks.c.status != "done")
                 .values(status="done", done_at=time.time() if now is None else now,
-                        seat_id=func.coalesce(callbacks.c.seat_id, seat_id)))
+                        done_by=func.coalesce(callbacks.c.done_by, seat_id)))
         return bool(res.rowcount)

@@ -91,19 +91,16 @@ queue_entries = Table(
 callbacks = Table(
     "callbacks",
     metadata,
+    # The ACD names a callback ``cb-<call_id>``: one per abandoned call, so the call id is the key.
     Column("call_id", String(64), primary_key=True),
-    Column("callback_id", String(80), nullable=False),
     Column("caller", String(200)),
     Column("skill", String(32)),
-    Column("priority", Integer),
     Column("enqueued_at", Float, nullable=False),  # the original place in the queue: the list's order
     Column("abandoned_at", Float, nullable=False),
     Column("waited_s", Float),
-    Column("info", JSON),
     Column("status", String(16), nullable=False, default="pending"),  # pending | taken | done
-    Column("seat_id", String(32)),  # the intake seat that took it
-    Column("taken_at", Float),
     Column("done_at", Float),
+    Column("done_by", String(32)),  # the intake seat that took it (set when taken)
     Index("ix_callbacks_status_enqueued", "status", "enqueued_at"),
 )
 

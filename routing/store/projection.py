@@ -65,12 +65,11 @@ def _callback_change(ev: Event, d: dict[str, Any]) -> tuple[str, dict[str, Any]]
         if enq is None:  # the ACD says how long the caller waited; the place is abandon time - wait
             enq = ev.at - float(wait or 0.0)
         return "queued", {
-            "call_id": cid, "callback_id": d.get("callback_id") or f"cb-{cid}", "caller": d.get("caller"),
-            "skill": ev.skill, "priority": d.get("priority"), "enqueued_at": float(enq), "abandoned_at": ev.at,
-            "waited_s": wait, "info": d.get("info") or {}, "status": "pending",
+            "call_id": cid, "caller": d.get("caller"), "skill": ev.skill, "enqueued_at": float(enq),
+            "abandoned_at": ev.at, "waited_s": wait, "status": "pending",
         }
     if action == "taken":
-        return "taken", {"call_id": cid, "status": "taken", "seat_id": ev.seat_id, "taken_at": ev.at}
+        return "taken", {"call_id": cid, "status": "taken", "done_by": ev.seat_id}
     return "completed", {"call_id": cid, "status": "done", "done_at": ev.at}
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from routing.acd import RestoredEntry, RestoredSeat, SeatSpec
 from routing.events import Event, EventKind
 from routing.status import SeatStatus
-from routing.store.models import callbacks, events, queue_entries, seats
+from routing.store.models import callbacks, calls, events, queue_entries, seats
 
 log = logging.getLogger("routing.store.restore")
 
@@ -56,13 +56,28 @@ async def load_state(engine: AsyncEngine) -> tuple[list[RestoredSeat], list[Rest
 
 
 async def load_callbacks(engine: AsyncEngine) -> list[dict[str, Any]]:
-    """Callbacks not yet done, in their callers' original queue order (the ACD keeps them in memory)."""
+    """Callbacks not yet done, in their callers' original queue order (the ACD keeps them in memory).
+
+    Each row also carries what the ACD needs to put it back: ``callback_id`` (``cb-<call id>``, the
+    ACD's own naming), the call's ``priority`` and the ``info`` it was queued with.
+    """
     async with engine.connect() as conn:
         rows = (await conn.execute(
-            select(callbacks).where(callbacks.c.status != "done")
+            select(callbacks, calls.c.priority)
+            .select_from(callbacks.outerjoin(calls, calls.c.id == callbacks.c.call_id))
+            .where(callbacks.c.status != "done")
             .order_by(callbacks.c.enqueued_at, callbacks.c.call_id)
         )).mappings().all()
-    return [dict(r) for r in rows]
+        ids = [r["call_id"] for r in rows]
+        infos: dict[str, dict[str, Any]] = {}
+        if ids:
+            for cid, data in (await conn.execute(
+                select(events.c.call_id, events.c.data)
+                .where(events.c.call_id.in_(ids), events.c.kind == EventKind.ENTERQUEUE.value)
+                .order_by(events.c.seq.desc())
+            )).all():
+                infos[cid] = dict((data or {}).get("info") or {})
+    return [{**dict(r), "callback_id": f"cb-{r['call_id']}", "info": infos.get(r["call_id"], {})} for r in rows]
 
 
 async def load_recent_events(engine: AsyncEngine, since: float, limit: int = 1_000_000) -> list[Event]:
