@@ -55,6 +55,11 @@ def _outcome_name(outcome: Any) -> str | None:
     return str(outcome)[:64]
 
 
+def event_row(ev: Event, node_id: str | None) -> dict[str, Any]:
+    return {"at": ev.at, "kind": ev.kind.value, "call_id": ev.call_id, "seat_id": ev.seat_id,
+            "skill": ev.skill, "data": ev.data or {}, "node_id": node_id}
+
+
 def _callback_change(ev: Event, d: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """CALLBACK events: ``queued`` (an abandoned caller joins the list), ``taken``, ``completed``."""
     action = d.get("action") or "queued"
@@ -88,10 +93,7 @@ def fold(batch: list[Event], node_id: str | None, now: float) -> BatchChanges:
 
     for ev in batch:
         d = ev.data or {}
-        ch.event_rows.append(
-            {"at": ev.at, "kind": ev.kind.value, "call_id": ev.call_id, "seat_id": ev.seat_id,
-             "skill": ev.skill, "data": d, "node_id": node_id}
-        )
+        ch.event_rows.append(event_row(ev, node_id))
         k = ev.kind
         if k in (EventKind.SEATSTATUS, EventKind.SEATADDED) and ev.seat_id:
             row = ch.seats.get(ev.seat_id) or {}

@@ -21,12 +21,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from routing.events import Event
-from routing.store.projection import apply, fold
+from routing.store.projection import BatchChanges, apply, event_row, fold
 
 log = logging.getLogger("routing.store.writer")
+
+#: Failed attempts of one batch, with the database answering, before the batch is salvaged event by event.
+POISON_AFTER = 3
 
 
 @dataclass
@@ -38,6 +42,7 @@ class WriterStats:
     max_write_s: float = 0.0          # one transaction
     failures: int = 0
     dropped: int = 0
+    poisoned: int = 0                 # events the database refused on their own (logged, dropped)
 
 
 class EventWriter:
@@ -139,6 +144,7 @@ class EventWriter:
             "mean_batch": (s.events_written / s.batches) if s.batches else 0.0,
             "max_batch_latency_s": s.max_batch_latency_s, "max_write_s": s.max_write_s,
             "buffered": self.buffered, "failures": s.failures, "dropped": s.dropped,
+            "poisoned": s.poisoned,
             "batch_window_s": self.batch_window_s, "database_down": self._down_since is not None,
         }
 
@@ -166,18 +172,25 @@ class EventWriter:
 
     async def _write_until_done(self) -> None:
         delay = 0.05
+        failures = 0
         while True:
             try:
                 await self._write(self._inflight)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                failures += 1
                 self._stats.failures += 1
                 if self._down_since is None:
                     self._down_since = time.monotonic()
                 log.error("event log write failed, keeping the batch and retrying",
                           extra={"count": self.buffered, "retry_in_s": round(delay, 3),
                                  "error": f"{e.__class__.__name__}: {str(e)[:200]}"})
+                # the database answers but refuses this batch: one bad event must not stop the log
+                if (failures >= POISON_AFTER and await self._database_reachable()
+                        and await self._salvage(self._inflight)):
+                    self._down_since = None
+                    return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -186,6 +199,44 @@ class EventWriter:
                     "down_s": round(time.monotonic() - self._down_since, 3), "count": len(self._inflight)})
                 self._down_since = None
             return
+
+    async def _database_reachable(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    async def _salvage(self, batch: list[tuple[float, Event]]) -> bool:
+        """Keep what can be kept of a batch the database refuses: each event alone with its
+        projections, else its log row alone, dropping (and logging) only what is refused outright.
+        Written events leave ``batch`` at once, so an outage half-way never writes one twice."""
+        now = self.clock()
+        while batch:
+            ev = batch[0][1]
+            error = ""
+            for log_only in (False, True):
+                changes = (BatchChanges(event_rows=[event_row(ev, self.node_id)]) if log_only
+                           else None)
+                try:
+                    if changes is None:
+                        changes = fold([ev], self.node_id, now)
+                    async with self.engine.begin() as conn:
+                        await apply(conn, changes, now)
+                    self._stats.events_written += 1
+                    break
+                except Exception as e:
+                    error = f"{e.__class__.__name__}: {str(e)[:200]}"
+            else:
+                if not await self._database_reachable():
+                    return False  # an outage after all: retry what is left later
+                self._stats.poisoned += 1
+                log.error("event refused by the database, dropped", extra={
+                    "kind": ev.kind.value, "call_id": ev.call_id, "seat_id": ev.seat_id, "error": error})
+            batch.pop(0)
+        self._stats.batches += 1
+        return True
 
     async def _write(self, batch: list[tuple[float, Event]]) -> None:
         t0 = time.monotonic()

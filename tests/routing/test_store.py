@@ -339,3 +339,30 @@ async def test_persistence_bench_persists_every_event(db_url: str) -> None:
     assert fig["throughput"]["persisted"] == 300 and fig["throughput"]["max_batch"] <= 50
     assert fig["paced"]["persisted"] == 300
     assert fig["crash_loss_window_ms"] == fig["paced"]["max_append_to_commit_ms"] > 0
+
+
+async def test_a_refused_event_does_not_stop_the_log(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    engine = await fresh_engine(db_url)
+    writer = EventWriter(engine, "node-g", batch_window_s=0.005)
+    await writer.start()
+    caplog.set_level(logging.ERROR, logger="routing.store.writer")
+    try:
+        writer.append([
+            enqueue("ok1", "rescue", 3, 1.0),
+            Event(K.CALLSTART, 2.0, call_id="bad", data={"caller": object()}),  # not storable as JSON
+            Event(K.ENTERQUEUE, 2.5, call_id="odd", skill="rescue", data={"priority": "urgent"}),  # no projection
+            enqueue("ok2", "rescue", 3, 3.0),
+        ])
+        await writer.flush()
+        writer.append([enqueue("later", "rescue", 3, 4.0)])  # the writer goes on afterwards
+        await writer.flush()
+        assert writer.stats()["poisoned"] == 1
+        async with engine.connect() as conn:
+            logged = (await conn.execute(select(events_table.c.call_id).order_by(events_table.c.seq))).scalars().all()
+        assert logged == ["ok1", "odd", "ok2", "later"]
+        assert any("refused by the database" in r.getMessage() and r.call_id == "bad" for r in caplog.records)
+        _, waiting = await load_state(engine)  # the good events kept their projections
+        assert [e.call_id for e in waiting] == ["ok1", "ok2", "later"]
+    finally:
+        await writer.stop()
+        await engine.dispose()
