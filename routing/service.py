@@ -121,7 +121,7 @@ class RoutingService:
         m = self.acd.metrics
         recent = await load_recent_events(self.engine, since=now - m.interval_s * m.keep_intervals)
         m.observe_all(recent)  # cumulative and interval metrics survive the restart
-        seats, waiting = await load_state(self.engine)
+        seats, waiting = await load_state(self.engine, node_id=self.node_id)
         events = self.acd.restore(seats, waiting, now)
         for entry in waiting:
             self._pop_info[entry.call_id] = {"caller": entry.caller, "info": entry.info}

@@ -24,7 +24,7 @@ from routing.store.models import callbacks, calls, events, queue_entries, seats
 
 #: Call columns that keep their first value: a later event never rewrites when the call started,
 #: first queued or ended (a CALLEND after an ABANDON keeps the outcome "abandoned").
-FIRST_WINS = frozenset({"started_at", "queued_at", "ended_at", "end_reason", "ended_by", "answered_at"})
+FIRST_WINS = frozenset({"started_at", "queued_at", "ended_at", "end_reason", "ended_by", "answered_at", "node_id"})
 
 LEAVES_QUEUE = frozenset({EventKind.CONNECT, EventKind.ABANDON, EventKind.COMPLETE, EventKind.CALLEND})
 
@@ -83,7 +83,8 @@ def fold(batch: list[Event], node_id: str | None, now: float) -> BatchChanges:
     ch = BatchChanges()
 
     def call(call_id: str, **values: Any) -> None:
-        row = ch.calls.setdefault(call_id, {})
+        # the node that logged a call first owns it: a restart restores only its own waiting calls
+        row = ch.calls.setdefault(call_id, {"node_id": node_id} if node_id else {})
         for k, v in values.items():
             if v is None:
                 continue
@@ -115,9 +116,10 @@ def fold(batch: list[Event], node_id: str | None, now: float) -> BatchChanges:
             continue
         cid = ev.call_id
         if k is EventKind.CALLSTART:
+            if d.get("node_id"):
+                ch.calls.setdefault(cid, {})["node_id"] = d["node_id"]
             call(cid, started_at=ev.at, caller=d.get("caller"), callee=d.get("callee"),
-                 ingress=d.get("ingress"), node_id=d.get("node_id") or node_id,
-                 answered_at=d.get("answered_at"))
+                 ingress=d.get("ingress"), answered_at=d.get("answered_at"))
         elif k is EventKind.IVRDONE:
             record = d.get("record", d)
             call(cid, ivr=record, outcome=_outcome_name(record.get("outcome") if isinstance(record, dict) else None),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from routing.acd import RestoredEntry, RestoredSeat, SeatSpec
@@ -29,13 +29,18 @@ def _skills(raw: object) -> dict[str, int]:
     return {}
 
 
-async def load_state(engine: AsyncEngine) -> tuple[list[RestoredSeat], list[RestoredEntry]]:
+async def load_state(engine: AsyncEngine, node_id: str | None = None
+                     ) -> tuple[list[RestoredSeat], list[RestoredEntry]]:
+    """Seats and waiting calls.  With ``node_id`` (nodes sharing one database), only the calls that
+    node logged come back: another node's callers are on that node's SIP legs, not ours."""
+    stmt = select(queue_entries).order_by(queue_entries.c.priority, queue_entries.c.enqueued_at,
+                                          queue_entries.c.call_id)
+    if node_id is not None:
+        stmt = (stmt.select_from(queue_entries.outerjoin(calls, calls.c.id == queue_entries.c.call_id))
+                .where(or_(calls.c.node_id == node_id, calls.c.node_id.is_(None))))
     async with engine.connect() as conn:
         seat_rows = (await conn.execute(select(seats).order_by(seats.c.id))).mappings().all()
-        entry_rows = (await conn.execute(
-            select(queue_entries).order_by(queue_entries.c.priority, queue_entries.c.enqueued_at,
-                                           queue_entries.c.call_id)
-        )).mappings().all()
+        entry_rows = (await conn.execute(stmt)).mappings().all()
     restored: list[RestoredSeat] = []
     for r in seat_rows:
         try:

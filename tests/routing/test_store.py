@@ -101,6 +101,29 @@ async def test_restart_recovery_restores_seat_status_and_waiting_order(db_url: s
     assert waiting[0].caller == "13800000000" and waiting[0].info == {"ivr": "x"}
 
 
+async def test_a_node_restores_only_its_own_waiting_calls(db_url: str) -> None:
+    """Nodes of a cluster share the database; each caller is on the SIP legs of the node that took it."""
+    engine = await fresh_engine(db_url)
+    a, b = EventWriter(engine, "node-a", batch_window_s=0.005), EventWriter(engine, "node-b", batch_window_s=0.005)
+    await a.start()
+    await b.start()
+    try:
+        a.append([Event(K.CALLSTART, 1.0, call_id="a1", data={"caller": "1"}), enqueue("a1", "rescue", 2, 2.0)])
+        b.append([Event(K.CALLSTART, 1.0, call_id="b1", data={"caller": "2"}), enqueue("b1", "rescue", 2, 1.5)])
+        await a.flush()
+        await b.flush()
+        a.append([enqueue("a2", "rescue", 2, 3.0)])  # no CALLSTART logged: still node-a's
+        await a.flush()
+        assert [e.call_id for e in (await load_state(engine, node_id="node-a"))[1]] == ["a1", "a2"]
+        assert [e.call_id for e in (await load_state(engine, node_id="node-b"))[1]] == ["b1"]
+        assert [e.call_id for e in (await load_state(engine))[1]] == ["b1", "a1", "a2"]
+        assert (await CallRecords(engine).get("a2"))["node_id"] == "node-a"
+    finally:
+        await a.stop()
+        await b.stop()
+        await engine.dispose()
+
+
 async def test_event_log_keeps_append_order_across_batches(db_url: str) -> None:
     engine = await fresh_engine(db_url)
     writer = EventWriter(engine, "node-b", batch_window_s=0.005, max_batch=7)
