@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from routing.acd import SeatSpec
@@ -64,14 +64,15 @@ class CallRecords:
     async def list(self, limit: int = 50, before: float | None = None, skill: str | None = None,
                    outcome: str | None = None, seat_id: str | None = None, caller: str | None = None,
                    since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
-        """Newest first by start time; ``before`` is the ``started_at`` of the last row of the previous page."""
+        """Newest first by start time; ``before`` is the ``started_at`` of the last row of the previous
+        page; ``outcome`` matches the end reason (``completed``, ``abandoned``) or the IVR's outcome."""
         conds = []
         if before is not None:
             conds.append(calls.c.started_at < before)
         if skill:
             conds.append(calls.c.skill == skill)
-        if outcome:
-            conds.append(calls.c.outcome == outcome)
+        if outcome:  # how the call ended (completed, abandoned, ...) or how the IVR decided
+            conds.append(or_(calls.c.end_reason == outcome, calls.c.outcome == outcome))
         if seat_id:
             conds.append(calls.c.seat_id == seat_id)
         if caller:

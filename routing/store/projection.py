@@ -48,7 +48,7 @@ def _outcome_name(outcome: Any) -> str | None:
     if outcome is None:
         return None
     if isinstance(outcome, dict):
-        for key in ("name", "id", "kind", "skill"):
+        for key in ("reason", "name", "id", "skill"):
             if outcome.get(key) is not None:
                 return str(outcome[key])[:64]
         return None
@@ -122,8 +122,10 @@ def fold(batch: list[Event], node_id: str | None, now: float) -> BatchChanges:
                  ingress=d.get("ingress"), answered_at=d.get("answered_at"))
         elif k is EventKind.IVRDONE:
             record = d.get("record", d)
-            call(cid, ivr=record, outcome=_outcome_name(record.get("outcome") if isinstance(record, dict) else None),
-                 skill=ev.skill or d.get("skill"), priority=d.get("priority"))
+            rec = record if isinstance(record, dict) else {}
+            call(cid, ivr=record, outcome=_outcome_name(rec.get("outcome") or d.get("reason")),
+                 skill=ev.skill or d.get("skill") or rec.get("skill"),
+                 priority=d.get("priority", rec.get("priority")))
         elif k is EventKind.ENTERQUEUE:
             enq = float(d.get("enqueued_at", ev.at))
             prio = int(d.get("priority", 0) or 0)

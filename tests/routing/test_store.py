@@ -196,6 +196,8 @@ async def test_call_record_timeline_filters_and_flags(db_url: str) -> None:
         assert [c["id"] for c in await records.list(limit=1, before=320.0)] == ["B"]
         assert [c["id"] for c in await records.list(skill="rescue")] == ["C", "B"]
         assert [c["id"] for c in await records.list(outcome="dispute")] == ["A"]
+        assert [c["id"] for c in await records.list(outcome="abandoned")] == ["C", "B"]
+        assert [c["id"] for c in await records.list(outcome="completed")] == ["A"]
         assert [c["id"] for c in await records.list(seat_id="s7")] == ["A"]
         assert [c["id"] for c in await records.list(caller="13900000002")] == ["B"]
         assert [c["id"] for c in await records.list(since=300.0, until=320.0)] == ["B"]
