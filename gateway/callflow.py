@@ -25,6 +25,7 @@ from gateway import channel as ch
 from ivr.flow import Flow
 from ivr.interpreter import CancelTimer, IvrSession, Play, Route, StartTimer, StopPlayback
 from ivr.prompts import hold_prompts, queue_position_prompts, transfer_prompts
+from routing.errors import RoutingError
 from routing.events import Event, EventKind
 
 log = logging.getLogger("gateway.callflow")
@@ -102,6 +103,15 @@ class CallDirector:
         self._loop = asyncio.get_event_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
         routing.on_event(self._routing_event)
+
+    def _routing(self, command: str, call_id: str, *args: Any, **kw: Any) -> list[Event]:
+        """Tell the ACD what happened on the wire.  A late or duplicate report (the ACD already
+        moved on, e.g. its own ring timer fired first) is refused by the ACD: logged, not fatal."""
+        try:
+            return list(getattr(self.routing, command)(call_id, *args, **kw))
+        except RoutingError as e:
+            log.info("routing_report_refused", extra={"call_id": call_id, "command": command, "error": str(e)})
+            return []
 
     # ------------------------------------------------------------------------------------------
     # worker events
@@ -199,7 +209,7 @@ class CallDirector:
                                               files=[str(p) for p in transfer_prompts()]))
         info = {"ivr": record, "caller": call.caller, "started_at": call.started_at, "node_id": self.node_id,
                 "recording_id": call.recording_id}
-        self.routing.enqueue(call.call_id, o.skill, o.priority, caller=call.caller, info=info)
+        self._routing("enqueue", call.call_id, o.skill, o.priority, caller=call.caller, info=info)
 
     def _announce(self, call: CallFlow) -> None:
         """Hold message + queue position, replayed as soon as it ends: the caller never hears silence."""
@@ -249,7 +259,7 @@ class CallDirector:
         sent = self.media.send(call.call_id, ch.DialSeat(call_id=call.call_id, leg_id=call.leg_id, uri=str(contact),
                                                          headers=headers, from_uri=from_uri, timeout_s=timeout))
         if not sent:
-            self.routing.seat_failed(call.call_id, "unreachable")
+            self._routing("seat_failed", call.call_id, "unreachable", seat_id=call.seat_id)
 
     def _seat_answered(self, call: CallFlow, msg: ch.SeatAnswered) -> None:
         if msg.leg_id != call.leg_id or call.state is not CallState.RINGING:
@@ -260,24 +270,28 @@ class CallDirector:
             self.on_handoff(handoff_s)
         log.info("bridged", extra={"call_id": call.call_id, "seat_id": call.seat_id,
                                    "handoff_ms": round(handoff_s * 1000, 2) if handoff_s is not None else None})
-        self.routing.seat_answered(call.call_id)
+        self._routing("seat_answered", call.call_id, seat_id=call.seat_id)
 
     def _seat_failed(self, call: CallFlow, msg: ch.SeatFailed) -> None:
         if msg.leg_id != call.leg_id:
             return  # a leg we already gave up on (ring-no-answer): the ACD has moved on
         reason = seat_failure_reason(msg.code, msg.reason)
         was_talking = call.state is CallState.TALKING
-        log.warning("seat_failed", extra={"call_id": call.call_id, "seat_id": call.seat_id, "code": msg.code,
+        seat_id = call.seat_id
+        log.warning("seat_failed", extra={"call_id": call.call_id, "seat_id": seat_id, "code": msg.code,
                                           "reason": reason, "mid_call": was_talking})
         call.leg_id = None
         call.seat_id = None
         call.state = CallState.QUEUED
         if was_talking:
-            self.routing.seat_failed(call.call_id, "seat_leg_failed")
+            # The conversation ended on the seat's side by a failure, not a BYE: the seat's part
+            # is over (wrap-up), and the caller, still on the line, waits again at the front.
+            self._routing("call_completed", call.call_id, "seat_failure")
+            self._routing("enqueue", call.call_id, call.skill or "intake_guidance", 1, caller=call.caller,
+                          info={"requeued_after": "seat_leg_failed"})
         else:
-            self.routing.seat_failed(call.call_id, reason)
-        if call.state is CallState.QUEUED:
-            self._announce(call)
+            self._routing("seat_failed", call.call_id, reason, seat_id=seat_id)
+        self._announce(call)
 
     # ------------------------------------------------------------------------------------------
     # end of a call
@@ -296,10 +310,10 @@ class CallDirector:
                                        data={"record": call.ivr.record.to_dict(), "reason": outcome})])
         elif state in (CallState.QUEUED, CallState.RINGING):
             outcome = end_reason or "abandoned"
-            self.routing.caller_abandoned(call.call_id)
+            self._routing("caller_abandoned", call.call_id)
         else:
             outcome = end_reason or "completed"
-            self.routing.call_completed(call.call_id, ended_by)
+            self._routing("call_completed", call.call_id, ended_by)
         log.info("call_ended", extra={"call_id": call.call_id, "ended_by": ended_by, "state": state.value,
                                       "outcome": outcome})
         self._spawn(self._finish(call, ended_by, outcome, recording_error))

@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ loadmodule "jsonrpcs.so"
 loadmodule "dialog.so"
 loadmodule "dispatcher.so"
 
-modparam("jsonrpcs", "transport", 2)
+modparam("jsonrpcs", "transport", 4)
 modparam("jsonrpcs", "dgram_socket", "{rpc_socket}")
 modparam("jsonrpcs", "dgram_mode", 0666)
 modparam("tm", "fr_timer", 2000)
@@ -278,6 +279,7 @@ class Kamailio:
         self.proc: asyncio.subprocess.Process | None = None
         self.rpc = KamailioRpc(run_dir / "kamailio-rpc.sock")
         self._stderr_task: asyncio.Task[None] | None = None
+        self.last_errors: deque[str] = deque(maxlen=5)
 
     def write_config(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -308,13 +310,15 @@ class Kamailio:
         self._stderr_task = asyncio.create_task(self._pump_stderr())
         for _ in range(100):
             if self.proc.returncode is not None:
-                raise RuntimeError(f"kamailio exited at start (code {self.proc.returncode}); "
-                                   f"is {self.host}:{self.port} already in use?")
+                await asyncio.sleep(0.1)  # let the stderr pump catch the reason
+                why = self.last_errors[-1] if self.last_errors else f"is {self.host}:{self.port} already in use?"
+                raise RuntimeError(f"kamailio exited at start (code {self.proc.returncode}): {why}")
             if self.rpc.rpc_socket.exists() and await asyncio.to_thread(self._rpc_ok):
                 log.info("kamailio_started", extra={"pid": self.proc.pid, "port": self.port})
                 return
             await asyncio.sleep(0.1)
-        raise RuntimeError("kamailio did not come up within 10 s")
+        why = f": {self.last_errors[-1]}" if self.last_errors else ""
+        raise RuntimeError(f"kamailio did not come up within 10 s{why}")
 
     def _rpc_ok(self) -> bool:
         try:
@@ -331,6 +335,8 @@ class Kamailio:
                 continue
             level = logging.ERROR if " ERROR:" in line or "CRITICAL" in line else (
                 logging.WARNING if "WARNING" in line else logging.DEBUG)
+            if level == logging.ERROR:
+                self.last_errors.append(line.split(": ", 2)[-1][:200])
             log.log(level, "kamailio", extra={"line": line[-400:]})
 
     async def call(self, method: str, *params: Any) -> Any:

@@ -224,7 +224,9 @@ class Node:
 
     # ------------------------------------------------------------------------------------------
     async def stop(self) -> None:
-        log.info("node_stopping", extra={"node_id": self.node_id})
+        started = self.engine is not None
+        if started:
+            log.info("node_stopping", extra={"node_id": self.node_id})
         if self.api is not None:
             with contextlib.suppress(Exception):
                 await self.api.stop()
@@ -242,7 +244,8 @@ class Node:
                 await self.routing.stop()
         if self.engine is not None:
             await self.engine.dispose()
-        log.info("node_stopped", extra={"node_id": self.node_id})
+        if started:
+            log.info("node_stopped", extra={"node_id": self.node_id})
 
 
 def _safe_url(url: str) -> str:

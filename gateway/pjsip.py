@@ -62,9 +62,11 @@ class PjsipRuntime:
         self._thread_id = threading.get_ident()
         ep = pj.Endpoint()
         # pjlib prints its start-up banner on stdout before any log config applies; stdout is
-        # reserved for the simulators' JSON results, so point fd 1 at stderr meanwhile.
+        # reserved for the simulators' JSON results and logs are JSON lines, so silence it.
         saved_stdout = os.dup(1)
-        os.dup2(2, 1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
         try:
             ep.libCreate()
             self._init(ep)
