@@ -101,11 +101,10 @@ class Node:
             raise ConfigError(f"data dir {s.data_dir}: {e.strerror}") from None
 
         # 2. storage and routing
-        from routing.service import RoutingService
-
         from gateway.schema import upgrade_schema
         from recordings.catalog import Catalog
         from recordings.closing import recover_unclosed
+        from routing.service import RoutingService
         from routing.store.calls import CallRecords
         from routing.store.database import make_engine
 

@@ -44,5 +44,19 @@ class CallRecording:
         media.startTransmit(self.recorder)
 
     def close(self) -> None:
-        """Destroying the recorder writes the final WAV header."""
+        """Release the recorder.  Since PJSIP 2.14 the conference removes a port on its next clock
+        tick, so the WAV writer is destroyed (and writes its final header) about one frame later:
+        use ``header_final`` before telling anyone the file is complete."""
         self.recorder = None  # type: ignore[assignment]
+
+    def header_final(self) -> bool:
+        """True once the WAV header declares the data actually on disk (the writer is gone)."""
+        try:
+            with self.path.open("rb") as f:
+                head = f.read(44)
+            size = self.path.stat().st_size
+        except OSError:
+            return True  # nothing to wait for
+        if len(head) < 44:
+            return False
+        return int.from_bytes(head[40:44], "little") == size - 44

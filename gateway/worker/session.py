@@ -87,19 +87,29 @@ class HandoffSession:
             self.service.orphan_seat(self.seat)
             self.seat = None
         self._drop_player()
-        if self.recording is not None:
-            self.recording.close()
+        recording = self.recording
+        if recording is not None:
+            recording.close()
             self.recording = None
         self.service.session_ended(self)
         if not self.announced:
             # Cancelled while ringing: the control process never heard of this call.
             self.service.send(ch.CallRejected(code=487, reason="cancelled before answer", callee="", caller=""))
             return
-        self.service.send(ch.CallEnded(
+        ended = ch.CallEnded(
             call_id=self.call_id, ended_by=ended_by, reason=reason, code=code, at=time.time(),
             bridged=self.bridged, recording_path=str(self.recording_path) if self.recording_path else None,
             recording_error=self.recording_error,
-        ))
+        )
+        self._announce_end(ended, recording, deadline=time.monotonic() + 1.0)
+
+    def _announce_end(self, ended: ch.CallEnded, recording: CallRecording | None, deadline: float) -> None:
+        """Report the end once the recording's header is final, so the control process seals a
+        complete file (the WAV writer closes one media frame after its release)."""
+        if recording is None or recording.header_final() or time.monotonic() > deadline:
+            self.service.send(ended)
+            return
+        self.service.rt.call_later(0.02, lambda: self._announce_end(ended, recording, deadline))
 
     # -- prompts -------------------------------------------------------------------------------
     def play(self, files: list[str], token: int) -> None:

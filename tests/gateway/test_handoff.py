@@ -115,14 +115,16 @@ def test_ring_no_answer_goes_to_the_next_seat_without_silence(tmp_path: Path) ->
 @pytest.mark.parametrize("how", ["declines", "unreachable"])
 def test_seat_failure_keeps_the_caller(tmp_path: Path, how: str) -> None:
     p1, p2 = free_port(), free_port()
+    # Unreachable: nothing listens on p1; over TCP the refused connection is reported at once
+    # (over UDP only the ring timer could tell, which is the ring-no-answer path).
+    s1_contact = f"sip:s1@127.0.0.1:{p1};transport=tcp" if how == "unreachable" else p1
     node = start_node(tmp_path, workers=2, args=["--ring-timeout", "4"],
-                      seats_yaml=seats_yaml(("s1", "intake_guidance", p1), ("s2", "intake_guidance", p2)))
+                      seats_yaml=seats_yaml(("s1", "intake_guidance", s1_contact), ("s2", "intake_guidance", p2)))
     try:
         if how == "declines":
             start_seat(node, "s1", p1, "--respond", "603")
-        # unreachable: nothing listens on p1
         caller = start_caller(node, HUMAN, stay=10)
-        node.wait_for(lambda: any(e for c in node.calls(5) for e in [c] if c["ivr"]), timeout=30)
+        node.wait_for(lambda: any(c["ivr"] for c in node.calls(5)), timeout=30)
         time.sleep(1.0)
         start_seat(node, "s2", p2, "--answer-after", "0.3")
         res = caller_result(caller)
@@ -157,23 +159,30 @@ def test_caller_abandons_while_the_seat_rings(tmp_path: Path) -> None:
 
 
 def test_order_is_kept_and_a_more_urgent_caller_goes_first(tmp_path: Path) -> None:
-    """One intake seat, busy: a p4 caller arrives, then a p3 caller; the p3 caller is served first."""
+    """One intake seat, busy: a p4 caller queues, then a p3 caller; the p3 caller is served first."""
     p1 = free_port()
-    node = start_node(tmp_path, workers=3, seats_yaml=seats_yaml(("s1", "intake_guidance", p1)))
+    node = start_node(tmp_path, workers=3, env={"HANDOFF_WRAP_UP_S": "1"},
+                      seats_yaml=seats_yaml(("s1", "intake_guidance", p1)))
+
+    def waiting(priority: int) -> bool:
+        return any(c["priority"] == priority and c["queued_at"] and not c["ended_at"] and not c["seat_id"]
+                   for c in node.calls(10))
+
     try:
-        start_seat(node, "s1", p1, "--answer-after", "0.3", "--hangup-after", "4")
-        first = start_caller(node, HUMAN, stay=30)                      # p3, takes the seat
+        start_seat(node, "s1", p1, "--answer-after", "0.3", "--hangup-after", "10")
+        first = start_caller(node, HUMAN, stay=60)                      # p3, takes the seat
         node.wait_for(lambda: seat_status(node, "s1")["status"] == "on_call", timeout=30)
-        low = start_caller(node, "1 2 1 2 2 2 2", gap=0.6, stay=30)     # eligible, no dispute: p4
-        node.wait_for(lambda: sum(1 for c in node.calls(10) if c["ivr"] and c["ivr"].get("priority") == 4
-                                  and not c["ended_at"]) == 1, timeout=40)
-        high = start_caller(node, HUMAN, stay=30)                       # p3, arrives later
+        low = start_caller(node, "1 2 1 2 2 2 2", gap=0.5, stay=60)     # eligible, no dispute: p4
+        node.wait_for(lambda: waiting(4), timeout=30)
+        high = start_caller(node, HUMAN, stay=60)                       # p3, arrives later
+        node.wait_for(lambda: waiting(3), timeout=30)
         results = [caller_result(p, timeout=180) for p in (first, low, high)]
-        assert all(r["answered"] for r in results)
+        assert all(r["answered"] and r["bridged"] for r in results), results
         reps = node.wait_for(lambda: (r := seat_reports(node, "s1")) and len(r) >= 3 and r, timeout=60)
         calls = {c["id"]: c for c in node.calls(10)}
-        order = [calls[r["call_id"]]["ivr"]["priority"] for r in reps[:3]]
+        order = [calls[r["call_id"]]["priority"] for r in reps[:3]]
         assert order == [3, 3, 4], order
+        assert len({r["call_id"] for r in reps[:3]}) == 3
     finally:
         node.stop()
 
