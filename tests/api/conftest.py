@@ -11,6 +11,7 @@ import asyncio
 import time
 import wave
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from recordings.finalize import finalize
 from routing.acd import SeatSpec
 from routing.status import SeatStatus
 from routing.store.calls import CallRecords
-from routing.store.database import create_schema, make_engine
+from routing.store.database import create_schema
+from tests.api.scratch import scratch_engine
 from tests.conftest import ROOT, free_port
 
 try:
@@ -58,6 +60,7 @@ class Node:
     tokens: dict[str, str]
     token_store: TokenStore
     flow_path: Path
+    tables: AsyncExitStack
     installed: list[Any] = field(default_factory=list)
 
     def auth(self, who: str) -> dict[str, str]:
@@ -77,7 +80,8 @@ SEATS = [
 
 
 async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS) -> Node:
-    engine = make_engine(db_url)
+    tables = AsyncExitStack()
+    engine = await tables.enter_async_context(scratch_engine(db_url))
     await create_schema(engine)
     token_store = TokenStore(engine, cache_s=0.0)
     await token_store.create_schema()
@@ -101,13 +105,13 @@ async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS)
         "bad": "h122_" + "x" * 43,
     }
     return Node(url=server.url, server=server, routing=routing, calls=ctx.calls, catalog=catalog, tokens=tokens,
-                token_store=token_store, flow_path=flow_path, installed=installed)
+                token_store=token_store, flow_path=flow_path, tables=tables, installed=installed)
 
 
 async def stop_node(node: Node) -> None:
     await node.server.stop_async()
     await node.routing.stop()
-    await node.token_store.engine.dispose()
+    await node.tables.aclose()
 
 
 @pytest.fixture

@@ -12,15 +12,15 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from api.tokens import Role, TokenError, TokenStore, api_tokens, token_hash
+from tests.api.scratch import scratch_engine
 
 
 @pytest.fixture
 async def store(db_url: str):
-    engine = create_async_engine(db_url)
-    s = TokenStore(engine, cache_s=0.0)
-    await s.create_schema()
-    yield s
-    await engine.dispose()
+    async with scratch_engine(db_url) as engine:
+        s = TokenStore(engine, cache_s=0.0)
+        await s.create_schema()
+        yield s
 
 
 async def test_token_resolves_to_its_role_and_seat(store: TokenStore) -> None:

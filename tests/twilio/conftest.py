@@ -11,6 +11,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from ivr.flow import DEFAULT_FLOW_PATH, Flow, load_flow
 from routing.acd import SeatSpec
 from routing.status import SeatStatus
 from routing.store.calls import CallRecords
-from routing.store.database import create_schema, make_engine
+from routing.store.database import create_schema
+from tests.api.scratch import scratch_engine
 
 try:
     from routing.service import RoutingService
@@ -50,13 +52,11 @@ class Centre:
     twilio: TwilioCalls
     http: httpx.AsyncClient
     flow: Flow
+    tables: AsyncExitStack
 
     async def flushed(self) -> None:
         """Wait until every event so far is in the database."""
-        flush = getattr(self.routing, "flush", None)
-        if flush is None:
-            flush = self.routing.writer.flush
-        await flush()
+        await self.routing.writer.flush()
 
     async def record(self, call_id: str) -> dict[str, Any]:
         await self.flushed()
@@ -174,7 +174,8 @@ async def start_centre(db_url: str, tmp_path: Path, seats: list[SeatSpec],
                        flow: Flow | None = None, clock: Callable[[], float] | None = None) -> Centre:
     if RoutingService is None:
         pytest.skip("routing.service is not there yet")
-    engine = make_engine(db_url)
+    tables = AsyncExitStack()
+    engine = await tables.enter_async_context(scratch_engine(db_url))
     await create_schema(engine)
     settings = Settings(data_dir=tmp_path, db_url=db_url, ring_timeout=20.0)
     routing = RoutingService.from_settings(settings, engine, node_id="test-node")
@@ -187,13 +188,13 @@ async def start_centre(db_url: str, tmp_path: Path, seats: list[SeatSpec],
     app = FastAPI()
     app.include_router(twilio_router(ctx, calls))
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
-    return Centre(routing=routing, records=CallRecords(engine), twilio=calls, http=http, flow=flow)
+    return Centre(routing=routing, records=CallRecords(engine), twilio=calls, http=http, flow=flow, tables=tables)
 
 
 async def stop_centre(centre: Centre) -> None:
     await centre.http.aclose()
     await centre.routing.stop()
-    await centre.records.engine.dispose()
+    await centre.tables.aclose()
 
 
 SEATS = [seat("s1", ["rescue", "online_determination"]), seat("s2", ["police_dispatch"])]
