@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -60,13 +61,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
-def create_app(ctx: ApiContext) -> FastAPI:
+def create_app(ctx: ApiContext, ingress: Iterable[APIRouter] = ()) -> FastAPI:
+    """The app over ``ctx``; ``ingress`` adds routers with their own authentication (Twilio)."""
     app = FastAPI(title="handoff122", version="1", description=DESCRIPTION, docs_url="/docs",
                   redoc_url=None, openapi_url="/openapi.json")
     app.state.ctx = ctx
     _install_error_handlers(app)
     for module in (health, seats, queues, calls, recordings, callbacks, admin, events_ws, metrics):
         app.include_router(module.router)
+    for router in ingress:
+        app.include_router(router)
 
     @app.get("/api/v1/me", response_model=Me, tags=["auth"])
     async def me(who: Principal = Depends(principal), ctx: ApiContext = Depends(get_ctx)) -> Me:
