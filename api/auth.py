@@ -27,7 +27,7 @@ def _unauthorized(detail: str) -> HTTPException:
 async def resolve_token(ctx: ApiContext, token: str | None) -> Principal | None:
     if not token:
         return None
-    return await ctx.on_control(ctx.tokens.resolve, token)
+    return ctx.tokens.cached(token) or await ctx.on_control(ctx.tokens.resolve, token)
 
 
 async def principal(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:

@@ -110,6 +110,14 @@ class TokenStore:
                 created_at=time.time() if now is None else now))
         return token
 
+    def cached(self, token: str | None) -> Principal | None:
+        """A recent positive answer of ``resolve``, without I/O: safe from the API's own thread
+        (one dict read), so most requests skip the hop to the control loop that owns the engine."""
+        if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
+        hit = self._cache.get(token_hash(token))
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
     async def resolve(self, token: str | None) -> Principal | None:
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None

@@ -98,3 +98,16 @@ def test_token_cli_with_postgres(pg_url: str, tmp_path: Path) -> None:
     done = _cli("--role", "admin", "--db-url", pg_url, "--data-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith("h122_")
+
+
+async def test_cached_answer_is_dropped_when_the_token_is_revoked(db_url: str) -> None:
+    async with scratch_engine(db_url) as engine:
+        store = TokenStore(engine, cache_s=60.0)
+        await store.create_schema()
+        token = await store.create("supervisor")
+        assert store.cached(token) is None  # nothing resolved yet: the API must ask the database
+        who = await store.resolve(token)
+        assert who is not None and store.cached(token) == who
+        assert store.cached(token + "x") is None and store.cached(None) is None
+        await store.revoke(who.token_id)
+        assert store.cached(token) is None and await store.resolve(token) is None
