@@ -8,6 +8,7 @@ logged, kept in the catalog and flagged on the call record.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ class CallRecordings:
         self.catalog = catalog
         self.calls = calls
         self.started: dict[str, float] = {}
+        self._opening: dict[str, asyncio.Task[None]] = {}
 
     @property
     def partial_dir(self) -> Path:
@@ -32,16 +34,25 @@ class CallRecordings:
     async def call_started(self, call_id: str, partial_path: str | None, started_at: float,
                            error: str | None) -> str | None:
         self.started[call_id] = started_at
+        task = asyncio.ensure_future(self._open(call_id, partial_path, started_at, error))
+        self._opening[call_id] = task
+        await asyncio.shield(task)
+        return call_id
+
+    async def _open(self, call_id: str, partial_path: str | None, started_at: float, error: str | None) -> None:
         try:
             await self.catalog.opened(call_id, call_id, started_at)
             if error or not partial_path:
                 await self.catalog.failed(call_id, error or "recorder not started")
                 await self.calls.set_flags(call_id, recording_failed=error or "recorder not started")
         except Exception as e:
-            log.error("recording_catalog_failed", extra={"call_id": call_id, "error": str(e)})
-        return call_id
+            log.error("recording_catalog_failed", extra={"call_id": call_id, "error": str(e)[:300]})
 
     async def call_ended(self, call_id: str, partial_path: str | None, error: str | None) -> str | None:
+        # A short call can end before its "opened" row is written: seal only after it.
+        opening = self._opening.pop(call_id, None)
+        if opening is not None:
+            await opening
         started_at = self.started.pop(call_id, None)
         if error or not partial_path or started_at is None:
             return call_id

@@ -335,6 +335,8 @@ class Kamailio:
                 continue
             level = logging.ERROR if " ERROR:" in line or "CRITICAL" in line else (
                 logging.WARNING if "WARNING" in line else logging.DEBUG)
+            if "cannot find load for" in line:
+                level = logging.DEBUG  # a retransmitted BYE: its slot was already freed
             if level == logging.ERROR:
                 self.last_errors.append(line.split(": ", 2)[-1][:200])
             log.log(level, "kamailio", extra={"line": line[-400:]})

@@ -86,11 +86,12 @@ class WorkerPool:
         try:
             await asyncio.wait_for(asyncio.gather(*(h.ready.wait() for h in self.workers.values())), timeout)
         except TimeoutError:
-            dead = [h.spec for h in self.workers.values() if not h.ready.is_set()]
+            dead = [h for h in self.workers.values() if not h.ready.is_set()]
+            codes = {h.proc.returncode for h in dead if h.proc is not None}
             await self.stop()
-            d = dead[0]
-            raise RuntimeError(f"media worker {d.worker_id} did not start on {d.sip_host}:{d.sip_port} "
-                               f"(port in use?)") from None
+            d = dead[0].spec
+            why = "port in use?" if codes <= {None, 2} else f"exit codes {sorted(c for c in codes if c is not None)}"
+            raise RuntimeError(f"media worker {d.worker_id} did not start on {d.sip_host}:{d.sip_port} ({why})") from None
 
     async def _spawn(self, h: WorkerHandle) -> None:
         s = h.spec

@@ -69,8 +69,8 @@ def main(as_json: bool = False, quick: bool = False) -> int:
     sequential, concurrent = (20, 10) if quick else (200, 50)
     uas_port = free_port()
     tmp = tempfile.TemporaryDirectory(prefix="h122-bench-handoff-")
-    uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-cp", str(free_port()),
-                            "-nostdin", "-mi", "127.0.0.1", "-mp", str(free_port())],
+    uas = subprocess.Popen(["sipp", "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1", "-p", str(uas_port),
+                            "-cp", str(free_port()), "-nostdin", "-mi", "127.0.0.1", "-mp", str(free_port())],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp.name)
     seats = _seats_yaml(Path(tmp.name) / "seats.yaml", concurrent + 10, uas_port)
     workers = concurrent // 2 + 5

@@ -125,9 +125,12 @@ class SippRun:
     elapsed_s: float
     returncode: int
     tail: str
+    call_rate: float = 0.0  # SIPp's own cumulative rate of calls created
 
     @property
     def cps(self) -> float:
+        if self.call_rate:
+            return self.call_rate
         return (self.ok_calls + self.failed_calls) / self.elapsed_s if self.elapsed_s else 0.0
 
 
@@ -151,8 +154,9 @@ def sipp(target_port: int, scenario: str | Path, *, calls: int, rate: float, lim
     elapsed = time.monotonic() - t0
     ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", p.stdout)
     bad = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", p.stdout)
+    rate = re.search(r"Call Rate\s*\|\s*[\d.]+ cps\s*\|\s*([\d.]+) cps", p.stdout)
     return SippRun(int(ok.group(1)) if ok else 0, int(bad.group(1)) if bad else 0, elapsed, p.returncode,
-                   p.stdout[-1500:])
+                   p.stdout[-1500:], float(rate.group(1)) if rate else 0.0)
 
 
 class ProcSampler:

@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.bench.runner import NodeProcess, ProcSampler, emit, free_port, say, sipp
 from gateway.kamailio import Destination, Kamailio, find_kamailio
+from gateway.logs import configure_logging
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "tests" / "sipp"
 
@@ -39,9 +40,9 @@ def _ceiling(cps: float, seconds: float) -> dict[str, Any] | None:
     if binary is None:
         return None
     uas_port, front = free_port(), free_port()
-    uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-cp", str(free_port()),
-                            "-nostdin"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           cwd=tempfile.gettempdir())
+    uas = subprocess.Popen(["sipp", "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1", "-p", str(uas_port),
+                            "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port()), "-nostdin"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir())
     with tempfile.TemporaryDirectory(prefix="h122-ceiling-") as d:
         k = Kamailio(binary, Path(d), host="127.0.0.1", port=front, service_numbers=["122"],
                      destinations=[Destination(0, "127.0.0.1", uas_port)], maxload=100000, retry_after_s=5,
@@ -51,7 +52,7 @@ def _ceiling(cps: float, seconds: float) -> dict[str, Any] | None:
             loop.run_until_complete(k.start())
             run = sipp(front, SCENARIOS / "uac_122_dtmf.xml", calls=int(cps * seconds), rate=cps,
                        limit=int(cps * 10), timeout=seconds + 60,
-                       subs={"service": "122", "first": "200", "stay": "1000", "digits": ""}, extra=["-mp", "0"])
+                       subs={"service": "122", "first": "200", "stay": "1000", "digits": ""})
         finally:
             loop.run_until_complete(k.stop())
             loop.close()
@@ -61,6 +62,7 @@ def _ceiling(cps: float, seconds: float) -> dict[str, Any] | None:
 
 
 def main(as_json: bool = False, quick: bool = False) -> int:
+    configure_logging("ERROR", process_name="bench")
     concurrent = 16 if quick else 128
     cps, seconds, hold_s = (10.0, 10.0, 10.0) if quick else (50.0, 60.0, 30.0)
     workers = max(2, concurrent // 2)

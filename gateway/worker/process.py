@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     rt = PjsipRuntime(PjsipConfig(sip_host=a.sip_host, sip_port=a.sip_port, rtp_port=a.rtp_port,
                                   rtp_port_range=a.rtp_range, max_calls=a.max_calls,
                                   log_level=a.pjsip_log_level))
-    config = WorkerConfig(worker_id=a.worker_id, callers=a.callers, partial_dir=a.partial_dir,
+    config = WorkerConfig(worker_id=a.worker_id, callers=a.callers, max_calls=a.max_calls, partial_dir=a.partial_dir,
                           service_numbers=tuple(x for x in a.service_numbers.split(",") if x),
                           retry_after_s=a.retry_after, answer_delay_s=a.answer_delay)
     service = WorkerService(rt, config, link.send)

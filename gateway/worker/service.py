@@ -32,6 +32,7 @@ class WorkerConfig:
     service_numbers: tuple[str, ...]
     callers: int                  # callers admitted at once (each may need a seat leg)
     partial_dir: Path             # recordings are written here while the call lasts
+    max_calls: int = 4            # PJSUA_MAX_CALLS of this build
     retry_after_s: int = 5
     answer_delay_s: float = 0.0   # ring this long before answering (lets a caller CANCEL)
 
@@ -75,6 +76,14 @@ class WorkerService:
     def live_calls(self) -> int:
         return len(self.sessions) + len(self.refused) + len(self.orphans)
 
+    def _room_for_caller(self) -> bool:
+        """The front door sends at most ``callers`` callers, but it frees a slot when a BYE passes
+        it, and the next INVITE can overtake that BYE on the way here.  So one caller more is
+        admitted while PJSIP still has a call free; the overlap lasts until the BYE lands."""
+        if len(self.sessions) < self.config.callers:
+            return True
+        return len(self.sessions) == self.config.callers and self.live_calls() < self.config.max_calls - 1
+
     def stats(self) -> ch.WorkerStats:
         """Live pjsua2 objects, so a leak (a player or recorder outliving its call) is visible."""
         return ch.WorkerStats(
@@ -96,7 +105,7 @@ class WorkerService:
         if callee not in self.config.service_numbers:
             self._refuse(prm.callId, 404, "Not Found", callee, caller)
             return
-        if len(self.sessions) >= self.config.callers:
+        if not self._room_for_caller():
             self._refuse(prm.callId, 503, "Service Unavailable", callee, caller,
                          {"Retry-After": str(self.config.retry_after_s)})
             return
@@ -105,16 +114,18 @@ class WorkerService:
         self.sessions[call_id] = session
         assert session.caller is not None
         sip_call_id = header_value(msg, "Call-ID") or header_value(msg, "i") or ""
+        session.pending_answer = (caller, callee, sip_call_id)
+        if self.config.answer_delay_s <= 0:
+            # Answer at once: a 180 right before the 200 tells the caller nothing, and a proxy's
+            # parallel children may deliver it after the 200, which strict UACs treat as an error.
+            self._answer(session)
+            return
         try:
             session.caller.answer(_status(180))
         except pj.Error as e:
             log.error("answer_failed", extra={"call_id": call_id, "error": e.info()})
             return
-        session.pending_answer = (caller, callee, sip_call_id)
-        if self.config.answer_delay_s > 0:
-            self.rt.call_later(self.config.answer_delay_s, lambda: self._answer(session))
-        else:
-            self._answer(session)
+        self.rt.call_later(self.config.answer_delay_s, lambda: self._answer(session))
 
     def _answer(self, session: HandoffSession) -> None:
         """200 OK, recording from this moment, and the control process learns of the call."""

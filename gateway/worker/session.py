@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.worker.session")
 
+PJ_ETOOMANY = 70010  # pj_status_t of "too many objects" (PJSUA_MAX_CALLS reached)
+
 
 class HandoffSession:
     def __init__(self, service: WorkerService, call_id: str, caller_index: int) -> None:
@@ -42,6 +44,7 @@ class HandoffSession:
         self.ended_by: str | None = None
         self.pending_answer: tuple[str, str, str] | None = None  # ringing, not yet answered
         self.announced = False  # the control process knows this call (CallStarted sent)
+        self.dial_retry: str | None = None  # a seat leg waiting for a free PJSIP call
 
     # -- set-up --------------------------------------------------------------------------------
     def start_recording(self, path: Path) -> None:
@@ -148,7 +151,7 @@ class HandoffSession:
             self.player = None
 
     # -- seat leg ------------------------------------------------------------------------------
-    def dial_seat(self, cmd: ch.DialSeat) -> None:
+    def dial_seat(self, cmd: ch.DialSeat, deadline: float | None = None) -> None:
         if self.ended or self.caller is None:
             self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=cmd.leg_id, code=0,
                                             reason="caller gone", cancelled=True, at=time.time()))
@@ -171,6 +174,13 @@ class HandoffSession:
         try:
             leg.makeCall(cmd.uri, prm)
         except pj.Error as e:
+            until = deadline if deadline is not None else time.monotonic() + 5.0
+            if e.status == PJ_ETOOMANY and time.monotonic() < until:
+                # Every PJSIP call is taken for a moment (a caller admitted while another's BYE
+                # was in flight): not the seat's fault, try again shortly unless cancelled.
+                self.dial_retry = cmd.leg_id
+                self.service.rt.call_later(0.1, lambda: self._retry_dial(cmd, until))
+                return
             self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=cmd.leg_id, code=500,
                                             reason=f"dial failed: {e.reason}", at=time.time()))
             return
@@ -178,7 +188,17 @@ class HandoffSession:
         leg_id = cmd.leg_id
         self.service.rt.call_later(cmd.timeout_s, lambda: self.cancel_seat(leg_id, "worker ring timeout"))
 
+    def _retry_dial(self, cmd: ch.DialSeat, deadline: float) -> None:
+        if self.dial_retry == cmd.leg_id:
+            self.dial_retry = None
+            self.dial_seat(cmd, deadline)
+
     def cancel_seat(self, leg_id: str, reason: str) -> None:
+        if self.dial_retry == leg_id:
+            self.dial_retry = None
+            self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=leg_id, code=0, reason=reason,
+                                            cancelled=True, at=time.time()))
+            return
         seat = self.seat
         if seat is None or seat.leg_id != leg_id or self.bridged:
             return

@@ -19,8 +19,16 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        engine = create_async_engine(url, **kwargs)
+        # The driver's own (deferred) transactions are turned off and every transaction begins
+        # IMMEDIATE: a deferred one that reads, then writes, cannot wait for a busy writer and
+        # fails at once with "database is locked"; an immediate one waits up to busy_timeout.
+        connect_args = {"isolation_level": None, **kwargs.pop("connect_args", {})}
+        engine = create_async_engine(url, connect_args=connect_args, **kwargs)
         in_memory = u.database in (None, "", ":memory:")
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin_immediate(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -68,6 +68,8 @@ def test_122_with_rfc4733_digits_through_the_front_door(node: RunningNode) -> No
     assert call["ivr"]["skill"] == "intake_guidance"
     assert call["ivr"]["priority"] == 3
     assert call["ivr"]["reason"] == "asked_for_human"
+    # The first key came during the (long) welcome prompt: barge-in, recorded as such.
+    assert call["ivr"]["keys"][0]["barge_in"] is True
     _no_media_leaks(node)
 
 
@@ -161,6 +163,21 @@ def test_handoff122_call_with_both_dtmf_methods(node: RunningNode, tmp_path: Pat
     rec_path.write_bytes(rec.content)
     _, rec_samples = read_pcm16(rec_path)
     assert len(rec_samples) > 8000 * 3 and rms(rec_samples) > 100
+
+
+@pytest.mark.parametrize(("keys", "skill", "priority", "reason"), [
+    ("1 2 1 2 2 2 2", "intake_guidance", 4, "eligible_self_settlement"),
+    ("1 2 1 2 2 1", "online_review", 3, "facility_damage"),
+    ("2", "accident_query", 4, "earlier_accident_query"),
+])
+def test_ivr_paths_over_sip(node: RunningNode, keys: str, skill: str, priority: int, reason: str) -> None:
+    t0 = time.time()
+    result = run_caller(node, keys, gap=0.7, stay=1.0)
+    assert result["answered"] and result["hung_up_by"] == "caller"
+    call = _newest_call(node, t0)
+    assert _keys(call) == keys.replace(" ", "")
+    assert (call["ivr"]["skill"], call["ivr"]["priority"], call["ivr"]["reason"]) == (skill, priority, reason)
+    assert call["end_reason"] == "abandoned"  # no seat in this node: the caller waited, then left
 
 
 def test_worker_killed_mid_call(node: RunningNode) -> None:
