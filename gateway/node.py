@@ -60,6 +60,7 @@ class Node:
         self.direct_mode = False
         self.flow: Any = None
         self.worker_stats: dict[int, Any] = {}
+        self._retention: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -121,6 +122,7 @@ class Node:
         recovered = await recover_unclosed(self.catalog, [], time.time())
         if recovered:
             log.warning("recordings_recovered", extra={"count": len(recovered)})
+        self._retention = asyncio.create_task(self._retention_job(), name="recordings-retention")
 
         # 3. media workers and the call director
         self.recordings = CallRecordings(self.catalog, self.calls)
@@ -162,6 +164,21 @@ class Node:
                                       "api": f"http://{s.api_host}:{s.api_port}" if s.api_port else None,
                                       "workers": len(specs), "front_door": "kamailio" if self.kamailio else "none",
                                       "capacity": len(specs) * s.worker_callers})
+
+    async def _retention_job(self, every_s: float = 6 * 3600) -> None:
+        """Purge recordings older than the retention, never one whose call is still open."""
+        from recordings.retention import purge
+
+        while True:
+            try:
+                open_calls = set(self.director.calls) if self.director else set()
+                report = await purge(self.catalog, time.time(), self.settings.recordings_retention_days, open_calls)
+                if report.purged or report.errors:
+                    log.info("recordings_purged", extra={"purged": len(report.purged), "errors": len(report.errors),
+                                                         "bytes_freed": report.bytes_freed})
+            except Exception as e:
+                log.error("recordings_purge_failed", extra={"error": str(e)[:300]})
+            await asyncio.sleep(every_s)
 
     def _worker_specs(self) -> list[WorkerSpec]:
         s = self.settings
@@ -226,6 +243,8 @@ class Node:
         started = self.engine is not None
         if started:
             log.info("node_stopping", extra={"node_id": self.node_id})
+        if self._retention is not None:
+            self._retention.cancel()
         if self.api is not None:
             with contextlib.suppress(Exception):
                 await self.api.stop()

@@ -74,7 +74,19 @@ class NodeProcess:
     api_port: int = 0
     data_dir: Path | None = None
 
-    def start(self, timeout: float = 120) -> NodeProcess:
+    def start(self, timeout: float = 120, attempts: int = 3) -> NodeProcess:
+        """Start the node; free ports can be taken by another process before the node binds them,
+        so a start that fails on a port in use is retried on new ports."""
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except RuntimeError as e:
+                if "already in use" not in str(e) or attempt == attempts - 1:
+                    raise
+                self._tmp.cleanup()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> NodeProcess:
         self._tmp = tempfile.TemporaryDirectory(prefix="h122-bench-")
         self.data_dir = Path(self._tmp.name) / "var"
         self.sip_port, self.api_port = free_port(), free_port()

@@ -180,6 +180,26 @@ def test_ivr_paths_over_sip(node: RunningNode, keys: str, skill: str, priority: 
     assert call["end_reason"] == "abandoned"  # no seat in this node: the caller waited, then left
 
 
+def test_recordings_dir_broken_the_call_goes_on_and_is_flagged(tmp_path: Path) -> None:
+    n = start_node(tmp_path, workers=1)
+    partial = n.data_dir / "recordings" / ".partial"
+    try:
+        # As if the disk were full: nothing can be created where the recorder writes.
+        partial.rmdir()
+        partial.write_text("not a directory")
+        t0 = time.time()
+        result = run_caller(n, "2", gap=0.5, stay=1.5)
+        assert result["answered"] and result["hung_up_by"] == "caller"  # the call went on
+        call = _newest_call(n, t0)
+        assert call["ivr"]["skill"] == "accident_query"
+        assert call["flags"].get("recording_failed"), call
+        n.wait_for(lambda: "recording_failed" in n.log_path.read_text())
+    finally:
+        partial.unlink(missing_ok=True)
+        partial.mkdir(exist_ok=True)
+        assert n.stop() == 0
+
+
 def test_worker_killed_mid_call(node: RunningNode) -> None:
     t0 = time.time()
     bg = threading.Thread(target=lambda: run_sipp("uac_122_dtmf.xml", node.sip_port, service="122", first="500",
