@@ -58,10 +58,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from gateway.cluster import run_cluster
-
-    return run_cluster(nodes=args.nodes, sip_port=args.sip_port, api_port=args.api_port, data_dir=args.data_dir,
-                       db_url=args.db_url, mqtt_url=args.mqtt_url)
+    # Several nodes may share PostgreSQL and MQTT, but each node's ACD decides alone: without one
+    # routing authority for the shared seats, two nodes could offer one seat two calls.  Refuse
+    # clearly rather than start something that breaks "a seat is never offered two calls".
+    print("handoff122 cluster: not available yet: nodes need one routing authority for shared seats "
+          "(run one node per set of seats with handoff122 serve meanwhile)", file=sys.stderr)
+    return 2
 
 
 def cmd_seat(args: argparse.Namespace) -> int:

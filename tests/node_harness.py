@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from gateway.bench.runner import free_block
 from tests.conftest import free_port
 
 
@@ -109,7 +110,7 @@ def start_node(tmp: Path, *, workers: int = 2, seats_yaml: str | None = None, en
         cmd += ["--seats", str(seats)]
     cmd += args or []
     log_path = tmp / "node.log"
-    e = {**os.environ, "HANDOFF_WORKER_BASE_PORT": str(free_port_block()), "HANDOFF_RTP_BASE_PORT":
+    e = {**os.environ, "HANDOFF_WORKER_BASE_PORT": str(free_block(workers + 1)), "HANDOFF_RTP_BASE_PORT":
          str(20000 + (sip_port % 200) * 200), **(env or {})}
     proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=e)
     node = RunningNode(proc, sip_port, api_port, data, log_path)
@@ -122,29 +123,6 @@ def start_node(tmp: Path, *, workers: int = 2, seats_yaml: str | None = None, en
                               "--data-dir", str(data)], capture_output=True, text=True, check=True)
         node.token = out.stdout.strip().splitlines()[-1]
     return node
-
-
-def free_port_block(n: int = 16) -> int:
-    """A run of n consecutive free ports (workers listen on base+i)."""
-    import socket
-
-    for _ in range(100):
-        base = free_port()
-        if base + n > 65000:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                s = socket.socket(socket.AF_INET, kind)
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                finally:
-                    s.close()
-        if ok:
-            return base
-    raise RuntimeError("no free port block")
 
 
 def start_seat(node: RunningNode, seat_id: str, port: int, *extra: str, record: Path | None = None) -> subprocess.Popen[bytes]:

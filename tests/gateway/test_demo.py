@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.bench.runner import free_block
 from tests.conftest import free_port
-from tests.node_harness import free_port_block
 
 pytestmark = pytest.mark.sip
 
@@ -19,7 +19,7 @@ def test_demo_runs_callers_through_seats_and_stops_cleanly(tmp_path: Path) -> No
     api = free_port()
     cmd = [sys.executable, "-m", "gateway.cli", "demo", "--callers", "3", "--sip-port", str(free_port()),
            "--api-port", str(api), "--data-dir", str(tmp_path / "var"), "--workers", "3"]
-    env = {"HANDOFF_WORKER_BASE_PORT": str(free_port_block()), "PATH": "/usr/sbin:/usr/bin:/bin"}
+    env = {"HANDOFF_WORKER_BASE_PORT": str(free_block(4))}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**__import__("os").environ, **env})
     assert p.returncode == 0, p.stderr[-3000:]
     lines = dict(line.split(": ", 1) for line in p.stdout.splitlines() if ": " in line)
