@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +57,7 @@ class PjsipRuntime:
         self._running = False
         self._thread_id: int | None = None
         self.udp_port = 0
+        self._waker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     # -- lifecycle (on the PJSIP thread) -------------------------------------------------------
     def start(self, account_factory: Callable[[], pj.Account]) -> None:
@@ -161,6 +163,17 @@ class PjsipRuntime:
     # -- scheduling (call_soon from any thread, call_later on the PJSIP thread) -----------------
     def call_soon(self, fn: Callable[[], None]) -> None:
         self._queue.put(fn)
+
+    def wake(self) -> None:
+        """End the current ``libHandleEvents`` wait now (from any thread).
+
+        Queued work would otherwise wait for the poll slice to run out (up to 10 ms on every
+        command).  A CRLF keep-alive (RFC 5626) to our own SIP port is an I/O event PJSIP
+        swallows without a trace: a self-pipe that needs no pjsua2 call from this thread.
+        """
+        if self.udp_port:
+            with contextlib.suppress(OSError):
+                self._waker.sendto(b"\r\n\r\n", (self.config.sip_host, self.udp_port))
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         assert threading.get_ident() == self._thread_id, "call_later is for the PJSIP thread"

@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker {a.worker_id}: cannot start SIP on {a.sip_host}:{a.sip_port}: {e}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: rt.call_soon(rt.request_stop))
-    link.start(on_command=lambda cmd: rt.call_soon(lambda: service.handle(cmd)),
+    def on_command(cmd: Any) -> None:
+        rt.call_soon(lambda: service.handle(cmd))
+        rt.wake()
+
+    link.start(on_command=on_command,
                on_close=lambda: rt.call_soon(rt.request_stop))
     link.send(ch.Hello(worker_id=a.worker_id, pid=os.getpid(), sip_port=rt.udp_port, max_calls=a.max_calls))
     log.info("worker_ready", extra={"worker_id": a.worker_id, "sip_port": rt.udp_port, "rtp_port": a.rtp_port})
