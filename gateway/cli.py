@@ -106,7 +106,7 @@ _BENCHES: dict[str, tuple[str, str]] = {
     "handoff": ("gateway.bench.handoff", "main"),
     "ivr": ("ivr.bench", "main"),
     "routing": ("routing.bench", "main"),
-    "api": ("api.bench", "main"),
+    "api": ("gateway.bench.api", "main"),
 }
 
 

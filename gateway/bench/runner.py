@@ -138,6 +138,18 @@ class SippRun:
     returncode: int
     tail: str
     call_rate: float = 0.0  # SIPp's own cumulative rate of calls created
+    workdir: str = ""
+
+    def response_times_ms(self) -> list[float]:
+        """Per-call INVITE -> 200 times (whole ms), from SIPp's ``-trace_rtt`` files
+        (``Date_ms;response_time_ms;rtd_no``)."""
+        out: list[float] = []
+        for f in Path(self.workdir).glob("*_rtt.csv"):
+            for line in f.read_text().splitlines()[1:]:
+                parts = line.split(";")
+                if len(parts) >= 2 and parts[1].strip():
+                    out.append(float(parts[1]))
+        return out
 
     @property
     def cps(self) -> float:
@@ -168,7 +180,7 @@ def sipp(target_port: int, scenario: str | Path, *, calls: int, rate: float, lim
     bad = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", p.stdout)
     rate = re.search(r"Call Rate\s*\|\s*[\d.]+ cps\s*\|\s*([\d.]+) cps", p.stdout)
     return SippRun(int(ok.group(1)) if ok else 0, int(bad.group(1)) if bad else 0, elapsed, p.returncode,
-                   p.stdout[-1500:], float(rate.group(1)) if rate else 0.0)
+                   p.stdout[-1500:], float(rate.group(1)) if rate else 0.0, workdir)
 
 
 class ProcSampler:
