@@ -72,9 +72,9 @@ class Node:
         try:
             self.flow = load_flow(s.flow_file)
         except FlowInvalid as e:
-            first = e.problems[0]
-            more = f" (+{len(e.problems) - 1} more; run handoff122 check-flow)" if len(e.problems) > 1 else ""
-            raise ConfigError(f"flow {s.flow_file}: {first}{more}") from None
+            # Every problem with its location, still one line (handoff122 check-flow lists them one a line).
+            listed = "; ".join(str(p) for p in e.problems)
+            raise ConfigError(f"flow {s.flow_file}: {len(e.problems)} problem(s): {listed}") from None
         except OSError as e:
             raise ConfigError(f"flow {s.flow_file}: {e.strerror}") from None
         seats = []

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from recordings.wav import read_pcm16, rms
+from tests.conftest import ROOT
 from tests.node_harness import RunningNode, run_caller, start_node
 from tests.sipp_driver import digits_xml, run_sipp
 
@@ -260,5 +261,11 @@ def test_bad_configuration_exits_with_one_line(tmp_path: Path) -> None:
     assert p.returncode == 2 and "flying" in p.stderr, p.stderr
     p = _serve(["--flow", str(tmp_path / "missing.yaml"), "--api-port", "0"], tmp_path)
     assert p.returncode == 2 and "missing.yaml" in p.stderr, p.stderr
+    bad_flow = tmp_path / "flow.yaml"
+    bad_flow.write_text((ROOT / "ivr" / "flows" / "default.yaml").read_text().replace("goto: movable", "goto: nowhere")
+                        .replace("skill: rescue", "skill: towing"))
+    p = _serve(["--flow", str(bad_flow), "--api-port", "0"], tmp_path)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "nowhere" in p.stderr and "towing" in p.stderr, p.stderr
     p = _serve(["--workers", "0"], tmp_path)
     assert p.returncode == 2 and "workers" in p.stderr, p.stderr
