@@ -74,6 +74,15 @@ def test_122_with_rfc4733_digits_through_the_front_door(node: RunningNode) -> No
     _no_media_leaks(node)
 
 
+def test_a_call_over_tcp(node: RunningNode) -> None:
+    t0 = time.time()
+    r = run_sipp("uac_122_dtmf.xml", node.sip_port, transport="t1", service="122", first="1500", stay="800",
+                 digits=digits_xml("3", 500))
+    assert r.ok, r.stdout + r.log
+    call = _newest_call(node, t0)
+    assert call["ivr"]["skill"] == "insurance_claim" and call["ended_by"] == "caller"
+
+
 def test_other_numbers_get_404(node: RunningNode) -> None:
     r = run_sipp("uac_expect_code.xml", node.sip_port, service="999", code="404", ra_check="false")
     assert r.ok, r.stdout + r.log
