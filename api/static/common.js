@@ -131,6 +131,15 @@ const H122 = (() => {
     return d.toTimeString().slice(0, 8);
   }
 
+  // Both pages: the 中文/EN button shows the other language and re-renders on a switch.
+  function bindLanguageToggle(onSwitch) {
+    const button = document.getElementById("lang-toggle");
+    const label = () => { button.textContent = lang === "zh" ? "EN" : "中文"; };
+    button.addEventListener("click", () => { setLang(lang === "zh" ? "en" : "zh"); label(); onSwitch(); });
+    applyLabels();
+    label();
+  }
+
   return { SKILLS, t, skillLabel, statusLabel, applyLabels, setLang, getLang, el, client, ApiError,
-    liveEvents, debounce, fmtDuration, fmtPct, fmtTime };
+    liveEvents, debounce, fmtDuration, fmtPct, fmtTime, bindLanguageToggle };
 })();

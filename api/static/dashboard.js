@@ -175,14 +175,7 @@
     }
   });
   document.getElementById("logout").addEventListener("click", () => logout());
-  document.getElementById("lang-toggle").addEventListener("click", () => {
-    H122.setLang(H122.getLang() === "zh" ? "en" : "zh");
-    document.getElementById("lang-toggle").textContent = H122.getLang() === "zh" ? "EN" : "中文";
-    if (api) refresh();
-  });
-
-  H122.applyLabels();
-  document.getElementById("lang-toggle").textContent = H122.getLang() === "zh" ? "EN" : "中文";
+  H122.bindLanguageToggle(() => { if (api) refresh(); });
   setInterval(tickTimers, 1000);
   const saved = localStorage.getItem(KEY);
   if (saved) start(saved); else document.getElementById("login").classList.remove("hidden");

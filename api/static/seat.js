@@ -127,14 +127,7 @@
     }
   });
   document.getElementById("logout").addEventListener("click", () => logout());
-  document.getElementById("lang-toggle").addEventListener("click", () => {
-    H122.setLang(H122.getLang() === "zh" ? "en" : "zh");
-    document.getElementById("lang-toggle").textContent = H122.getLang() === "zh" ? "EN" : "中文";
-    if (api) refresh();
-  });
-
-  H122.applyLabels();
-  document.getElementById("lang-toggle").textContent = H122.getLang() === "zh" ? "EN" : "中文";
+  H122.bindLanguageToggle(() => { if (api) refresh(); });
   setInterval(tick, 1000);
   const saved = localStorage.getItem(KEY);
   if (saved) login(saved).catch(() => logout()); else document.getElementById("seat-login").classList.remove("hidden");
