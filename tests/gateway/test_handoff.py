@@ -20,7 +20,7 @@ from tests.node_harness import (
     start_node,
     start_seat,
 )
-from tests.sipp_driver import render
+from tests.sipp_driver import digits_xml, render, run_sipp
 
 pytestmark = pytest.mark.sip
 
@@ -203,5 +203,21 @@ def test_sipp_as_the_seat_checks_the_handoff_headers(tmp_path: Path) -> None:
         assert uas.returncode == 0, out[-2000:] + err[-1000:]
         logs = "".join(p.read_text() for p in Path(workdir).glob("*_logs.log"))
         assert "HANDOFF c-" in logs and "rescue" in logs
+    finally:
+        node.stop()
+
+
+def test_sipp_as_the_caller_is_handed_to_a_seat(tmp_path: Path) -> None:
+    p1 = free_port()
+    node = start_node(tmp_path, workers=2, seats_yaml=seats_yaml(("s1", "intake_guidance", p1)))
+    try:
+        start_seat(node, "s1", p1, "--answer-after", "0.3")
+        r = run_sipp("uac_122_dtmf.xml", node.sip_port, service="122", first="1200", stay="4000",
+                     digits=digits_xml("0", 300))
+        assert r.ok, r.stdout + r.log
+        rep = node.wait_for(lambda: seat_reports(node, "s1"))[0]
+        assert rep["answered"] and rep["skill"] == "intake_guidance" and rep["caller"] == "13800138000"
+        call = node.wait_for(lambda: (c := node.call(rep["call_id"]))["end_reason"] and c)
+        assert call["seat_id"] == "s1" and call["ended_by"] == "caller" and "CONNECT" in events_of(call)
     finally:
         node.stop()
