@@ -16,8 +16,8 @@ import subprocess
 import sys
 
 from gateway.logs import configure_logging
-from gateway.node import Node
-from gateway.settings import ConfigError, Settings
+from gateway.node import Node, start_or_explain, stop_on_signals
+from gateway.settings import Settings
 from routing.skills import SKILL_LABELS_ZH, SKILLS
 
 #: (keys, what the caller reports) for every outcome of the default flow.
@@ -62,14 +62,8 @@ async def _demo(settings: Settings, callers: int) -> int:
     node = Node(settings)
     procs: list[subprocess.Popen[bytes]] = []
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await node.start()
-    except ConfigError as e:
-        await node.stop()
-        print(f"handoff122: {e}", file=sys.stderr)
+    stop_on_signals(stop)
+    if not await start_or_explain(node):
         return 2
     try:
         for sid, port in seats:

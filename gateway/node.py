@@ -273,19 +273,31 @@ def _safe_url(url: str) -> str:
     return url
 
 
-async def serve(settings: Settings, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> int:
-    node = Node(settings)
-    stop = stop or asyncio.Event()
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Ctrl-C and SIGTERM end the node cleanly (calls hung up, recordings sealed)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+
+
+async def start_or_explain(node: Node) -> bool:
+    """Start the node; on bad configuration undo what started and say why in one line."""
     try:
         await node.start()
     except ConfigError as e:
         await node.stop()
         print(f"handoff122: {e}", file=sys.stderr)
+        return False
+    return True
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    node = Node(settings)
+    stop = stop or asyncio.Event()
+    stop_on_signals(stop)
+    if not await start_or_explain(node):
         return 2
     if ready is not None:
         ready.set()
