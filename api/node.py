@@ -17,6 +17,7 @@ from api.app import create_app
 from api.context import ApiContext
 from api.flow_admin import FlowFileAdmin
 from api.server import ApiServer, ApiServerError, ControlLoopBridge
+from api.signin import OneTimeSignIn, first_sign_in, signin_router
 from api.tokens import TokenStore
 from api.twilio import TwilioCalls, TwilioContext, twilio_router
 from gateway.settings import ConfigError
@@ -29,6 +30,14 @@ class RunningApi:
     server: ApiServer
     ctx: ApiContext
     twilio: TwilioCalls
+    signin: OneTimeSignIn | None = None
+
+    @property
+    def signin_url(self) -> str | None:
+        """The one-time sign-in link of a node that has no token yet (None once one exists)."""
+        if self.signin is None or self.signin.used:
+            return None
+        return f"{self.server.url}/signin?code={self.signin.code}"
 
     @property
     def url(self) -> str:
@@ -73,10 +82,13 @@ async def build_api(node: Any) -> RunningApi:
                      bridge=bridge, gateway_stats=stats)
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
-    app = create_app(ctx, ingress=[twilio_router(twilio.ctx, twilio)])
+    signin = await first_sign_in(tokens)
+    where = f"--data-dir {s.data_dir}" if s.db_url is None else '--db-url "$HANDOFF_DB_URL"'
+    token_command = f"handoff122 token create --role supervisor {where}"
+    app = create_app(ctx, ingress=[twilio_router(twilio.ctx, twilio), signin_router(signin, token_command)])
     server = ApiServer(app, s.api_host, s.api_port, log_level="warning")
     try:
         await server.start_async()
     except ApiServerError as e:
         raise ConfigError(str(e)) from None
-    return RunningApi(server=server, ctx=ctx, twilio=twilio)
+    return RunningApi(server=server, ctx=ctx, twilio=twilio, signin=signin)

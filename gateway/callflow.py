@@ -279,7 +279,7 @@ class CallDirector:
         was_talking = call.state is CallState.TALKING
         seat_id = call.seat_id
         log.warning("seat_failed", extra={"call_id": call.call_id, "seat_id": seat_id, "code": msg.code,
-                                          "reason": reason, "mid_call": was_talking})
+                                          "reason": reason, "detail": msg.reason, "mid_call": was_talking})
         call.leg_id = None
         call.seat_id = None
         call.state = CallState.QUEUED
@@ -290,7 +290,7 @@ class CallDirector:
             self._routing("enqueue", call.call_id, call.skill or "intake_guidance", 1, caller=call.caller,
                           info={"requeued_after": "seat_leg_failed"})
         else:
-            self._routing("seat_failed", call.call_id, reason, seat_id=seat_id)
+            self._routing("seat_failed", call.call_id, reason, seat_id=seat_id, detail=msg.reason)
         self._announce(call)
 
     # ------------------------------------------------------------------------------------------

@@ -8,41 +8,51 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.settings import ConfigError
 
 
+def _flag_type(annotation: Any) -> tuple[Callable[[str], Any] | None, bool]:
+    """argparse type for a settings field, and whether it is a list (given comma-separated)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(annotation) is not None else annotation
+    if typing.get_origin(base) is typing.Annotated:
+        base = typing.get_args(base)[0]
+    if typing.get_origin(base) is list:
+        return str, True
+    return ({int: int, float: float, Path: Path}.get(base, str)), False
+
+
 def _serve_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="YAML/JSON settings file")
-    p.add_argument("--sip-host")
-    p.add_argument("--sip-port", type=int)
-    p.add_argument("--api-host")
-    p.add_argument("--api-port", type=int)
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--db-url")
-    p.add_argument("--mqtt-url")
-    p.add_argument("--seats", type=Path)
-    p.add_argument("--flow", type=Path)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--worker-callers", type=int)
-    p.add_argument("--ring-timeout", type=float)
-    p.add_argument("--service-numbers", help="comma-separated, default 122")
-    p.add_argument("--kamailio", help="auto | off | path to the kamailio binary")
-    p.add_argument("--log-level")
+    """One flag per setting, generated from ``Settings`` so that help and settings never drift."""
+    from gateway.settings import Settings
+
+    for name, field in Settings.model_fields.items():
+        kind, is_list = _flag_type(field.annotation)
+        if field.default_factory is not None:
+            default = "4 per core" if name == "workers" else ",".join(field.default_factory())  # type: ignore[call-arg]
+        else:
+            default = "none" if field.default is None else (
+                f"./{field.default}" if isinstance(field.default, Path) else str(field.default))
+        help_text = f"{field.description or ''} (default {default}; env HANDOFF_{name.upper()})".strip()
+        if is_list:
+            p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_comma_list, metavar="A,B", help=help_text)
+        else:
+            p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=help_text)
 
 
-_SERVE_KEYS = [
-    "config", "sip_host", "sip_port", "api_host", "api_port", "data_dir", "db_url", "mqtt_url", "seats",
-    "flow", "workers", "worker_callers", "ring_timeout", "service_numbers", "kamailio", "log_level",
-]
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _settings_from(args: argparse.Namespace):
-    from gateway.settings import load_settings
+    from gateway.settings import Settings, load_settings
 
-    return load_settings({k: getattr(args, k, None) for k in _SERVE_KEYS})
+    return load_settings({k: getattr(args, k, None) for k in Settings.model_fields})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -122,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="handoff122", description="122 call-handoff gateway")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run one node: SIP gateway + IVR + routing + API + recordings")
+    p = sub.add_parser("serve", help="run one node: SIP gateway + IVR + routing + API + recordings",
+                       description="Run one node: SIP gateway + IVR + routing + API + recordings. Every flag is "
+                       "also an environment variable HANDOFF_<NAME> and a key of the --config file; flags win, "
+                       "then the environment, then the file. Defaults run on one laptop (SQLite in ./var).")
     _serve_options(p)
     p.set_defaults(func=cmd_serve)
 

@@ -280,6 +280,7 @@ class Kamailio:
         self.rpc = KamailioRpc(run_dir / "kamailio-rpc.sock")
         self._stderr_task: asyncio.Task[None] | None = None
         self.last_errors: deque[str] = deque(maxlen=5)
+        self._stopping = False
 
     def write_config(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,6 +338,8 @@ class Kamailio:
                 logging.WARNING if "WARNING" in line else logging.DEBUG)
             if "cannot find load for" in line:
                 level = logging.DEBUG  # a retransmitted BYE: its slot was already freed
+            if self._stopping:
+                level = logging.DEBUG  # children closing their pipes ("receive_fd(): EOF") on a normal stop
             if level == logging.ERROR:
                 self.last_errors.append(line.split(": ", 2)[-1][:200])
             log.log(level, "kamailio", extra={"line": line[-400:]})
@@ -376,6 +379,7 @@ class Kamailio:
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
             return
+        self._stopping = True
         self.proc.terminate()
         try:
             await asyncio.wait_for(self.proc.wait(), 5)

@@ -19,10 +19,11 @@ import sys
 import time
 from typing import Any
 
+from gateway.banner import NodeFacts, no_seats_hint, render_banner
 from gateway.call_recordings import CallRecordings
 from gateway.callflow import CallDirector
 from gateway.kamailio import Kamailio, find_kamailio
-from gateway.logs import configure_logging
+from gateway.logs import configure_logging, resolve_format
 from gateway.pool import WorkerPool, WorkerSpec
 from gateway.settings import ConfigError, Settings
 
@@ -134,7 +135,7 @@ class Node:
         self.pool = WorkerPool(
             specs, run_dir=self.run_dir, partial_dir=self.catalog.layout.partial_dir,
             service_numbers=s.service_numbers, callers_per_worker=s.worker_callers, max_calls=s.worker_max_calls,
-            retry_after_s=s.retry_after_s, log_level=s.log_level, answer_delay_s=s.answer_delay_s,
+            retry_after_s=s.retry_after_s, log_level=self._worker_log_level(), answer_delay_s=s.answer_delay_s,
             on_event=self._worker_event, on_worker_lost=self._worker_lost)
         try:
             await self.pool.start()
@@ -160,10 +161,35 @@ class Node:
         # 5. the API, on its own thread and loop
         if s.api_port:
             self.api = await self._start_api()
+        if not self.routing.acd.seats_view(time.time()):
+            log.info("no_seats", extra={"hint": no_seats_hint()})
+        signin = getattr(self.api, "signin_url", None)
+        if signin:
+            log.info("first_sign_in", extra={"url": signin, "note": "one-time link, signs in one browser as supervisor"})
         log.info("node_ready", extra={"node_id": self.node_id, "sip": f"{s.sip_host}:{s.sip_port}",
                                       "api": f"http://{s.api_host}:{s.api_port}" if s.api_port else None,
                                       "workers": len(specs), "front_door": "kamailio" if self.kamailio else "none",
                                       "capacity": len(specs) * s.worker_callers})
+
+    def _worker_log_level(self) -> str:
+        # On a person's terminal the control process tells each call's story; the workers add
+        # only their warnings, so the screen stays one line per event.
+        human = os.environ.get("HANDOFF_LOG_FORMAT") == "human"
+        return "WARNING" if human and self.settings.log_level == "INFO" else self.settings.log_level
+
+    def facts(self) -> NodeFacts:
+        """What the banner tells a person about this running node."""
+        s = self.settings
+        api_url = f"http://{s.api_host}:{s.api_port}" if s.api_port else None
+        where = f"--data-dir {s.data_dir}" if s.db_url is None else '--db-url "$HANDOFF_DB_URL"'
+        return NodeFacts(
+            sip_host=s.sip_host, sip_port=s.sip_port, service_numbers=list(s.service_numbers),
+            front_door="kamailio" if self.kamailio else "none",
+            capacity=(1 if self.direct_mode else s.workers) * s.worker_callers, api_url=api_url,
+            data_dir=s.data_dir, database=_safe_url(s.database_url),
+            seats=len(self.routing.acd.seats_view(time.time())) if self.routing else 0,
+            signin_url=getattr(self.api, "signin_url", None),
+            token_command=f"handoff122 token create --role supervisor {where}")
 
     async def _retention_job(self, every_s: float = 6 * 3600) -> None:
         """Purge recordings older than the retention, never one whose call is still open."""
@@ -293,12 +319,22 @@ async def start_or_explain(node: Node) -> bool:
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> int:
+                stop: asyncio.Event | None = None, banner: logging.Handler | None = None) -> int:
+    """Run one node until ``stop`` (or Ctrl-C / SIGTERM).
+
+    ``banner``: the console log handler of a person's terminal.  Its INFO lines are held back while
+    the node starts, so that the first screen is the banner; warnings and errors still show.
+    """
     node = Node(settings)
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
+    if banner is not None:
+        banner.setLevel(logging.WARNING)
     if not await start_or_explain(node):
         return 2
+    if banner is not None:
+        print(render_banner(node.facts()), file=sys.stderr, flush=True)
+        banner.setLevel(logging.NOTSET)
     if ready is not None:
         ready.set()
     await stop.wait()
@@ -307,5 +343,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None,
 
 
 def run_node(settings: Settings) -> int:
-    configure_logging(settings.log_level, process_name="control")
-    return asyncio.run(serve(settings))
+    fmt = resolve_format(settings.log_format)
+    os.environ["HANDOFF_LOG_FORMAT"] = fmt  # the workers, on the same terminal, write alike
+    handler = configure_logging(settings.log_level, process_name="control", fmt=fmt)
+    return asyncio.run(serve(settings, banner=handler if fmt == "human" else None))

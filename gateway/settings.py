@@ -35,47 +35,53 @@ def _default_workers() -> int:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HANDOFF_", extra="forbid", validate_default=True)
 
-    config: Path | None = None
+    config: Path | None = Field(None, description="YAML/JSON file of settings (flags and HANDOFF_* beat it)")
 
     # SIP edge
-    sip_host: str = "127.0.0.1"
-    sip_port: int = Field(5060, ge=1, le=65535)
-    service_numbers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["122"])
-    workers: int = Field(default_factory=_default_workers, ge=1, le=256)
+    sip_host: str = Field("127.0.0.1", description="address of the public SIP port (Kamailio)")
+    sip_port: int = Field(5060, ge=1, le=65535, description="public SIP port, UDP and TCP")
+    service_numbers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["122"], description="numbers answered, comma-separated; others get 404")
+    workers: int = Field(default_factory=_default_workers, ge=1, le=256,
+                         description="media worker processes (one pjsua2 endpoint each)")
     worker_callers: int = Field(2, ge=1, le=256, description="callers per worker (each needs a seat leg too)")
     worker_max_calls: int = Field(4, ge=2, le=1024, description="PJSUA_MAX_CALLS of the pjsua2 build")
     worker_base_port: int = Field(0, ge=0, le=65535, description="first worker SIP port; 0 = sip_port + 100")
     rtp_base_port: int = Field(0, ge=0, le=65535, description="first RTP port; 0 = sip_port + 10000")
-    rtp_ports_per_worker: int = Field(40, ge=8, le=2000)
+    rtp_ports_per_worker: int = Field(40, ge=8, le=2000, description="RTP ports each worker may use")
     kamailio: str = Field("auto", description="auto | off | path to the kamailio binary")
-    kamailio_shm_mb: int = Field(128, ge=16, le=4096)
-    retry_after_s: int = Field(5, ge=1, le=3600)
+    kamailio_shm_mb: int = Field(128, ge=16, le=4096, description="Kamailio shared memory, MB")
+    retry_after_s: int = Field(5, ge=1, le=3600, description="Retry-After of a 503 when every worker is full")
     answer_delay_s: float = Field(0.3, ge=0, le=10, description="ring before answering (a caller may still CANCEL)")
 
     # control, storage, events
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(8000, ge=0, le=65535)
-    data_dir: Path = Path("./var")
-    db_url: str | None = None
-    mqtt_url: str | None = None
-    seats: Path | None = None
-    flow: Path | None = None
+    api_host: str = Field("127.0.0.1", description="address of the API, dashboard and seat console")
+    api_port: int = Field(8000, ge=0, le=65535, description="API port; 0 = no API")
+    data_dir: Path = Field(Path("./var"), description="SQLite database, recordings and run files (made absolute)")
+    db_url: str | None = Field(None, description="SQLAlchemy URL, e.g. postgresql+asyncpg://u:p@host/db; "
+                                                 "default SQLite in the data dir")
+    mqtt_url: str | None = Field(None, description="mqtt://host:port of the event bus; default no MQTT")
+    seats: Path | None = Field(None, description="seats file (YAML); example: examples/seats.yaml")
+    flow: Path | None = Field(None, description="IVR flow file (YAML); default the shipped ivr/flows/default.yaml")
 
     # call handling
-    ring_timeout: float = Field(20.0, gt=0, le=600)
+    ring_timeout: float = Field(20.0, gt=0, le=600, description="seconds a seat rings before ring-no-answer")
     rona_not_ready_after: int = Field(1, ge=1, le=100, description="RONAs before a seat goes not_ready")
-    hold_announce_interval: float = Field(15.0, ge=2, le=600)
-    service_level_s: float = Field(20.0, gt=0, le=3600)
-    wrap_up_s: float = Field(15.0, ge=0, le=3600)
-    callback_after_s: float = Field(30.0, ge=0, le=86400)
-    recordings_retention_days: int = Field(180, ge=1, le=36500)
+    hold_announce_interval: float = Field(15.0, ge=2, le=600,
+                                          description="seconds between queue-position announcements")
+    service_level_s: float = Field(20.0, gt=0, le=3600, description="service-level threshold, seconds")
+    wrap_up_s: float = Field(15.0, ge=0, le=3600, description="seconds of wrap-up after a conversation")
+    callback_after_s: float = Field(30.0, ge=0, le=86400,
+                                    description="an abandoned caller who waited this long is put on the callback list")
+    recordings_retention_days: int = Field(180, ge=1, le=36500, description="recordings older than this are purged")
     caller_id_header: str = Field("from+pai", description="how the caller's number reaches a seat: from | pai | from+pai")
 
     # Twilio ingress
-    twilio_auth_token: str | None = None
-    public_base_url: str | None = None
+    twilio_auth_token: str | None = Field(None, description="Twilio auth token: enables /twilio/* (signed webhooks)")
+    public_base_url: str | None = Field(None, description="the URL Twilio calls (signatures are checked against it)")
 
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
+    log_format: str = Field("auto", description="auto (human on a terminal, else json) | human | json")
 
     @field_validator("service_numbers", mode="before")
     @classmethod
@@ -97,6 +103,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"{n!r} is not a dialable number")
         return v
 
+    @field_validator("log_format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        v = v.lower()
+        if v not in {"auto", "human", "json"}:
+            raise ValueError("must be auto, human or json")
+        return v
+
+    @field_validator("data_dir", "seats", "flow", "config")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        # Every path the node hands to a child process must be absolute: Kamailio changes its
+        # working directory, so a relative RPC socket or dispatcher list breaks it at start.
+        return None if v is None else v.expanduser().resolve()
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:
@@ -112,7 +133,34 @@ class Settings(BaseSettings):
                 f"worker_callers={self.worker_callers} needs {self.worker_callers * 2} calls per worker "
                 f"(caller + seat leg) but worker_max_calls={self.worker_max_calls}"
             )
+        self._check_port_ranges()
         return self
+
+    def port_ranges(self) -> list[tuple[str, int, int]]:
+        """Every port range the node will bind, as (what, first, last), derived ports included."""
+        ranges = [("sip_port", self.sip_port, self.sip_port)]
+        if self.api_port:
+            ranges.append(("api_port", self.api_port, self.api_port))
+        ranges.append(("worker SIP ports (worker_base_port)", self.first_worker_port,
+                       self.first_worker_port + self.workers - 1))
+        ranges.append(("worker RTP ports (rtp_base_port)", self.first_rtp_port,
+                       self.first_rtp_port + self.workers * self.rtp_ports_per_worker - 1))
+        return ranges
+
+    def _check_port_ranges(self) -> None:
+        # A derived range that runs past 65535 or into another one does not fail at start: it fails
+        # later, in one worker's makeCall ("Address already in use"), and looks like a dead seat.
+        # So the whole plan is checked when the settings load, and refused in one line.
+        ranges = self.port_ranges()
+        for what, first, last in ranges:
+            if last > 65535:
+                hint = " (it defaults to sip_port + 10000: set rtp_base_port)" if "RTP" in what else (
+                    " (it defaults to sip_port + 100: set worker_base_port)" if "worker SIP" in what else "")
+                raise ValueError(f"{what} {first}-{last} run past 65535{hint}")
+        for i, (a, a1, a2) in enumerate(ranges):
+            for b, b1, b2 in ranges[i + 1:]:
+                if a1 <= b2 and b1 <= a2:
+                    raise ValueError(f"{a} {a1}-{a2} overlap {b} {b1}-{b2}")
 
     # -- derived values -------------------------------------------------------------------------
     @property
@@ -167,5 +215,6 @@ def load_settings(cli: dict[str, Any] | None = None) -> Settings:
         raise ConfigError(f"invalid environment setting: {str(e).splitlines()[0]}") from e
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
-        raise ConfigError(f"invalid setting {where}: {err.get('msg')}") from e
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        raise ConfigError(f"invalid setting {where}: {message}" if where else f"invalid settings: {message}") from e

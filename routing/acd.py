@@ -277,10 +277,14 @@ class Acd:
         else:
             self._release_seat(seat, call, now, out, hold=True)
 
-    def seat_failed(self, call_id: str, now: float, reason: str, seat_id: str | None = None) -> list[Event]:
+    def seat_failed(self, call_id: str, now: float, reason: str, seat_id: str | None = None,
+                    detail: str | None = None) -> list[Event]:
+        """``reason`` decides (see UNREACHABLE_REASONS); ``detail`` is the SIP/PJSIP text, kept for people."""
         call, seat = self._ringing_call(call_id, seat_id)
-        out = [Event(EventKind.SEATFAILED, now, call_id=call.id, seat_id=seat.id, skill=call.skill,
-                     data={"reason": reason, "attempt": call.attempt})]
+        data: dict[str, Any] = {"reason": reason, "attempt": call.attempt}
+        if detail:
+            data["detail"] = detail[:200]
+        out = [Event(EventKind.SEATFAILED, now, call_id=call.id, seat_id=seat.id, skill=call.skill, data=data)]
         if reason in UNREACHABLE_REASONS:
             self._release_seat(seat, call, now, out, not_ready="unreachable")
         else:

@@ -195,8 +195,9 @@ class RoutingService:
     def ring_no_answer(self, call_id: str, seat_id: str | None = None) -> Emitted:
         return self._emit(self.acd.ring_no_answer(call_id, self.clock(), seat_id=seat_id))
 
-    def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None) -> Emitted:
-        return self._emit(self.acd.seat_failed(call_id, self.clock(), reason, seat_id=seat_id))
+    def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None,
+                    detail: str | None = None) -> Emitted:
+        return self._emit(self.acd.seat_failed(call_id, self.clock(), reason, seat_id=seat_id, detail=detail))
 
     def caller_abandoned(self, call_id: str) -> Emitted:
         return self._emit(self.acd.caller_abandoned(call_id, self.clock()))

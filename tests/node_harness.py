@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from gateway.bench.runner import free_block
+from gateway.bench.runner import free_block, rtp_base_below_ephemeral
 from tests.conftest import free_port
 
 
@@ -111,7 +111,7 @@ def start_node(tmp: Path, *, workers: int = 2, seats_yaml: str | None = None, en
     cmd += args or []
     log_path = tmp / "node.log"
     e = {**os.environ, "HANDOFF_WORKER_BASE_PORT": str(free_block(workers + 1)), "HANDOFF_RTP_BASE_PORT":
-         str(20000 + (sip_port % 200) * 200), **(env or {})}
+         str(rtp_base_below_ephemeral(sip_port, (workers + 1) * 40)), **(env or {})}
     proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=e)
     node = RunningNode(proc, sip_port, api_port, data, log_path)
     node.wait_for(lambda: proc.poll() is not None or any(x.get("event") == "node_ready" for x in node.logs()),

@@ -58,6 +58,20 @@ def free_block(n: int) -> int:
     raise RuntimeError(f"no block of {n} free ports")
 
 
+def rtp_base_below_ephemeral(seed: int, span: int) -> int:
+    """A first RTP port for a test or bench node, below the kernel's ephemeral range.
+
+    SIP, API and worker ports come from the ephemeral range (``free_port``), so RTP blocks taken
+    from below it can never overlap them; ``seed`` spreads parallel nodes over different blocks.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    first, slots = 10000, max(1, (low - 10000) // span)
+    return first + (seed % slots) * span
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -92,7 +106,7 @@ class NodeProcess:
         self.sip_port, self.api_port = free_port(), free_port()
         wbase = free_block(self.workers + 1)
         env = {**os.environ, "HANDOFF_WORKER_BASE_PORT": str(wbase),
-               "HANDOFF_RTP_BASE_PORT": str(20000 + (self.sip_port % 100) * 400), "HANDOFF_LOG_LEVEL": "WARNING",
+               "HANDOFF_RTP_BASE_PORT": str(rtp_base_below_ephemeral(self.sip_port, (self.workers + 1) * 40)), "HANDOFF_LOG_LEVEL": "WARNING",
                **self.env}
         self.log = Path(self._tmp.name) / "node.log"
         self.proc = subprocess.Popen(
