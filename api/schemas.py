@@ -45,6 +45,17 @@ class SeatView(Open):
     call_id: str | None = None
 
 
+class SeatOffer(Open):
+    """The call a seat is offered or talks to; ``info.screen_pop`` is what the IVR learned, in words."""
+
+    call_id: str
+    skill: str
+    priority: int
+    caller: str | None = None
+    state: str
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
 class CallRecord(Open):
     id: str
     caller: str | None = None

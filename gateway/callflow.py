@@ -25,6 +25,7 @@ from gateway import channel as ch
 from ivr.flow import Flow
 from ivr.interpreter import CancelTimer, IvrSession, Play, Route, StartTimer, StopPlayback
 from ivr.prompts import hold_prompts, queue_position_prompts, transfer_prompts
+from ivr.screen_pop import describe
 from routing.errors import RoutingError
 from routing.events import Event, EventKind
 
@@ -81,6 +82,8 @@ class CallFlow:
     hold_handle: asyncio.TimerHandle | None = None
     recording_path: str | None = None
     recording_id: str | None = None
+    #: What the queue entry carries to the seat (IVR record, screen pop); kept for a re-queue.
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class CallDirector:
@@ -208,7 +211,8 @@ class CallDirector:
         self.media.send(call.call_id, ch.Play(call_id=call.call_id, token=call.hold_token,
                                               files=[str(p) for p in transfer_prompts()]))
         info = {"ivr": record, "caller": call.caller, "started_at": call.started_at, "node_id": self.node_id,
-                "recording_id": call.recording_id}
+                "recording_id": call.recording_id, "screen_pop": describe(call.ivr.flow, record)}
+        call.info = info
         self._routing("enqueue", call.call_id, o.skill, o.priority, caller=call.caller, info=info)
 
     def _announce(self, call: CallFlow) -> None:
@@ -288,7 +292,7 @@ class CallDirector:
             # is over (wrap-up), and the caller, still on the line, waits again at the front.
             self._routing("call_completed", call.call_id, "seat_failure")
             self._routing("enqueue", call.call_id, call.skill or "intake_guidance", 1, caller=call.caller,
-                          info={"requeued_after": "seat_leg_failed"})
+                          info={**call.info, "requeued_after": "seat_leg_failed"})
         else:
             self._routing("seat_failed", call.call_id, reason, seat_id=seat_id, detail=msg.reason)
         self._announce(call)

@@ -90,7 +90,7 @@ def cmd_call(args: argparse.Namespace) -> int:
 
     return run_caller(to=args.to, digits=args.digits, gap=args.gap, stay=args.stay, dtmf=args.dtmf,
                       tone_hz=args.tone, record=args.record, first_digit_after=args.first_digit_after,
-                      local_port=args.local_port, hangup_at=args.hangup_at)
+                      local_port=args.local_port, hangup_at=args.hangup_at, number=args.number)
 
 
 def cmd_check_flow(args: argparse.Namespace) -> int:
@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tone", type=float, default=440.0)
     p.add_argument("--record", type=Path)
     p.add_argument("--local-port", type=int, default=0)
+    p.add_argument("--number", default="caller", help="the caller's number (user part of From)")
     p.set_defaults(func=cmd_call)
 
     p = sub.add_parser("check-flow", help="validate an IVR flow file")

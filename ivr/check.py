@@ -67,6 +67,7 @@ def validate_flow(data: Any, base_dir: Path) -> list[FlowProblem]:
     if head is not None:
         _check_any_node(found, head)
         _check_fallbacks(found, head)
+        _check_reason_labels(found, head, nodes)
         _check_audio(found, ("invalid_prompt", "id"), head.invalid_prompt.id,
                      resolve_prompts_dir(data.get("prompts_dir"), base_dir))
     node_names = set(nodes) | _names_of_broken_nodes(data.get("nodes"))
@@ -144,12 +145,18 @@ def _check_key(found: _Findings, path: Path_, key: str) -> None:
         found.add(path, f"'{key}' is not a keypad key (0-9, *, #, A-D)")
 
 
+_LABEL_FORM = "{zh: ..., en: ...}"
+
+
 def _check_node(found: _Findings, name: str, node: Node, node_names: set[str],
                 head: FlowHead | None) -> None:
     global_keys = head.any_node.keys if head is not None else {}
+    if node.label is None:
+        found.add(("nodes", name, "label"), f"the question needs a label {_LABEL_FORM}: the seat's screen shows it")
     for key, target in node.keys.items():
         path: Path_ = ("nodes", name, "keys", key)
         _check_key(found, path, key)
+        _check_meaning(found, path, target)
         if key in global_keys:
             found.add(path, f"key {key} is mapped twice: any_node.keys.{key} already maps it at every node")
         if target.kind == "goto" and target.goto not in node_names:
@@ -158,10 +165,26 @@ def _check_node(found: _Findings, name: str, node: Node, node_names: set[str],
             _check_outcome(found, path, target)
 
 
+def _check_meaning(found: _Findings, path: Path_, target: KeyTarget) -> None:
+    if target.kind != "repeat" and target.meaning is None:
+        found.add((*path, "meaning"), f"the answer needs a meaning {_LABEL_FORM}: the seat's screen shows it")
+
+
+def _check_reason_labels(found: _Findings, head: FlowHead, nodes: dict[str, Node]) -> None:
+    """Every reason a call can be routed for has words, so the seat reads why, not a code."""
+    used: list[str] = [head.on_timeout_exhausted.reason, head.on_invalid_exhausted.reason]
+    used += [t.reason for t in head.any_node.keys.values() if t.reason]
+    used += [t.reason for n in nodes.values() for t in n.keys.values() if t.reason]
+    for reason in dict.fromkeys(used):
+        if reason not in head.reasons:
+            found.add(("reasons", reason), f"outcome reason '{reason}' needs a label {_LABEL_FORM}")
+
+
 def _check_any_node(found: _Findings, head: FlowHead) -> None:
     for key, target in head.any_node.keys.items():
         path: Path_ = ("any_node", "keys", key)
         _check_key(found, path, key)
+        _check_meaning(found, path, target)
         if target.kind == "goto":
             found.add(path, "a key valid at every node ends in an outcome or repeats (a goto could loop)")
         elif target.kind == "outcome":

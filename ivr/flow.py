@@ -64,6 +64,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Label(_Strict):
+    """Words for people, in both languages of the seat console (the caller hears the prompt)."""
+
+    zh: str = Field(min_length=1, max_length=200)
+    en: str = Field(min_length=1, max_length=200)
+
+
 class Prompt(_Strict):
     id: str = Field(pattern=NAME_PATTERN, description="names the WAV file <prompts_dir>/<id>.wav")
     text: str = Field(min_length=1, description="what the recording says (for people reading the flow)")
@@ -88,6 +95,8 @@ class KeyTarget(_Strict):
     priority: int | None = None
     reason: str | None = Field(None, pattern=NAME_PATTERN)
     repeat: bool = False
+    #: What pressing the key says ("1: someone is injured"); the seat reads it on the screen pop.
+    meaning: Label | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -135,6 +144,8 @@ def _keys_as_strings(value: Any) -> Any:
 
 class Node(_Strict):
     prompt: Prompt
+    #: The question as the seat reads it ("Is anyone injured?"); `ivr.check` requires it.
+    label: Label | None = None
     keys: dict[str, KeyTarget]
     timeout: float = Field(6.0, gt=0, le=60, description="seconds of silence after the prompt ends")
     retries: int = Field(2, ge=0, le=5, description="re-prompts after silence or a wrong key")
@@ -169,6 +180,8 @@ class FlowHead(_Strict):
     any_node: AnyNode = AnyNode()
     on_timeout_exhausted: OutcomeRule
     on_invalid_exhausted: OutcomeRule
+    #: Each outcome reason in words (`liability_dispute`: "the parties dispute liability").
+    reasons: dict[str, Label] = Field(default_factory=dict)
 
 
 class Flow(FlowHead):

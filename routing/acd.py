@@ -454,6 +454,14 @@ class Acd:
     def seats_view(self, now: float) -> list[dict[str, Any]]:
         return [seat.view(now) for seat in self._seats.values()]
 
+    def call_view(self, call_id: str) -> dict[str, Any] | None:
+        """A call the ACD holds (waiting, offered or connected), as a seat's screen shows it."""
+        c = self._calls.get(call_id)
+        if c is None:
+            return None
+        return {"call_id": c.id, "skill": c.skill, "priority": c.priority, "caller": c.caller, "info": dict(c.info),
+                "state": c.state.value, "seat_id": c.seat_id, "attempt": c.attempt, "offered_at": c.offered_at}
+
     def waiting_entries(self) -> list[RestoredEntry]:
         """Calls not yet connected (waiting or ringing), as they would be restored after a restart."""
         return [RestoredEntry(c.id, c.skill, c.priority, c.enqueued_at, c.caller, dict(c.info))

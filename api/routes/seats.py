@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 
 from api.auth import get_ctx, may_act_on_seat, principal, supervisor
 from api.context import ApiContext
-from api.schemas import SEAT_ID_PATTERN, SeatStatusChange, SeatView
+from api.schemas import SEAT_ID_PATTERN, SeatOffer, SeatStatusChange, SeatView
 from api.tokens import Principal
 from api.views import seat_rows
 from routing.status import SeatStatus
@@ -35,6 +35,24 @@ async def get_seat(seat_id: str = SeatId, who: Principal = Depends(principal),
                    ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
     may_act_on_seat(who, seat_id)
     return await current_seat(ctx, seat_id)
+
+
+@router.get("/{seat_id}/offer", response_model=SeatOffer,
+            responses={404: {"description": "unknown seat, or no call offered to or connected with it"}})
+async def current_offer(seat_id: str = SeatId, who: Principal = Depends(principal),
+                        ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+    """The call this seat is being offered or is talking to, with its screen pop.
+
+    A console that (re)connects asks here first, so it shows the offer even when the OFFER event
+    went out while it was offline: the screen never depends on having been connected at the moment.
+    """
+    may_act_on_seat(who, seat_id)
+    seat = await current_seat(ctx, seat_id)
+    call_id = seat.get("call_id")
+    view = await ctx.read_control(ctx.routing.acd.call_view, call_id) if call_id else None
+    if view is None:
+        raise HTTPException(404, detail=f"seat {seat_id!r} has no call")
+    return view
 
 
 @router.put("/{seat_id}/status", response_model=SeatView,

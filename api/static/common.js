@@ -28,6 +28,7 @@ const H122 = (() => {
       st_logged_out: "签出", st_available: "空闲", st_not_ready: "未就绪", st_reserved: "振铃",
       st_on_call: "通话中", st_wrap_up: "整理", none: "—",
       r_break: "休息", r_training: "培训", r_meeting: "会议", r_other: "其他",
+      why: "转接原因", no_answers: "来电人未回答语音导航问题", requeued: "该来电在上一坐席断开后重新排队",
     },
     en: {
       title: "122 Fast Handling · Dashboard", seat_title: "122 Fast Handling · Seat", login: "Log in",
@@ -43,6 +44,7 @@ const H122 = (() => {
       st_logged_out: "Logged out", st_available: "Available", st_not_ready: "Not ready", st_reserved: "Ringing",
       st_on_call: "On call", st_wrap_up: "Wrap-up", none: "—",
       r_break: "Break", r_training: "Training", r_meeting: "Meeting", r_other: "Other",
+      why: "Why here", no_answers: "The caller answered no IVR question", requeued: "Re-queued after the previous seat dropped",
     },
   };
 

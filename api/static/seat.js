@@ -4,7 +4,7 @@
 (() => {
   const { t } = H122;
   const KEY = "h122.seatToken";
-  let api = null; let live = null; let seatId = null; let since = null; let popCall = null;
+  let api = null; let live = null; let seatId = null; let since = null;
 
   function showStatus(seat) {
     const st = document.getElementById("seat-status");
@@ -22,7 +22,11 @@
   }
 
   async function refresh() {
-    try { showStatus(await api.get(`/api/v1/seats/${encodeURIComponent(seatId)}`)); } catch (e) { report(e); }
+    try {
+      const seat = await api.get(`/api/v1/seats/${encodeURIComponent(seatId)}`);
+      showStatus(seat);
+      await syncOffer(seat);
+    } catch (e) { report(e); }
   }
 
   function report(e) {
@@ -35,44 +39,65 @@
     try { showStatus(await fn()); } catch (e) { report(e); }
   }
 
-  // The IVR answers arrive in the OFFER event's ``data.info``; answers is a list of
-  // {node, key, ...} (or plain strings); anything else in info is shown as key: value.
-  function answerText(a) {
-    if (a == null) return "";
-    if (typeof a !== "object") return String(a);
-    const parts = [];
-    const q = a.question || a.prompt || a.node; const k = a.label || a.meaning || a.key || a.digit;
-    if (q != null) parts.push(String(q));
-    if (k != null) parts.push(String(k));
-    return parts.length ? parts.join(": ") : JSON.stringify(a);
+  // The screen pop: what the IVR learned, as words. The gateway attaches ``info.screen_pop``
+  // (ivr/screen_pop.py) to the call's queue entry: each question with the caller's answer, and
+  // the outcome with its reason, each in Chinese and English. The console only renders it.
+  let pop = null;   // the offer on screen: {call_id, skill, priority, caller, info}
+
+  function words(w) {
+    if (w == null) return "";
+    if (typeof w !== "object") return String(w);
+    return w[H122.getLang()] || w.zh || w.en || "";
   }
 
-  function showPop(ev) {
-    const info = (ev.data && ev.data.info) || {};
-    popCall = ev.call_id;
-    document.getElementById("pop-call-id").textContent = ev.call_id || "";
-    document.getElementById("pop-caller").textContent = (ev.data && ev.data.caller) || info.caller || t("none");
-    const skill = ev.skill || info.skill;
-    document.getElementById("pop-skill").textContent = skill ? H122.skillLabel(skill) : t("none");
-    document.getElementById("pop-priority").textContent = info.priority ?? (ev.data && ev.data.priority) ?? t("none");
+  function renderPop() {
+    const el = document.getElementById("screen-pop");
+    if (!pop) { el.classList.add("hidden"); el.dataset.call = ""; return; }
+    const info = pop.info || {};
+    const sp = info.screen_pop || {};
+    document.getElementById("pop-call-id").textContent = pop.call_id || "";
+    document.getElementById("pop-caller").textContent = pop.caller || info.caller || t("none");
+    document.getElementById("pop-skill").textContent = pop.skill ? H122.skillLabel(pop.skill) : t("none");
+    document.getElementById("pop-priority").textContent = pop.priority ?? t("none");
+    const outcome = sp.outcome || {};
+    document.getElementById("pop-why").textContent = words(outcome.why) || t("none");
+    document.getElementById("pop-requeued").classList.toggle("hidden", !info.requeued_after);
     const list = document.getElementById("pop-answers");
     list.replaceChildren();
-    const answers = Array.isArray(info.answers) ? info.answers
-      : Object.entries(info).filter(([k]) => !["caller", "skill", "priority"].includes(k)).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`);
-    for (const a of answers) list.append(H122.el("li", {}, answerText(a)));
-    const pop = document.getElementById("screen-pop");
-    pop.dataset.call = ev.call_id || ""; pop.classList.remove("hidden");
+    for (const a of sp.answers || []) {
+      list.append(H122.el("li", {},
+        H122.el("span", { class: "question" }, words(a.question)),
+        H122.el("span", { class: "answer" }, `${words(a.answer)} (${a.key})`)));
+    }
+    if (!(sp.answers || []).length) list.append(H122.el("li", { class: "muted" }, t("no_answers")));
+    el.dataset.call = pop.call_id || ""; el.classList.remove("hidden");
   }
 
+  function showOffer(offer) { pop = offer; renderPop(); }
+
   function hidePop(callId) {
-    if (popCall && callId && callId !== popCall) return;
-    document.getElementById("screen-pop").classList.add("hidden");
-    popCall = null;
+    if (pop && callId && callId !== pop.call_id) return;
+    pop = null; renderPop();
+  }
+
+  // The console's truth is the seat's current call, fetched on every (re)connect and event: an
+  // OFFER sent while this page was offline or reconnecting still shows.
+  async function syncOffer(seat) {
+    if (!seat.call_id || !["reserved", "on_call"].includes(seat.status)) { hidePop(); return; }
+    if (pop && pop.call_id === seat.call_id) return;
+    try { showOffer(await api.get(`/api/v1/seats/${encodeURIComponent(seatId)}/offer`)); } catch (e) {
+      if (e && e.status !== 404) report(e);
+    }
   }
 
   function onEvent(ev) {
     switch (ev.kind) {
-      case "OFFER": showPop(ev); break;
+      case "OFFER":
+        if (ev.seat_id === seatId) {
+          showOffer({ call_id: ev.call_id, skill: ev.skill, priority: ev.data && ev.data.priority,
+            caller: ev.data && ev.data.caller, info: (ev.data && ev.data.info) || {} });
+        }
+        break;
       case "RINGNOANSWER": case "SEATFAILED": case "ABANDON": case "COMPLETE": hidePop(ev.call_id); break;
       default: break;
     }
@@ -127,7 +152,7 @@
     }
   });
   document.getElementById("logout").addEventListener("click", () => logout());
-  H122.bindLanguageToggle(() => { if (api) refresh(); });
+  H122.bindLanguageToggle(() => { renderPop(); if (api) refresh(); });
   setInterval(tick, 1000);
   const saved = localStorage.getItem(KEY);
   if (saved) login(saved).catch(() => logout()); else document.getElementById("seat-login").classList.remove("hidden");

@@ -46,6 +46,7 @@ from api.twilio.context import TwilioContext
 from api.twilio.twiml import Prompt, TwimlBuilder, flow_texts, queue_position_ids, shipped_prompt
 from ivr.flow import Flow
 from ivr.interpreter import Action, IvrSession, Play, Route, StartTimer
+from ivr.screen_pop import describe
 from routing.errors import RoutingError
 from routing.events import Event, EventKind
 
@@ -361,7 +362,7 @@ class TwilioCalls:
                                                   data={"record": record, "priority": o.priority,
                                                         "reason": o.reason})]))
         info = {"ivr": record, "caller": call.caller, "started_at": call.started_at, "node_id": self.ctx.node_id,
-                "recording_id": None, "ingress": "twilio"}
+                "recording_id": None, "ingress": "twilio", "screen_pop": describe(call.flow, record)}
         await self._settled_routing("enqueue", call.call_id, o.skill, o.priority, caller=call.caller, info=info)
         return self._next_while_waiting(call, now, before=[shipped_prompt("transfer_human")])
 

@@ -143,14 +143,14 @@ class CallerSimulation:
 
 def run_caller(*, to: str, digits: str, gap: float, stay: float, dtmf: str, tone_hz: float, record: Path | None,
                first_digit_after: float = 0.5, local_port: int = 0, hangup_at: float | None = None,
-               timeout: float = 600.0) -> int:
+               timeout: float = 600.0, number: str = "caller") -> int:
     keys = [k for k in digits.replace(",", " ").split() if k] if " " in digits.strip() or "," in digits else list(
         digits.strip())
     tmp = None
     if record is None:
         tmp = tempfile.TemporaryDirectory(prefix="h122-caller-")
         record = Path(tmp.name) / "heard.wav"
-    rt = PjsipRuntime(PjsipConfig(sip_port=local_port, rtp_port=0, tcp=False, max_calls=2, identity="caller"))
+    rt = PjsipRuntime(PjsipConfig(sip_port=local_port, rtp_port=0, tcp=False, max_calls=2, identity=number))
     rt.start(pj.Account)
     sim = CallerSimulation(rt, to, keys, gap, first_digit_after, stay, dtmf, tone_hz, record, hangup_at)
     rt.call_soon(sim.start)

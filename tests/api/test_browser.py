@@ -74,7 +74,8 @@ async def test_dashboard_numbers_follow_the_calls(node: Node, client: httpx.Asyn
     await expect(page.locator("h1")).to_contain_text("Dashboard")
 
 
-async def test_seat_console_goes_ready_and_pops_the_offer(node: Node, client: httpx.AsyncClient, page: Any) -> None:
+async def test_seat_console_goes_ready(node: Node, client: httpx.AsyncClient, page: Any) -> None:
+    """Sign-in and status buttons; the screen pop of a real call is tests/api/test_seat_console_real_call.py."""
     await page.goto(node.url + "/seat")
     await page.fill("#token", node.tokens["seat_s2"])
     await page.click("#login-btn")
@@ -86,18 +87,6 @@ async def test_seat_console_goes_ready_and_pops_the_offer(node: Node, client: ht
     await expect(status).to_have_attribute("data-status", "available")
     seat = (await client.get("/api/v1/seats/s2", headers=node.auth("supervisor"))).json()
     assert seat["status"] == "available"
-
-    await node.routing.enqueue("pop-1", "intake_guidance", 3, caller="13912345678",
-                               info={"answers": [{"node": "welcome", "key": "0"}], "skill": "intake_guidance",
-                                     "priority": 3})
-    pop = page.locator("#screen-pop")
-    await expect(pop).to_be_visible(timeout=10_000)
-    await expect(page.locator("#pop-call-id")).to_have_text("pop-1")
-    await expect(page.locator("#pop-caller")).to_have_text("13912345678")
-    await expect(page.locator("#pop-answers li")).to_have_text(["welcome: 0"])
-    await expect(status).to_have_attribute("data-status", "reserved")
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / "seat-console.png"), full_page=True)
 
     # a seat token logs in to its own seat only: s1's console is not reachable with it
     r = await client.get("/api/v1/seats/s1", headers=node.auth("seat_s2"))

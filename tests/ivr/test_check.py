@@ -45,7 +45,9 @@ def _set(path: str, value: Any) -> Any:
 
 
 _DELETE = object()
-NODE = {"prompt": {"id": "movable", "text": "x"}, "keys": {"1": {"goto": "dispute"}}}
+LABEL = {"zh": "问题", "en": "a question"}
+NODE = {"prompt": {"id": "movable", "text": "x"}, "label": LABEL,
+        "keys": {"1": {"goto": "dispute", "meaning": LABEL}}}
 
 BROKEN = [
     # id, change, location, words in the message
@@ -78,6 +80,11 @@ BROKEN = [
     ("target_bare_name", _set("nodes.fled.keys.2", "facility"), "nodes.fled.keys.2", "{goto: facility}"),
     ("missing_prompt", _set("nodes.fled.prompt", _DELETE), "nodes.fled.prompt", "Field required"),
     ("negative_timeout", _set("nodes.fled.timeout", -1), "nodes.fled.timeout", "greater than 0"),
+    ("question_without_label", _set("nodes.fled.label", _DELETE), "nodes.fled.label", "needs a label"),
+    ("label_without_english", _set("nodes.fled.label", {"zh": "问"}), "nodes.fled.label.en", "Field required"),
+    ("answer_without_meaning", _set("nodes.fled.keys.2.meaning", _DELETE), "nodes.fled.keys.2.meaning",
+     "needs a meaning"),
+    ("reason_without_words", _set("reasons.hit_and_run", _DELETE), "reasons.hit_and_run", "needs a label"),
     ("unknown_field", _set("nodes.fled.tiemout", 3), "nodes.fled.tiemout", "Extra inputs"),
     ("missing_fallback", _set("on_timeout_exhausted", _DELETE), "on_timeout_exhausted", "Field required"),
 ]
@@ -115,10 +122,16 @@ def test_a_flow_that_is_not_a_mapping() -> None:
     assert [p.location for p in validate_flow(["welcome"], Path("."))] == ["(top)"]  # type: ignore[arg-type]
 
 
-DUPLICATE_KEY_FLOW = DEFAULT_FLOW_PATH.read_text(encoding="utf-8").replace(
-    '      "1": {skill: police_dispatch, priority: 1, reason: injury}\n',
-    '      "1": {skill: police_dispatch, priority: 1, reason: injury}\n'
-    '      "1": {goto: movable}\n', 1)
+def edited(old: str, new: str) -> str:
+    """The default flow with one line replaced; fails loudly if the line is no longer there."""
+    text = DEFAULT_FLOW_PATH.read_text(encoding="utf-8")
+    assert old in text, f"the default flow no longer has {old!r}"
+    return text.replace(old, new, 1)
+
+
+INJURY_YES = '      "1": {skill: police_dispatch, priority: 1, reason: injury, meaning: {zh: 有人受伤或死亡, en: "yes, someone is injured"}}\n'
+INJURY_NO = '      "2": {goto: movable, meaning: {zh: 无人受伤, en: "no one is injured"}}\n'
+DUPLICATE_KEY_FLOW = edited(INJURY_YES, INJURY_YES + '      "1": {goto: movable}\n')
 
 
 def line_containing(text: str, needle: str, nth: int = 1) -> int:
@@ -137,8 +150,7 @@ def test_a_key_written_twice_is_found_with_its_line(tmp_path: Path) -> None:
 
 
 def test_unquoted_and_quoted_digit_are_the_same_key(tmp_path: Path) -> None:
-    text = DEFAULT_FLOW_PATH.read_text(encoding="utf-8").replace(
-        '      "2": {goto: movable}\n', '      "2": {goto: movable}\n      2: {goto: fled}\n', 1)
+    text = edited(INJURY_NO, INJURY_NO + "      2: {goto: fled}\n")
     path = tmp_path / "dup.yaml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(FlowInvalid) as e:
@@ -149,13 +161,13 @@ def test_unquoted_and_quoted_digit_are_the_same_key(tmp_path: Path) -> None:
 
 
 def test_problems_carry_the_line_of_their_key(tmp_path: Path) -> None:
-    text = DEFAULT_FLOW_PATH.read_text(encoding="utf-8").replace("{goto: facility}", "{goto: nowhere}")
+    text = edited("{goto: facility,", "{goto: nowhere,")
     path = tmp_path / "f.yaml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(FlowInvalid) as e:
         load_flow(path)
     lines = {p.location: p.line for p in e.value.problems}
-    assert lines["nodes.fled.keys.2.goto"] == line_containing(text, "{goto: nowhere}")
+    assert lines["nodes.fled.keys.2.goto"] == line_containing(text, "{goto: nowhere,")
     # facility and dispute are now cut off from the start, and located at their definitions
     assert lines["nodes.facility"] == line_containing(text, "  facility:")
     assert lines["nodes.dispute"] == line_containing(text, "  dispute:")
@@ -194,15 +206,14 @@ def test_check_flow_cli_accepts_the_default_flow() -> None:
 
 
 def test_check_flow_cli_lists_located_errors(tmp_path: Path) -> None:
-    text = DEFAULT_FLOW_PATH.read_text(encoding="utf-8").replace("{goto: facility}", "{goto: nowhere}").replace(
-        "skill: rescue", "skill: tow_truck")
+    text = edited("{goto: facility,", "{goto: nowhere,").replace("skill: rescue", "skill: tow_truck")
     path = tmp_path / "broken.yaml"
     path.write_text(text, encoding="utf-8")
     done = subprocess.run(["handoff122", "check-flow", str(path)], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 1
     lines = done.stderr.splitlines()
-    assert f"{path}:{line_containing(text, '{goto: nowhere}')}: nodes.fled.keys.2.goto: unknown target node " \
+    assert f"{path}:{line_containing(text, '{goto: nowhere,')}: nodes.fled.keys.2.goto: unknown target node " \
            "'nowhere'" in lines
     assert any(line.startswith(f"{path}:{line_containing(text, 'tow_truck')}: nodes.movable.keys.2.skill: "
                                "unknown skill 'tow_truck'") for line in lines)

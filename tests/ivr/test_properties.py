@@ -17,9 +17,13 @@ NODE_KEYS = list("123456789#")
 HUMANS = sorted(HUMAN_FALLBACK_SKILLS)
 
 
+LABEL = {"zh": "词", "en": "words"}
+REASONS = ["injury", "no_dispute", "other"]
+
+
 def outcome(draw: Any, skills: list[str]) -> dict[str, Any]:
     return {"skill": draw(st.sampled_from(skills)), "priority": draw(st.integers(1, 5)),
-            "reason": draw(st.sampled_from(["injury", "no_dispute", "other"]))}
+            "reason": draw(st.sampled_from(REASONS)), "meaning": LABEL}
 
 
 @st.composite
@@ -37,13 +41,13 @@ def valid_flows(draw: Any) -> dict[str, Any]:
 
     for i in range(1, count):  # every node is reached from an earlier one
         parent = names[draw(st.integers(0, i - 1))]
-        keys[parent][take_key(parent)] = {"goto": names[i]}
+        keys[parent][take_key(parent)] = {"goto": names[i], "meaning": LABEL}
     for i, name in enumerate(names):
         keys[name][take_key(name)] = outcome(draw, list(SKILLS))  # every node has a way out
         for _ in range(draw(st.integers(0, 3))):
             kind = draw(st.sampled_from(["goto", "outcome", "repeat"] if i + 1 < count else ["outcome", "repeat"]))
             if kind == "goto":
-                keys[name][take_key(name)] = {"goto": names[draw(st.integers(i + 1, count - 1))]}
+                keys[name][take_key(name)] = {"goto": names[draw(st.integers(i + 1, count - 1))], "meaning": LABEL}
             elif kind == "outcome":
                 keys[name][take_key(name)] = outcome(draw, list(SKILLS))
             else:
@@ -55,11 +59,13 @@ def valid_flows(draw: Any) -> dict[str, Any]:
         "name": "generated",
         "start": names[0],
         "any_node": any_node,
-        "on_timeout_exhausted": outcome(draw, HUMANS),
-        "on_invalid_exhausted": outcome(draw, HUMANS),
+        "on_timeout_exhausted": {k: v for k, v in outcome(draw, HUMANS).items() if k != "meaning"},
+        "on_invalid_exhausted": {k: v for k, v in outcome(draw, HUMANS).items() if k != "meaning"},
+        "reasons": dict.fromkeys(REASONS, LABEL),
         "nodes": {
             name: {
                 "prompt": {"id": draw(st.sampled_from(PROMPT_IDS)), "text": "提示"},
+                "label": LABEL,
                 "keys": keys[name],
                 "timeout": draw(st.sampled_from([1, 6, 10.5])),
                 "retries": draw(st.integers(0, 3)),
