@@ -441,26 +441,20 @@ class Acd:
         return call.state.value if call else None
 
     def call_view(self, call_id: str) -> dict[str, Any] | None:
+        """A call the ACD holds (waiting, offered or connected); ``info`` carries its screen pop."""
         call = self._calls.get(call_id)
         if call is None:
             return None
-        return {"id": call.id, "skill": call.skill, "priority": call.priority, "enqueued_at": call.enqueued_at,
-                "state": call.state.value, "seat_id": call.seat_id, "attempt": call.attempt,
-                "caller": call.caller, "position": self.queue_position(call_id)}
+        return {"id": call.id, "call_id": call.id, "skill": call.skill, "priority": call.priority,
+                "enqueued_at": call.enqueued_at, "state": call.state.value, "seat_id": call.seat_id,
+                "attempt": call.attempt, "caller": call.caller, "position": self.queue_position(call_id),
+                "offered_at": call.offered_at, "info": dict(call.info)}
 
     def seat_view(self, seat_id: str, now: float) -> dict[str, Any]:
         return self._seat(seat_id).view(now)
 
     def seats_view(self, now: float) -> list[dict[str, Any]]:
         return [seat.view(now) for seat in self._seats.values()]
-
-    def call_view(self, call_id: str) -> dict[str, Any] | None:
-        """A call the ACD holds (waiting, offered or connected), as a seat's screen shows it."""
-        c = self._calls.get(call_id)
-        if c is None:
-            return None
-        return {"call_id": c.id, "skill": c.skill, "priority": c.priority, "caller": c.caller, "info": dict(c.info),
-                "state": c.state.value, "seat_id": c.seat_id, "attempt": c.attempt, "offered_at": c.offered_at}
 
     def waiting_entries(self) -> list[RestoredEntry]:
         """Calls not yet connected (waiting or ringing), as they would be restored after a restart."""
