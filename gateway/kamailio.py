@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.local_sockets import unix_socket_path
+
 log = logging.getLogger("gateway.kamailio")
 
 MODULE_DIRS = ("/usr/lib/x86_64-linux-gnu/kamailio/modules", "/usr/lib/aarch64-linux-gnu/kamailio/modules",
@@ -277,7 +279,7 @@ class Kamailio:
         self.shm_mb = shm_mb
         self.probing = probing
         self.proc: asyncio.subprocess.Process | None = None
-        self.rpc = KamailioRpc(run_dir / "kamailio-rpc.sock")
+        self.rpc = KamailioRpc(unix_socket_path(run_dir, "kamailio-rpc.sock"))
         self._stderr_task: asyncio.Task[None] | None = None
         self.last_errors: deque[str] = deque(maxlen=5)
         self._stopping = False

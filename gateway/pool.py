@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway import channel as ch
 from gateway.kamailio import Destination
+from gateway.local_sockets import unix_socket_path
 
 log = logging.getLogger("gateway.pool")
 
@@ -69,7 +70,7 @@ class WorkerPool:
         self.on_worker_lost = on_worker_lost
         self.workers: dict[int, WorkerHandle] = {s.worker_id: WorkerHandle(s) for s in specs}
         self.call_worker: dict[str, int] = {}
-        self.socket_path = run_dir / "control.sock"
+        self.socket_path = unix_socket_path(run_dir, "control.sock")
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
