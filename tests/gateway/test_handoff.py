@@ -132,6 +132,11 @@ def test_seat_failure_keeps_the_caller(tmp_path: Path, how: str) -> None:
         rep = seat_reports(node, "s2")[0]
         call = node.wait_for(lambda: (c := node.call(rep["call_id"]))["end_reason"] and c)
         assert "SEATFAILED" in events_of(call) and call["seat_id"] == "s2"
+        failed = next(e for e in call["events"] if e["kind"] == "SEATFAILED")
+        # the SIP/PJSIP words stay with the event, for the people who look into it later
+        assert failed["data"]["detail"], failed
+        if how == "declines":
+            assert failed["data"]["reason"] == "declined"
         if how == "unreachable":
             assert seat_status(node, "s1")["status"] == "not_ready"
     finally:
