@@ -7,29 +7,18 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import expect
 
 from tests.api.conftest import Node
-from tests.conftest import ROOT
+from tests.browser import ARTIFACTS, chromium_page
 
 pytestmark = pytest.mark.browser
-playwright_api = pytest.importorskip("playwright.async_api")
-expect = playwright_api.expect
-
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture
 async def page() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
-            yield await ctx.new_page()
-        finally:
-            await browser.close()
+    async with chromium_page() as p:
+        yield p
 
 
 @pytest.fixture

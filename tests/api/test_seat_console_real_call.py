@@ -13,29 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import expect
 
-from tests.conftest import ROOT, free_port
+from tests.browser import ARTIFACTS, chromium_page
+from tests.conftest import free_port
 from tests.node_harness import RunningNode, start_caller, start_node, start_seat
 
 pytestmark = [pytest.mark.browser, pytest.mark.sip]
-from playwright.async_api import async_playwright, expect  # noqa: E402  (an import failure fails the run)
-
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 ELIGIBLE_DISPUTE = "1 2 1 2 2 2 1"
 
 
 @pytest.fixture
 async def page() -> AsyncIterator[Any]:
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            ctx = await browser.new_context(viewport={"width": 1024, "height": 900})
-            yield await ctx.new_page()
-        finally:
-            await browser.close()
+    async with chromium_page(width=1024) as p:
+        yield p
 
 
 @pytest.fixture
