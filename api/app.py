@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import get_ctx, principal
+from api.body_limit import BodySizeLimit, BodyTooLarge, reraise_body_too_large
 from api.context import ApiContext
 from api.routes import admin, callbacks, calls, events_ws, health, metrics, queues, recordings, seats
 from api.schemas import Me
@@ -42,6 +43,8 @@ def _routing_status(exc: RoutingError) -> int:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(BodyTooLarge, reraise_body_too_large)
+
     @app.exception_handler(RoutingError)
     async def routing_error(request: Request, exc: RoutingError) -> JSONResponse:
         return JSONResponse({"detail": str(exc) or exc.__class__.__name__}, status_code=_routing_status(exc))
@@ -67,6 +70,9 @@ def create_app(ctx: ApiContext, ingress: Iterable[APIRouter] = ()) -> FastAPI:
                   redoc_url=None, openapi_url="/openapi.json")
     app.state.ctx = ctx
     _install_error_handlers(app)
+    # Outside the routes and their dependencies: a body over the limit is refused before anything
+    # (authentication included) reads it.
+    app.add_middleware(BodySizeLimit, limit_for=ctx.limits.body_limit_for)
     for module in (health, seats, queues, calls, recordings, callbacks, admin, events_ws, metrics):
         app.include_router(module.router)
     for router in ingress:

@@ -85,16 +85,15 @@ async def remove_seat(seat_id: str = SeatId, ctx: ApiContext = Depends(get_ctx))
 @router.put(
     "/flow",
     response_model=FlowInstalled,
-    responses={422: {"model": dict[str, list[FlowProblemOut]], "description": "the flow's problems, located"}},
+    responses={422: {"model": dict[str, list[FlowProblemOut]], "description": "the flow's problems, located"},
+               413: {"description": "larger than api_max_flow_bytes"}},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/yaml": {"schema": {"type": "string"}}, "text/plain": {"schema": {"type": "string"}}}}},
 )
 async def install_flow(request: Request, ctx: ApiContext = Depends(get_ctx)) -> FlowInstalled:
     if ctx.flow_admin is None:
         raise HTTPException(404, detail="flow administration is not enabled on this node")
-    raw = await request.body()
-    if len(raw) > 1_000_000:
-        raise HTTPException(413, detail="a flow file is at most 1 MB")
+    raw = await request.body()  # at most ``api_max_flow_bytes``: api.body_limit refuses larger bodies
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
