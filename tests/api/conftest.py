@@ -61,6 +61,7 @@ class Node:
     token_store: TokenStore
     flow_path: Path
     tables: AsyncExitStack
+    ctx: ApiContext
     installed: list[Any] = field(default_factory=list)
 
     def auth(self, who: str) -> dict[str, str]:
@@ -105,7 +106,7 @@ async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS)
         "bad": "h122_" + "x" * 43,
     }
     return Node(url=server.url, server=server, routing=routing, calls=ctx.calls, catalog=catalog, tokens=tokens,
-                token_store=token_store, flow_path=flow_path, tables=tables, installed=installed)
+                token_store=token_store, flow_path=flow_path, tables=tables, ctx=ctx, installed=installed)
 
 
 async def stop_node(node: Node) -> None:
