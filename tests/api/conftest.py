@@ -40,11 +40,11 @@ except ImportError:  # pragma: no cover - until routing.service lands
     RoutingService = None  # type: ignore[assignment,misc]
 
 
-async def build_routing(engine: Any, db_url: str, tmp_path: Path, seats: list[SeatSpec]) -> Any:
-    """The routing service exactly as ``gateway.node`` builds it."""
+async def build_routing(engine: Any, db_url: str, tmp_path: Path, seats: list[SeatSpec], **settings_: Any) -> Any:
+    """The routing service exactly as ``gateway.node`` builds it (``settings_``: other settings)."""
     if RoutingService is None:
         pytest.skip("routing.service is not there yet")
-    settings = Settings(data_dir=tmp_path, db_url=db_url, ring_timeout=20.0)
+    settings = Settings(data_dir=tmp_path, db_url=db_url, **{"ring_timeout": 20.0, **settings_})
     routing = RoutingService.from_settings(settings, engine, node_id="test-node")
     await routing.start(seats)
     return routing
@@ -80,7 +80,7 @@ SEATS = [
 ]
 
 
-async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS) -> Node:
+async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS, **settings: Any) -> Node:
     tables = AsyncExitStack()
     engine = await tables.enter_async_context(scratch_engine(db_url))
     await create_schema(engine)
@@ -88,7 +88,7 @@ async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS)
     await token_store.create_schema()
     catalog = Catalog(engine, tmp_path / "recordings")
     await catalog.create_schema()
-    routing = await build_routing(engine, db_url, tmp_path, seats)
+    routing = await build_routing(engine, db_url, tmp_path, seats, **settings)
     flow_path = tmp_path / "flow.yaml"
     flow_path.write_text((ROOT / "ivr" / "flows" / "default.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     installed: list[Any] = []
