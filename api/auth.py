@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from api.context import ApiContext
 from api.tokens import Principal
@@ -18,6 +19,12 @@ bearer = HTTPBearer(auto_error=False, description="an API token from `handoff122
 
 def get_ctx(request: Request) -> ApiContext:
     return request.app.state.ctx
+
+
+def client_ip(conn: HTTPConnection) -> str | None:
+    """The peer's address as the server saw it (uvicorn honours X-Forwarded-For only from its
+    ``forwarded_allow_ips``, 127.0.0.1 by default)."""
+    return conn.client.host if conn.client else None
 
 
 def _unauthorized(detail: str) -> HTTPException:

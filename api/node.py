@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.app import create_app
+from api.audit import AuditLog
 from api.context import ApiContext
 from api.flow_admin import FlowFileAdmin
 from api.limits import ApiLimits
@@ -73,7 +74,8 @@ async def build_api(node: Any) -> RunningApi:
     bridge = ControlLoopBridge(asyncio.get_running_loop())
     ctx = ApiContext(routing=node.routing, calls=node.calls, tokens=tokens, recordings=node.catalog,
                      flow_admin=flow_admin, service_level_s=s.service_level_s, node_id=node.node_id,
-                     bridge=bridge, gateway_stats=stats, limits=limits)
+                     bridge=bridge, gateway_stats=stats, limits=limits,
+                     audit=AuditLog(node.engine, node_id=node.node_id))
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     app = create_app(ctx, ingress=[twilio_router(twilio.ctx, twilio)])

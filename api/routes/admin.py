@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
 
 from api.auth import admin, get_ctx
 from api.context import ApiContext
@@ -18,6 +18,7 @@ from api.schemas import (
     SeatView,
     SkillInfo,
     TokenCreated,
+    TokenInfo,
     TokenRequest,
 )
 from api.tokens import TokenError
@@ -104,19 +105,23 @@ async def install_flow(request: Request, ctx: ApiContext = Depends(get_ctx)) -> 
     return FlowInstalled()
 
 
-@router.get("/tokens")
-async def list_tokens(ctx: ApiContext = Depends(get_ctx)) -> list[dict[str, Any]]:
-    return await ctx.on_control(ctx.tokens.list)
+@router.get("/tokens", response_model=list[TokenInfo])
+async def list_tokens(include_dead: bool = Query(True, description="also revoked and expired tokens"),
+                      ctx: ApiContext = Depends(get_ctx)) -> list[dict[str, Any]]:
+    return await ctx.on_control(ctx.tokens.list, include_dead)
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201)
 async def create_token(body: TokenRequest = Body(...), ctx: ApiContext = Depends(get_ctx)) -> TokenCreated:
     try:
-        token = await ctx.on_control(ctx.tokens.create, body.role, body.seat_id, body.label)
+        token = await ctx.on_control(ctx.tokens.create, body.role, body.seat_id, body.label, None, body.ttl_days)
     except TokenError as e:
         raise unprocessable(("body", "seat_id"), str(e)) from e
     who = await ctx.on_control(ctx.tokens.resolve, token)
-    return TokenCreated(id=who.token_id if who else None, token=token, role=body.role, seat_id=body.seat_id)
+    info = await ctx.on_control(ctx.tokens.info, who.token_id) if who is not None else None
+    expires = info["expires_at"] if info else None
+    return TokenCreated(id=who.token_id if who else None, token=token, role=body.role, seat_id=body.seat_id,
+                        expires_at=expires)
 
 
 @router.delete("/tokens/{token_id}", status_code=204, responses={404: {"description": "unknown or revoked"}})

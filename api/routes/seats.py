@@ -1,12 +1,17 @@
-"""Seats: the board for supervisors, and a seat's own status (ready, not ready, end wrap-up)."""
+"""Seats: the board for supervisors, and a seat's own status (ready, not ready, end wrap-up).
+
+A status change made by anyone but the seat itself (a supervisor, an admin) goes to the audit log
+with who made it and the statuses from and to.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
-from api.auth import get_ctx, may_act_on_seat, principal, supervisor
+from api.audit import SEAT_STATUS
+from api.auth import client_ip, get_ctx, may_act_on_seat, principal, supervisor
 from api.context import ApiContext
 from api.schemas import SEAT_ID_PATTERN, SeatStatusChange, SeatView
 from api.tokens import Principal
@@ -25,6 +30,15 @@ async def current_seat(ctx: ApiContext, seat_id: str) -> dict[str, Any]:
     raise HTTPException(404, detail=f"unknown seat {seat_id!r}")
 
 
+async def _audit_if_other(ctx: ApiContext, request: Request, who: Principal, seat_id: str,
+                          before: dict[str, Any], after: dict[str, Any], reason: str | None) -> None:
+    """Record a change made to a seat by someone other than that seat (the change is already made)."""
+    if ctx.audit is None or who.seat_id == seat_id:
+        return
+    detail = {"from": before["status"], "to": after["status"], "reason": reason}
+    await ctx.on_control(ctx.audit.record, SEAT_STATUS, who, seat_id, detail, client_ip(request))
+
+
 @router.get("", response_model=list[SeatView], dependencies=[Depends(supervisor)])
 async def list_seats(ctx: ApiContext = Depends(get_ctx)) -> list[dict[str, Any]]:
     return await seat_rows(ctx)
@@ -39,17 +53,23 @@ async def get_seat(seat_id: str = SeatId, who: Principal = Depends(principal),
 
 @router.put("/{seat_id}/status", response_model=SeatView,
             responses={404: {"description": "unknown seat"}, 409: {"description": "illegal transition"}})
-async def set_status(body: SeatStatusChange, seat_id: str = SeatId, who: Principal = Depends(principal),
-                     ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+async def set_status(request: Request, body: SeatStatusChange, seat_id: str = SeatId,
+                     who: Principal = Depends(principal), ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
     may_act_on_seat(who, seat_id)
+    before = await current_seat(ctx, seat_id)
     await ctx.on_control(ctx.routing.set_status, seat_id, SeatStatus(body.status), body.reason)
-    return await current_seat(ctx, seat_id)
+    after = await current_seat(ctx, seat_id)
+    await _audit_if_other(ctx, request, who, seat_id, before, after, body.reason)
+    return after
 
 
 @router.post("/{seat_id}/wrap-up/end", response_model=SeatView,
              responses={404: {"description": "unknown seat"}, 409: {"description": "not in wrap-up"}})
-async def end_wrap_up(seat_id: str = SeatId, who: Principal = Depends(principal),
+async def end_wrap_up(request: Request, seat_id: str = SeatId, who: Principal = Depends(principal),
                       ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
     may_act_on_seat(who, seat_id)
+    before = await current_seat(ctx, seat_id)
     await ctx.on_control(ctx.routing.end_wrap_up, seat_id)
-    return await current_seat(ctx, seat_id)
+    after = await current_seat(ctx, seat_id)
+    await _audit_if_other(ctx, request, who, seat_id, before, after, "end wrap-up")
+    return after

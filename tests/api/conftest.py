@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.audit import AuditLog
 from api.context import ApiContext
 from api.flow_admin import FlowFileAdmin
 from api.server import ApiServer, ControlLoopBridge
@@ -95,7 +96,8 @@ async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS,
     flow_admin = FlowFileAdmin(flow_path, on_installed=installed.append, base_dir=ROOT / "ivr" / "flows")
     ctx = ApiContext(routing=routing, calls=CallRecords(engine), tokens=token_store, recordings=catalog,
                      flow_admin=flow_admin, bridge=ControlLoopBridge(asyncio.get_running_loop()),
-                     node_id="test-node", gateway_stats=lambda: {"workers_alive": 2})
+                     node_id="test-node", gateway_stats=lambda: {"workers_alive": 2},
+                     audit=AuditLog(engine, node_id="test-node"))
     server = ApiServer(create_app(ctx), "127.0.0.1", free_port())
     await server.start_async()
     tokens = {
