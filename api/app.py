@@ -22,6 +22,7 @@ from api.body_limit import BodySizeLimit, BodyTooLarge, reraise_body_too_large
 from api.context import ApiContext
 from api.routes import admin, audit, callbacks, calls, events_ws, health, metrics, queues, recordings, seats
 from api.schemas import Me
+from api.throttle import BadTokenThrottle
 from api.tokens import Principal
 from routing.acd import RoutingError, UnknownCall, UnknownSeat
 
@@ -69,6 +70,7 @@ def create_app(ctx: ApiContext, ingress: Iterable[APIRouter] = ()) -> FastAPI:
     app = FastAPI(title="handoff122", version="1", description=DESCRIPTION, docs_url="/docs",
                   redoc_url=None, openapi_url="/openapi.json")
     app.state.ctx = ctx
+    app.state.bad_tokens = BadTokenThrottle(ctx.limits.auth_failures, ctx.limits.auth_window_s)
     _install_error_handlers(app)
     # Outside the routes and their dependencies: a body over the limit is refused before anything
     # (authentication included) reads it.
