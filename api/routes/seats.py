@@ -6,6 +6,7 @@ with who made it and the statuses from and to.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
@@ -19,6 +20,7 @@ from api.views import seat_rows
 from routing.status import SeatStatus
 
 router = APIRouter(prefix="/api/v1/seats", tags=["seats"])
+log = logging.getLogger(__name__)
 
 SeatId = Path(pattern=SEAT_ID_PATTERN, description="seat id, [a-z0-9_-]{1,32}")
 
@@ -36,7 +38,11 @@ async def _audit_if_other(ctx: ApiContext, request: Request, who: Principal, sea
     if ctx.audit is None or who.seat_id == seat_id:
         return
     detail = {"from": before["status"], "to": after["status"], "reason": reason}
-    await ctx.on_control(ctx.audit.record, SEAT_STATUS, who, seat_id, detail, client_ip(request))
+    try:
+        await ctx.on_control(ctx.audit.record, SEAT_STATUS, who, seat_id, detail, client_ip(request))
+    except Exception as e:  # the change is made: say so, and leave the record in the node's log at least
+        log.error("audit_write_failed", extra={"action": SEAT_STATUS, "target": seat_id, "detail": detail,
+                                               "token_id": who.token_id, "error": str(e)[:200]})
 
 
 @router.get("", response_model=list[SeatView], dependencies=[Depends(supervisor)])

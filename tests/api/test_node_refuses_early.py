@@ -129,3 +129,18 @@ def test_the_node_refuses_early_and_keeps_its_memory(served: RunningNode) -> Non
     rows = {r["role"]: r for r in json.loads(out.stdout)}
     assert rows["admin"]["last_used_at"] is not None and rows["supervisor"]["last_used_at"] is not None
     assert admin not in out.stdout and supervisor not in out.stdout
+
+
+def test_a_token_made_before_the_first_serve_works(tmp_path: Path) -> None:
+    """``token create`` on a fresh data dir migrates the whole schema, so ``serve`` starts on it."""
+    data = tmp_path / "var"
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "token", "create", "--role", "supervisor",
+                          "--ttl", "1", "--data-dir", str(data)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    node = start_node(tmp_path, workers=1, token=False)
+    try:
+        node.token = out.stdout.strip()
+        r = node.get("/api/v1/queues")
+        assert r.status_code == 200, r.text
+    finally:
+        node.stop()
