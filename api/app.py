@@ -18,9 +18,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import get_ctx, principal
+from api.body_limit import BodySizeLimit, BodyTooLarge, reraise_body_too_large
 from api.context import ApiContext
-from api.routes import admin, callbacks, calls, events_ws, health, metrics, queues, recordings, seats
+from api.routes import admin, audit, callbacks, calls, events_ws, health, metrics, queues, recordings, seats
 from api.schemas import Me
+from api.throttle import BadTokenThrottle
 from api.tokens import Principal
 from routing.acd import RoutingError, UnknownCall, UnknownSeat
 
@@ -42,6 +44,8 @@ def _routing_status(exc: RoutingError) -> int:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(BodyTooLarge, reraise_body_too_large)
+
     @app.exception_handler(RoutingError)
     async def routing_error(request: Request, exc: RoutingError) -> JSONResponse:
         return JSONResponse({"detail": str(exc) or exc.__class__.__name__}, status_code=_routing_status(exc))
@@ -66,8 +70,12 @@ def create_app(ctx: ApiContext, ingress: Iterable[APIRouter] = ()) -> FastAPI:
     app = FastAPI(title="handoff122", version="1", description=DESCRIPTION, docs_url="/docs",
                   redoc_url=None, openapi_url="/openapi.json")
     app.state.ctx = ctx
+    app.state.bad_tokens = BadTokenThrottle(ctx.limits.auth_failures, ctx.limits.auth_window_s)
     _install_error_handlers(app)
-    for module in (health, seats, queues, calls, recordings, callbacks, admin, events_ws, metrics):
+    # Outside the routes and their dependencies: a body over the limit is refused before anything
+    # (authentication included) reads it.
+    app.add_middleware(BodySizeLimit, limit_for=ctx.limits.body_limit_for)
+    for module in (health, seats, queues, calls, recordings, callbacks, audit, admin, events_ws, metrics):
         app.include_router(module.router)
     for router in ingress:
         app.include_router(router)

@@ -13,7 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from api.audit import AuditLog
 from api.bridge import ControlLoopBridge
+from api.limits import ApiLimits
 from api.tokens import TokenStore
 
 
@@ -82,6 +84,10 @@ class ApiContext:
     #: Extra gauges for /metrics from the gateway, e.g. {"calls_active": 3, "workers_alive": 4}.
     gateway_stats: Callable[[], Mapping[str, float]] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Where recording downloads and seat-status changes by others are recorded.
+    audit: AuditLog | None = None
+    #: Body sizes, flow parsing, bad-token slow-down, WebSocket authentication (issue 12).
+    limits: ApiLimits = field(default_factory=ApiLimits)
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.app import create_app
+from api.audit import AuditLog
 from api.context import ApiContext
 from api.flow_admin import FlowFileAdmin
+from api.limits import ApiLimits
 from api.server import ApiServer, ApiServerError, ControlLoopBridge
 from api.signin import OneTimeSignIn, first_sign_in, signin_router
 from api.tokens import TokenStore
@@ -74,12 +76,15 @@ async def build_api(node: Any) -> RunningApi:
     s = node.settings
     tokens = TokenStore(node.engine)
     await tokens.create_schema()  # no-op when the node's migrations already made the table
-    flow_admin = FlowFileAdmin(save_to=s.flow, on_installed=_install_flow_on(node), base_dir=s.flow_file.parent)
+    limits = ApiLimits.from_settings(s)
+    flow_admin = FlowFileAdmin(save_to=s.flow, on_installed=_install_flow_on(node), base_dir=s.flow_file.parent,
+                               parse_timeout_s=limits.flow_parse_timeout_s)
     stats = getattr(node, "media_stats", None)
     bridge = ControlLoopBridge(asyncio.get_running_loop())
     ctx = ApiContext(routing=node.routing, calls=node.calls, tokens=tokens, recordings=node.catalog,
                      flow_admin=flow_admin, service_level_s=s.service_level_s, node_id=node.node_id,
-                     bridge=bridge, gateway_stats=stats)
+                     bridge=bridge, gateway_stats=stats, limits=limits,
+                     audit=AuditLog(node.engine, node_id=node.node_id))
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     signin = await first_sign_in(tokens)

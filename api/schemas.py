@@ -139,6 +139,7 @@ class TokenRequest(BaseModel):
     role: Literal["admin", "supervisor", "seat"]
     seat_id: str | None = Field(None, pattern=SEAT_ID_PATTERN)
     label: str | None = Field(None, max_length=200)
+    ttl_days: float | None = Field(None, gt=0, le=3650, description="default 30 (seat, supervisor) or 7 (admin)")
 
 
 class TokenCreated(BaseModel):
@@ -146,6 +147,41 @@ class TokenCreated(BaseModel):
     token: str
     role: str
     seat_id: str | None = None
+    expires_at: float | None = None
+
+
+class TokenInfo(BaseModel):
+    """A token as ``GET /api/v1/admin/tokens`` lists it: never the token nor its hash."""
+
+    id: int
+    role: str
+    seat_id: str | None = None
+    label: str | None = None
+    created_at: float
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+    state: Literal["live", "expired", "revoked"]
+
+
+class AuditActor(BaseModel):
+    token_id: int | None = None
+    role: str | None = None
+    seat_id: str | None = None
+
+
+class AuditEntry(BaseModel):
+    """One audited action: ``recording.download`` (detail: range or bytes) or ``seat.status``
+    (detail: from, to, reason); more actions may appear later."""
+
+    id: int
+    at: float
+    action: str
+    target: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+    actor: AuditActor
+    source_ip: str | None = None
+    node_id: str | None = None
 
 
 class Me(BaseModel):

@@ -21,6 +21,9 @@ __all__ = ["ApiServer", "ApiServerError", "ControlLoopBridge"]
 
 log = logging.getLogger(__name__)
 
+#: Clients send the events socket one short auth message; nothing larger is ever needed.
+WS_MAX_MESSAGE = 64 * 1024
+
 
 class ApiServerError(RuntimeError):
     """The API could not start listening (port taken, bad host)."""
@@ -33,7 +36,7 @@ class ApiServer:
         self.port = port
         self.config = uvicorn.Config(app, host=host, port=port, log_config=None, log_level=log_level,
                                      access_log=False, lifespan="off", ws="websockets-sansio",
-                                     timeout_graceful_shutdown=2)
+                                     ws_max_size=WS_MAX_MESSAGE, timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None

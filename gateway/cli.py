@@ -99,10 +99,35 @@ def cmd_check_flow(args: argparse.Namespace) -> int:
     return check_flow_main(args.file)
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from api.tokens import create_token_main
+async def _token_database(engine) -> None:  # type: ignore[no-untyped-def]
+    """Bring the operator's database to the current schema before a token command touches it.
 
-    return create_token_main(role=args.role, seat_id=args.seat, data_dir=args.data_dir, db_url=args.db_url)
+    A fresh database, or one a node made, is migrated (so a later ``serve`` finds it at head); one
+    whose tables were made without migrations (a test's) only gets the API's missing tables.
+    """
+    import sqlalchemy as sa
+
+    from api.tokens import TokenStore
+    from gateway.schema import upgrade_schema
+
+    async with engine.connect() as conn:
+        names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+    if not names or "alembic_version" in names:
+        await upgrade_schema(engine)
+    else:
+        await TokenStore(engine).create_schema()
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from api.tokens import create_token_main, list_tokens_main, revoke_token_main
+
+    if args.token_cmd == "list":
+        return list_tokens_main(args.data_dir, args.db_url, include_dead=args.all, as_json=args.json,
+                                prepare=_token_database)
+    if args.token_cmd == "revoke":
+        return revoke_token_main(args.id, args.data_dir, args.db_url, prepare=_token_database)
+    return create_token_main(role=args.role, seat_id=args.seat, data_dir=args.data_dir, db_url=args.db_url,
+                             ttl_days=args.ttl, label=args.label, prepare=_token_database)
 
 
 def cmd_recordings(args: argparse.Namespace) -> int:
@@ -184,9 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("token", help="API tokens")
     tsub = p.add_subparsers(dest="token_cmd", required=True)
-    t = tsub.add_parser("create", help="print a new API token (stored hashed)")
+    t = tsub.add_parser("create", help="print a new API token (stored hashed, with an expiry)")
     t.add_argument("--role", choices=["supervisor", "seat", "admin"], required=True)
     t.add_argument("--seat")
+    t.add_argument("--ttl", type=float, metavar="DAYS",
+                   help="days until it expires (default 30 for seat and supervisor, 7 for admin)")
+    t.add_argument("--label", default="cli", help="a note shown by `token list` (who or what it is for)")
+    t.add_argument("--data-dir", type=Path, default=Path("./var"))
+    t.add_argument("--db-url")
+    t.set_defaults(func=cmd_token)
+    t = tsub.add_parser("list", help="id, role, seat, created, expires, last used (never a secret)")
+    t.add_argument("--all", action="store_true", help="also revoked and expired tokens")
+    t.add_argument("--json", action="store_true", help="one JSON array")
+    t.add_argument("--data-dir", type=Path, default=Path("./var"))
+    t.add_argument("--db-url")
+    t.set_defaults(func=cmd_token)
+    t = tsub.add_parser("revoke", help="revoke a token by its id (from `token list`)")
+    t.add_argument("id", type=int)
     t.add_argument("--data-dir", type=Path, default=Path("./var"))
     t.add_argument("--db-url")
     t.set_defaults(func=cmd_token)

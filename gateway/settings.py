@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     recordings_retention_days: int = Field(180, ge=1, le=36500, description="recordings older than this are purged")
     caller_id_header: str = Field("from+pai", description="how the caller's number reaches a seat: from | pai | from+pai")
 
+    # api limits (issue 12)
+    api_max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                    description="largest API request body; larger ones get 413 before authentication")
+    api_max_flow_bytes: int = Field(1024 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                    description="largest IVR flow upload (PUT /api/v1/admin/flow)")
+    api_flow_parse_timeout_s: float = Field(2.0, gt=0, le=60, description="time limit to read an uploaded flow")
+    api_auth_failures: int = Field(20, ge=1, le=10_000, description="bad tokens per client address per window before 429")
+    api_auth_window_s: float = Field(60.0, gt=0, le=3600)
+    api_ws_auth_timeout_s: float = Field(5.0, gt=0, le=60, description="a WebSocket must authenticate within this")
+
     # Twilio ingress
     twilio_auth_token: str | None = Field(None, description="Twilio auth token: enables /twilio/* (signed webhooks)")
     public_base_url: str | None = Field(None, description="the URL Twilio calls (signatures are checked against it)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
 
 from api.auth import admin, get_ctx
 from api.context import ApiContext
@@ -18,6 +18,7 @@ from api.schemas import (
     SeatView,
     SkillInfo,
     TokenCreated,
+    TokenInfo,
     TokenRequest,
 )
 from api.tokens import TokenError
@@ -85,16 +86,15 @@ async def remove_seat(seat_id: str = SeatId, ctx: ApiContext = Depends(get_ctx))
 @router.put(
     "/flow",
     response_model=FlowInstalled,
-    responses={422: {"model": dict[str, list[FlowProblemOut]], "description": "the flow's problems, located"}},
+    responses={422: {"model": dict[str, list[FlowProblemOut]], "description": "the flow's problems, located"},
+               413: {"description": "larger than api_max_flow_bytes"}},
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/yaml": {"schema": {"type": "string"}}, "text/plain": {"schema": {"type": "string"}}}}},
 )
 async def install_flow(request: Request, ctx: ApiContext = Depends(get_ctx)) -> FlowInstalled:
     if ctx.flow_admin is None:
         raise HTTPException(404, detail="flow administration is not enabled on this node")
-    raw = await request.body()
-    if len(raw) > 1_000_000:
-        raise HTTPException(413, detail="a flow file is at most 1 MB")
+    raw = await request.body()  # at most ``api_max_flow_bytes``: api.body_limit refuses larger bodies
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -105,19 +105,23 @@ async def install_flow(request: Request, ctx: ApiContext = Depends(get_ctx)) -> 
     return FlowInstalled()
 
 
-@router.get("/tokens")
-async def list_tokens(ctx: ApiContext = Depends(get_ctx)) -> list[dict[str, Any]]:
-    return await ctx.on_control(ctx.tokens.list)
+@router.get("/tokens", response_model=list[TokenInfo])
+async def list_tokens(include_dead: bool = Query(True, description="also revoked and expired tokens"),
+                      ctx: ApiContext = Depends(get_ctx)) -> list[dict[str, Any]]:
+    return await ctx.on_control(ctx.tokens.list, include_dead)
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201)
 async def create_token(body: TokenRequest = Body(...), ctx: ApiContext = Depends(get_ctx)) -> TokenCreated:
     try:
-        token = await ctx.on_control(ctx.tokens.create, body.role, body.seat_id, body.label)
+        token = await ctx.on_control(ctx.tokens.create, body.role, body.seat_id, body.label, None, body.ttl_days)
     except TokenError as e:
         raise unprocessable(("body", "seat_id"), str(e)) from e
     who = await ctx.on_control(ctx.tokens.resolve, token)
-    return TokenCreated(id=who.token_id if who else None, token=token, role=body.role, seat_id=body.seat_id)
+    info = await ctx.on_control(ctx.tokens.info, who.token_id) if who is not None else None
+    expires = info["expires_at"] if info else None
+    return TokenCreated(id=who.token_id if who else None, token=token, role=body.role, seat_id=body.seat_id,
+                        expires_at=expires)
 
 
 @router.delete("/tokens/{token_id}", status_code=204, responses={404: {"description": "unknown or revoked"}})

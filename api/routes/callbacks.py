@@ -2,6 +2,10 @@
 
 The list lives in the ACD (ordered by the callers' original enqueue time); a seat takes the oldest
 pending one, calls the person back, then completes it.
+
+An entry carries the caller's number and IVR answers, so a seat token sees only what its work
+needs: the pending callbacks of skills the seat has, and those it took.  Intake seats are the ones
+the ACD hands callbacks to (of any skill), so they see every pending one.  Supervisors see all.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from api.context import ApiContext
 from api.errors import unprocessable
 from api.schemas import SEAT_ID_PATTERN, Callback
 from api.tokens import Principal
+from routing.acd import INTAKE_SKILL
 from routing.events import EventKind
 
 router = APIRouter(prefix="/api/v1/callbacks", tags=["callbacks"])
@@ -34,14 +39,31 @@ def _active(ctx: ApiContext) -> list[dict[str, Any]]:
     return [e.to_dict() for e in ctx.routing.acd.callbacks.active()]
 
 
+def _seat_skills(ctx: ApiContext, seat_id: str | None) -> set[str]:
+    for seat in ctx.routing.acd.seats_view(ctx.clock()):
+        if seat.get("id") == seat_id:
+            return set(seat.get("skills") or ())
+    return set()  # an unknown seat (removed since its token was made) sees nothing pending
+
+
+def _visible_to_seat(ctx: ApiContext, seat_id: str | None) -> list[dict[str, Any]]:
+    """One read on the control loop: the entries and the seat's skills from the same moment."""
+    skills = _seat_skills(ctx, seat_id)
+    return [e for e in _active(ctx)
+            if e["seat_id"] == seat_id
+            or (e["status"] == "pending" and (e["skill"] in skills or INTAKE_SKILL in skills))]
+
+
 @router.get("", response_model=list[Callback])
 async def list_callbacks(who: Principal = Depends(principal), ctx: ApiContext = Depends(get_ctx)) -> list[dict[str, Any]]:
-    """Pending and taken callbacks, oldest caller first; a seat sees the pending ones and its own."""
-    entries = await ctx.read_control(_active, ctx)
-    entries.sort(key=lambda e: (e["enqueued_at"], e["callback_id"]))
+    """Pending and taken callbacks, oldest caller first.  A seat sees the pending ones of its skills
+    (all pending ones if it is an intake seat, which takes callbacks of every skill) and its own."""
     if who.is_supervisor():
-        return entries
-    return [e for e in entries if e["status"] == "pending" or e["seat_id"] == who.seat_id]
+        entries = await ctx.read_control(_active, ctx)
+    else:
+        entries = await ctx.read_control(_visible_to_seat, ctx, who.seat_id)
+    entries.sort(key=lambda e: (e["enqueued_at"], e["callback_id"]))
+    return entries
 
 
 @router.post("/take", response_model=Callback,

@@ -1,4 +1,8 @@
-"""Recordings download (supervisors only), with HTTP range requests so players can seek."""
+"""Recordings download (supervisors only), with HTTP range requests so players can seek.
+
+Every download is written to the audit log (who, when, which recording, from where, which range)
+before a byte is sent; a download that cannot be recorded is refused (503).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,15 @@ from pathlib import Path as FsPath
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Depends, Header, HTTPException, Path
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from fastapi.responses import Response, StreamingResponse
 
-from api.auth import get_ctx, supervisor
+from api.audit import RECORDING_DOWNLOAD
+from api.auth import client_ip, get_ctx, supervisor
 from api.context import ApiContext
+from api.tokens import Principal
 
-router = APIRouter(prefix="/api/v1/recordings", tags=["recordings"], dependencies=[Depends(supervisor)])
+router = APIRouter(prefix="/api/v1/recordings", tags=["recordings"])
 
 CHUNK = 64 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -68,15 +74,28 @@ async def _file_chunks(path: FsPath, first: int, length: int) -> AsyncIterator[b
             yield data
 
 
+async def _audit(ctx: ApiContext, request: Request, who: Principal, recording_id: str,
+                 rng: tuple[int, int] | None, size: int) -> None:
+    if ctx.audit is None:
+        return
+    detail: dict[str, Any] = {"bytes": size} if rng is None else {"range": [rng[0], rng[1]], "size": size}
+    try:
+        await ctx.on_control(ctx.audit.record, RECORDING_DOWNLOAD, who, recording_id, detail, client_ip(request))
+    except Exception as e:
+        raise HTTPException(503, detail="the download could not be audited; try again") from e
+
+
 @router.get(
     "/{recording_id}",
     response_class=Response,
     responses={200: {"content": {"audio/wav": {}}, "description": "the recording (WAV)"},
                206: {"content": {"audio/wav": {}}, "description": "the requested byte range"},
                404: {"description": "unknown or unfinished recording"},
-               416: {"description": "range not satisfiable"}},
+               416: {"description": "range not satisfiable"},
+               503: {"description": "the download could not be audited"}},
 )
-async def get_recording(recording_id: str = Path(max_length=128), range_: str | None = Header(None, alias="range"),
+async def get_recording(request: Request, recording_id: str = Path(max_length=128),
+                        range_: str | None = Header(None, alias="range"), who: Principal = Depends(supervisor),
                         ctx: ApiContext = Depends(get_ctx)) -> Response:
     if ctx.recordings is None:
         raise HTTPException(404, detail="recordings are not kept on this node")
@@ -101,6 +120,7 @@ async def get_recording(recording_id: str = Path(max_length=128), range_: str | 
     except RangeNotSatisfiable:
         return Response(status_code=416, content=b'{"detail":"range not satisfiable"}', media_type="application/json",
                         headers={"Content-Range": f"bytes */{size}"})
+    await _audit(ctx, request, who, recording_id, rng, size)
     if rng is None:
         headers["Content-Length"] = str(size)
         return StreamingResponse(_file_chunks(path, 0, size), media_type="audio/wav", headers=headers)

@@ -1,12 +1,18 @@
-"""Seats: the board for supervisors, and a seat's own status (ready, not ready, end wrap-up)."""
+"""Seats: the board for supervisors, and a seat's own status (ready, not ready, end wrap-up).
+
+A status change made by anyone but the seat itself (a supervisor, an admin) goes to the audit log
+with who made it and the statuses from and to.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
-from api.auth import get_ctx, may_act_on_seat, principal, supervisor
+from api.audit import SEAT_STATUS
+from api.auth import client_ip, get_ctx, may_act_on_seat, principal, supervisor
 from api.context import ApiContext
 from api.schemas import SEAT_ID_PATTERN, SeatOffer, SeatStatusChange, SeatView
 from api.tokens import Principal
@@ -14,6 +20,7 @@ from api.views import seat_rows
 from routing.status import SeatStatus
 
 router = APIRouter(prefix="/api/v1/seats", tags=["seats"])
+log = logging.getLogger(__name__)
 
 SeatId = Path(pattern=SEAT_ID_PATTERN, description="seat id, [a-z0-9_-]{1,32}")
 
@@ -23,6 +30,19 @@ async def current_seat(ctx: ApiContext, seat_id: str) -> dict[str, Any]:
         if seat["id"] == seat_id:
             return seat
     raise HTTPException(404, detail=f"unknown seat {seat_id!r}")
+
+
+async def _audit_if_other(ctx: ApiContext, request: Request, who: Principal, seat_id: str,
+                          before: dict[str, Any], after: dict[str, Any], reason: str | None) -> None:
+    """Record a change made to a seat by someone other than that seat (the change is already made)."""
+    if ctx.audit is None or who.seat_id == seat_id:
+        return
+    detail = {"from": before["status"], "to": after["status"], "reason": reason}
+    try:
+        await ctx.on_control(ctx.audit.record, SEAT_STATUS, who, seat_id, detail, client_ip(request))
+    except Exception as e:  # the change is made: say so, and leave the record in the node's log at least
+        log.error("audit_write_failed", extra={"action": SEAT_STATUS, "target": seat_id, "detail": detail,
+                                               "token_id": who.token_id, "error": str(e)[:200]})
 
 
 @router.get("", response_model=list[SeatView], dependencies=[Depends(supervisor)])
@@ -57,17 +77,23 @@ async def current_offer(seat_id: str = SeatId, who: Principal = Depends(principa
 
 @router.put("/{seat_id}/status", response_model=SeatView,
             responses={404: {"description": "unknown seat"}, 409: {"description": "illegal transition"}})
-async def set_status(body: SeatStatusChange, seat_id: str = SeatId, who: Principal = Depends(principal),
-                     ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+async def set_status(request: Request, body: SeatStatusChange, seat_id: str = SeatId,
+                     who: Principal = Depends(principal), ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
     may_act_on_seat(who, seat_id)
+    before = await current_seat(ctx, seat_id)
     await ctx.on_control(ctx.routing.set_status, seat_id, SeatStatus(body.status), body.reason)
-    return await current_seat(ctx, seat_id)
+    after = await current_seat(ctx, seat_id)
+    await _audit_if_other(ctx, request, who, seat_id, before, after, body.reason)
+    return after
 
 
 @router.post("/{seat_id}/wrap-up/end", response_model=SeatView,
              responses={404: {"description": "unknown seat"}, 409: {"description": "not in wrap-up"}})
-async def end_wrap_up(seat_id: str = SeatId, who: Principal = Depends(principal),
+async def end_wrap_up(request: Request, seat_id: str = SeatId, who: Principal = Depends(principal),
                       ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
     may_act_on_seat(who, seat_id)
+    before = await current_seat(ctx, seat_id)
     await ctx.on_control(ctx.routing.end_wrap_up, seat_id)
-    return await current_seat(ctx, seat_id)
+    after = await current_seat(ctx, seat_id)
+    await _audit_if_other(ctx, request, who, seat_id, before, after, "end wrap-up")
+    return after

@@ -96,17 +96,25 @@ const H122 = (() => {
     };
   }
 
-  // A WebSocket that reconnects with backoff; onEvent gets each parsed event.
-  function liveEvents(token, onEvent, onState) {
+  // A WebSocket that reconnects with backoff; onEvent gets each parsed event.  The token goes in
+  // the first message, never in the URL (URLs end up in logs); the server answers HELLO once it
+  // is accepted, or closes with 4401 (bad token: no point retrying; onDenied is told) or 4429.
+  function liveEvents(token, onEvent, onState, onDenied) {
     let ws = null; let delay = 500; let stopped = false;
     function open() {
       const proto = location.protocol === "https:" ? "wss:" : "ws:";
-      ws = new WebSocket(`${proto}//${location.host}/api/v1/events?token=${encodeURIComponent(token)}`);
-      ws.onopen = () => { delay = 500; onState(true); };
-      ws.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.error(e); } };
-      ws.onclose = () => {
+      ws = new WebSocket(`${proto}//${location.host}/api/v1/events`, ["handoff122.v1"]);
+      ws.onopen = () => { ws.send(JSON.stringify({ type: "auth", token })); };
+      ws.onmessage = (m) => {
+        let ev = null;
+        try { ev = JSON.parse(m.data); } catch (e) { console.error(e); return; }
+        if (ev.kind === "HELLO") { delay = 500; onState(true); }
+        try { onEvent(ev); } catch (e) { console.error(e); }
+      };
+      ws.onclose = (c) => {
         onState(false);
-        if (!stopped) setTimeout(open, delay);
+        if (c.code === 4401) { stopped = true; if (onDenied) onDenied(c.reason); return; }
+        if (!stopped) setTimeout(open, c.code === 4429 ? Math.max(delay, 30000) : delay);
         delay = Math.min(delay * 2, 10000);
       };
     }

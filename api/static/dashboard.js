@@ -150,7 +150,8 @@
     document.getElementById("logout").classList.remove("hidden");
     buildSkillRows();
     refresh();
-    live = H122.liveEvents(token, (ev) => { if (ev.kind !== "HELLO") refreshSoon(); }, setLive);
+    live = H122.liveEvents(token, (ev) => { if (ev.kind !== "HELLO") refreshSoon(); }, setLive,
+      () => logout(t("bad_token")));
   }
 
   function logout(message) {

@@ -117,7 +117,7 @@
     document.getElementById("console").classList.remove("hidden");
     document.getElementById("logout").classList.remove("hidden");
     refresh();
-    live = H122.liveEvents(token, onEvent, setLive);
+    live = H122.liveEvents(token, onEvent, setLive, () => logout(t("bad_token")));
   }
 
   function logout(message) {

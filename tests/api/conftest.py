@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.audit import AuditLog
 from api.context import ApiContext
 from api.flow_admin import FlowFileAdmin
 from api.server import ApiServer, ControlLoopBridge
@@ -40,11 +41,11 @@ except ImportError:  # pragma: no cover - until routing.service lands
     RoutingService = None  # type: ignore[assignment,misc]
 
 
-async def build_routing(engine: Any, db_url: str, tmp_path: Path, seats: list[SeatSpec]) -> Any:
-    """The routing service exactly as ``gateway.node`` builds it."""
+async def build_routing(engine: Any, db_url: str, tmp_path: Path, seats: list[SeatSpec], **settings_: Any) -> Any:
+    """The routing service exactly as ``gateway.node`` builds it (``settings_``: other settings)."""
     if RoutingService is None:
         pytest.skip("routing.service is not there yet")
-    settings = Settings(data_dir=tmp_path, db_url=db_url, ring_timeout=20.0)
+    settings = Settings(data_dir=tmp_path, db_url=db_url, **{"ring_timeout": 20.0, **settings_})
     routing = RoutingService.from_settings(settings, engine, node_id="test-node")
     await routing.start(seats)
     return routing
@@ -61,6 +62,7 @@ class Node:
     token_store: TokenStore
     flow_path: Path
     tables: AsyncExitStack
+    ctx: ApiContext
     installed: list[Any] = field(default_factory=list)
 
     def auth(self, who: str) -> dict[str, str]:
@@ -79,7 +81,7 @@ SEATS = [
 ]
 
 
-async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS) -> Node:
+async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS, **settings: Any) -> Node:
     tables = AsyncExitStack()
     engine = await tables.enter_async_context(scratch_engine(db_url))
     await create_schema(engine)
@@ -87,14 +89,15 @@ async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS)
     await token_store.create_schema()
     catalog = Catalog(engine, tmp_path / "recordings")
     await catalog.create_schema()
-    routing = await build_routing(engine, db_url, tmp_path, seats)
+    routing = await build_routing(engine, db_url, tmp_path, seats, **settings)
     flow_path = tmp_path / "flow.yaml"
     flow_path.write_text((ROOT / "ivr" / "flows" / "default.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     installed: list[Any] = []
     flow_admin = FlowFileAdmin(flow_path, on_installed=installed.append, base_dir=ROOT / "ivr" / "flows")
     ctx = ApiContext(routing=routing, calls=CallRecords(engine), tokens=token_store, recordings=catalog,
                      flow_admin=flow_admin, bridge=ControlLoopBridge(asyncio.get_running_loop()),
-                     node_id="test-node", gateway_stats=lambda: {"workers_alive": 2})
+                     node_id="test-node", gateway_stats=lambda: {"workers_alive": 2},
+                     audit=AuditLog(engine, node_id="test-node"))
     server = ApiServer(create_app(ctx), "127.0.0.1", free_port())
     await server.start_async()
     tokens = {
@@ -105,7 +108,7 @@ async def start_node(db_url: str, tmp_path: Path, seats: list[SeatSpec] = SEATS)
         "bad": "h122_" + "x" * 43,
     }
     return Node(url=server.url, server=server, routing=routing, calls=ctx.calls, catalog=catalog, tokens=tokens,
-                token_store=token_store, flow_path=flow_path, tables=tables, installed=installed)
+                token_store=token_store, flow_path=flow_path, tables=tables, ctx=ctx, installed=installed)
 
 
 async def stop_node(node: Node) -> None:

@@ -17,6 +17,7 @@ ENDPOINTS = [
     ("GET", "/api/v1/calls", "supervisor"),
     ("GET", "/api/v1/calls/nope", "supervisor"),
     ("GET", "/api/v1/recordings/nope", "supervisor"),
+    ("GET", "/api/v1/audit", "supervisor"),
     ("GET", "/api/v1/admin/seats", "admin"),
     ("GET", "/api/v1/admin/skills", "admin"),
     ("GET", "/api/v1/admin/tokens", "admin"),
