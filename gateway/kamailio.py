@@ -94,6 +94,21 @@ class EdgePolicy:
         return list(dict.fromkeys(nets))
 
 
+@dataclass(slots=True)
+class TlsListener:
+    """SIP over TLS at the front door (Kamailio ``tls`` module, Debian kamailio-tls-modules)."""
+
+    port: int
+    cert: Path
+    key: Path
+
+    def render(self) -> str:
+        """Kamailio's tls.cfg: TLS 1.2+, trunks and seats are not asked for a client certificate."""
+        return (f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
+                f"certificate = {self.cert.resolve()}\nprivate_key = {self.key.resolve()}\n\n"
+                f"[client:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n")
+
+
 def _trunk_test(networks: list[str]) -> str:
     if not networks:
         return "0"
@@ -118,8 +133,16 @@ def _ci_regex(text: str) -> str:
 
 def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socket: Path, dispatcher_list: Path,
                   retry_after_s: int, max_forwards: int = 10, children: int = 4, probing: bool = True,
-                  edge: EdgePolicy | None = None) -> str:
+                  edge: EdgePolicy | None = None, tls: TlsListener | None = None, tls_cfg: Path | None = None) -> str:
     edge = edge or EdgePolicy()
+    tls_listen = tls_module = ""
+    if tls is not None:
+        if not Path(module_dir(), "tls.so").exists():
+            raise FileNotFoundError("a TLS listener needs Kamailio's tls module (Debian: kamailio-tls-modules)")
+        tls_listen = f"enable_tls=yes\nlisten=tls:{host}:{tls.port}\n"
+        assert tls_cfg is not None, "the TLS listener's tls.cfg path"
+        tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{tls_cfg}")\n'
+
     numbers = "|".join(n.replace("+", "\\+") for n in service_numbers)
     trunk = _trunk_test(edge.trusted_networks(host))
     scanners = _scanner_check(edge.scanner_user_agents)
@@ -140,7 +163,7 @@ dns=no
 rev_dns=no
 listen=udp:{host}:{port}
 listen=tcp:{host}:{port}
-alias="{host}:{port}"
+{tls_listen}alias="{host}:{port}"
 server_header="Server: handoff122-front"
 user_agent_header="User-Agent: handoff122-front"
 tcp_connection_lifetime=3605
@@ -148,7 +171,7 @@ tcp_connection_lifetime=3605
 #!define FLT_TRUNK 1
 
 mpath="{module_dir()}"
-loadmodule "kex.so"
+{tls_module}loadmodule "kex.so"
 loadmodule "corex.so"
 loadmodule "tm.so"
 loadmodule "tmx.so"
@@ -234,7 +257,8 @@ request_route {{
     if (t_check_trans()) {{
         exit;
     }}
-    if (is_method("OPTIONS") && uri == myself) {{
+    if (is_method("OPTIONS")) {{
+        # answered here (load-balancer health checks), never relayed, whatever its Request-URI
         sl_send_reply("200", "OK");
         exit;
     }}
@@ -419,7 +443,7 @@ class Kamailio:
 
     def __init__(self, binary: str, run_dir: Path, *, host: str, port: int, service_numbers: list[str],
                  destinations: list[Destination], maxload: int, retry_after_s: int, shm_mb: int,
-                 probing: bool = True, edge: EdgePolicy | None = None) -> None:
+                 probing: bool = True, edge: EdgePolicy | None = None, tls: TlsListener | None = None) -> None:
         self.binary = binary
         self.run_dir = run_dir
         self.host = host
@@ -431,6 +455,7 @@ class Kamailio:
         self.shm_mb = shm_mb
         self.probing = probing
         self.edge = edge or EdgePolicy()
+        self.tls = tls
         self.proc: asyncio.subprocess.Process | None = None
         self.rpc = KamailioRpc(run_dir / "kamailio-rpc.sock")
         self._stderr_task: asyncio.Task[None] | None = None
@@ -441,9 +466,13 @@ class Kamailio:
         ds = self.run_dir / "dispatcher.list"
         ds.write_text(render_dispatcher_list(self.destinations, self.maxload))
         cfg = self.run_dir / "kamailio.cfg"
+        tls_cfg = self.run_dir / "tls.cfg"
+        if self.tls is not None:
+            tls_cfg.write_text(self.tls.render())
         cfg.write_text(render_config(host=self.host, port=self.port, service_numbers=self.service_numbers,
                                      rpc_socket=self.rpc.rpc_socket, dispatcher_list=ds,
-                                     retry_after_s=self.retry_after_s, probing=self.probing, edge=self.edge))
+                                     retry_after_s=self.retry_after_s, probing=self.probing, edge=self.edge,
+                                     tls=self.tls, tls_cfg=tls_cfg))
         return cfg
 
     async def check_config(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.call_recordings import CallRecordings
 from gateway.callflow import CallDirector
-from gateway.kamailio import EdgePolicy, Kamailio, find_kamailio
+from gateway.kamailio import EdgePolicy, Kamailio, TlsListener, find_kamailio
 from gateway.logs import configure_logging
 from gateway.pool import WorkerPool, WorkerSpec
 from gateway.port_holder import who_holds
@@ -95,6 +95,8 @@ class Node:
         _check_port_free(s.sip_host, s.sip_port, True, "SIP")
         if s.api_port:
             _check_port_free(s.api_host, s.api_port, False, "API")
+        if s.tls_port:
+            _check_port_free(s.sip_host, s.tls_port, False, "SIP TLS")
         specs = self._worker_specs()
         for spec in specs if not self.direct_mode else []:
             _check_port_free(spec.sip_host, spec.sip_port, True, f"worker {spec.worker_id} SIP")
@@ -139,7 +141,7 @@ class Node:
             service_numbers=s.service_numbers, callers_per_worker=s.worker_callers, max_calls=s.worker_max_calls,
             retry_after_s=s.retry_after_s, log_level=s.log_level, answer_delay_s=s.answer_delay_s,
             on_event=self._worker_event, on_worker_lost=self._worker_lost, ack_timeout_s=s.ack_timeout_s,
-            identity_sources=self._edge().trusted_networks(s.sip_host))
+            identity_sources=self._edge().trusted_networks(s.sip_host), srtp=s.srtp)
         try:
             await self.pool.start()
         except RuntimeError as e:
@@ -155,7 +157,9 @@ class Node:
             self.kamailio = Kamailio(binary, self.run_dir / "kamailio", host=s.sip_host, port=s.sip_port,
                                      service_numbers=s.service_numbers,
                                      destinations=[w.destination for w in specs], maxload=s.worker_callers,
-                                     retry_after_s=s.retry_after_s, shm_mb=s.kamailio_shm_mb, edge=self._edge())
+                                     retry_after_s=s.retry_after_s, shm_mb=s.kamailio_shm_mb, edge=self._edge(),
+                                     tls=TlsListener(s.tls_port, s.tls_cert, s.tls_key)
+                                     if s.tls_port and s.tls_cert and s.tls_key else None)
             try:
                 await self.kamailio.start()
             except (RuntimeError, FileNotFoundError) as e:

@@ -64,7 +64,7 @@ class WorkerPool:
     def __init__(self, specs: list[WorkerSpec], *, run_dir: Path, partial_dir: Path, service_numbers: list[str],
                  callers_per_worker: int, max_calls: int, retry_after_s: int, log_level: str,
                  on_event: EventSink, on_worker_lost: LossSink, answer_delay_s: float = 0.0,
-                 ack_timeout_s: float = 5.0, identity_sources: list[str] | None = None) -> None:
+                 ack_timeout_s: float = 5.0, identity_sources: list[str] | None = None, srtp: str = "off") -> None:
         self.specs = specs
         self.run_dir = run_dir
         self.partial_dir = partial_dir
@@ -76,6 +76,7 @@ class WorkerPool:
         self.answer_delay_s = answer_delay_s
         self.ack_timeout_s = ack_timeout_s
         self.identity_sources = identity_sources or []
+        self.srtp = srtp
         self._secret = secrets.token_hex(32)
         self.on_event = on_event
         self.on_worker_lost = on_worker_lost
@@ -118,7 +119,7 @@ class WorkerPool:
             "--partial-dir", str(self.partial_dir), "--retry-after", str(self.retry_after_s),
             "--log-level", self.log_level, "--answer-delay", str(self.answer_delay_s),
             "--ack-timeout", str(self.ack_timeout_s), "--identity-sources", ",".join(self.identity_sources),
-            "--parent-pid", str(os.getpid()),
+            "--parent-pid", str(os.getpid()), "--srtp", self.srtp,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=None,
             env={**os.environ, "PYTHONUNBUFFERED": "1", ch.SECRET_ENV: self._secret})
         self._track(asyncio.create_task(self._watch(h, h.proc)))

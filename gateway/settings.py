@@ -96,6 +96,18 @@ class Settings(BaseSettings):
                                  "sundayddr", "iWar", "SIVuS", "sip-scan", "smap", "PortSIP VoIP SDK", "pplsip"],
         description="User-Agent substrings (case-insensitive) whose requests are dropped without a reply")
 
+    tls_port: int = Field(0, ge=0, le=65535, description="SIP over TLS on this port of sip_host (0 = no TLS listener)")
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) of the TLS listener")
+    tls_key: Path | None = Field(None, description="PEM private key of the TLS listener")
+    srtp: str = Field("optional", pattern="^(off|optional)$",
+                      description="SRTP (SDES) on the worker's legs: optional = used when the peer offers it")
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        if self.tls_port and not (self.tls_cert and self.tls_key):
+            raise ValueError("tls_port needs tls_cert and tls_key (PEM files)")
+        return self
+
     @field_validator("trunk_sources", "scanner_user_agents", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:

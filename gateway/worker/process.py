@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ack-timeout", type=float, default=5.0)
     p.add_argument("--identity-sources", default="", help="IPs/CIDRs whose P-Asserted-Identity is believed")
     p.add_argument("--parent-pid", type=int, default=0, help="the node; the worker ends when it does")
+    p.add_argument("--srtp", choices=["off", "optional"], default="off", help="SRTP (SDES) when the peer offers it")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--pjsip-log-level", type=int, default=0)
     a = p.parse_args(argv)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     link = ControlLink(a.control)
     rt = PjsipRuntime(PjsipConfig(sip_host=a.sip_host, sip_port=a.sip_port, rtp_port=a.rtp_port,
                                   rtp_port_range=a.rtp_range, max_calls=a.max_calls,
-                                  log_level=a.pjsip_log_level))
+                                  log_level=a.pjsip_log_level, srtp=a.srtp))
     config = WorkerConfig(worker_id=a.worker_id, callers=a.callers, max_calls=a.max_calls, partial_dir=a.partial_dir,
                           service_numbers=tuple(x for x in a.service_numbers.split(",") if x),
                           retry_after_s=a.retry_after, answer_delay_s=a.answer_delay, ack_timeout_s=a.ack_timeout,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.gateway.test_edge_flood import kamailio_pids
 from tests.node_harness import RunningNode, start_node
 from tests.sipp_driver import run_sipp
@@ -69,14 +70,19 @@ def test_kill_9_of_the_node_leaves_nothing_behind_and_serve_starts_again_at_once
 
 
 def test_a_held_sip_port_is_named_with_its_holder(tmp_path: Path) -> None:
+    # this test process holds the port, UDP and TCP, as a leftover front door would
+    port = free_port()
     busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    busy.bind(("127.0.0.1", 0))
-    port = busy.getsockname()[1]
+    busy.bind(("127.0.0.1", port))
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.bind(("127.0.0.1", port))
+    listening.listen()
     try:
         p = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path / "v"),
                             "--sip-port", str(port), "--api-port", "0"], capture_output=True, text=True, timeout=60)
     finally:
         busy.close()
+        listening.close()
     line = p.stderr.strip()
     assert p.returncode == 2 and len(line.splitlines()) == 1, p.stderr
     assert f"already in use by pid {os.getpid()} (" in line, line
