@@ -223,3 +223,34 @@ def test_a_crafted_route_through_the_front_door_reaches_nobody(node: RunningNode
         listener.close()
         src.close()
     print("crafted requests:", answers)
+
+
+@pytest.mark.parametrize(("header", "number"), [
+    ('"sipp" <sip:+86(138)0013-8000@127.0.0.2:5060>;tag=1', "+8613800138000"),
+    ('<sip:1 2"x@h>', "12"),
+    ("<sip:" + "9" * 300 + "@h>", "9" * 32),
+    ("<tel:+49-30-1234567>", "+49301234567"),
+    ('"Anonymous" <sip:anonymous@anonymous.invalid>;tag=x', "anonymous"),
+    ("", "anonymous"),
+    ("<sip:\uff11\uff12\uff13@h>", "anonymous"),  # full-width digits are not ASCII digits
+])
+def test_caller_numbers_are_digits_with_a_leading_plus_at_most_32(header: str, number: str) -> None:
+    from gateway.worker.service import normalise_number, raw_caller
+
+    assert normalise_number(header) == number
+    raw = raw_caller(header + "\r\nInjected: x" + "y" * 300)
+    assert len(raw) <= 200 and "\r" not in raw and "\n" not in raw
+
+
+@pytest.mark.parametrize(("env", "word"), [
+    ({"HANDOFF_TRUNK_SOURCES": "10.0.0.0/8,not-an-ip"}, "trunk_sources"),
+    ({"HANDOFF_SCANNER_USER_AGENTS": "friendly-scanner,evil|.*"}, "scanner_user_agents"),
+    ({"HANDOFF_TLS_PORT": "5061"}, "tls_cert"),
+])
+def test_bad_edge_settings_exit_with_one_line(tmp_path: Path, env: dict[str, str], word: str) -> None:
+    import os
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path / "v"),
+                        "--api-port", "0"], capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and word in p.stderr, p.stderr
