@@ -158,6 +158,7 @@ class CallDirector:
         log.info("call_started", extra={"call_id": msg.call_id, "caller": msg.caller, "worker_id": worker_id})
         self.routing.record([Event(EventKind.CALLSTART, msg.at, call_id=msg.call_id, data={
             "caller": msg.caller, "callee": msg.callee, "ingress": "sip", "node_id": self.node_id,
+            "caller_raw": msg.caller_raw,
             "answered_at": msg.at, "sip_call_id": msg.sip_call_id, "worker_id": worker_id})])
         if self.recordings is not None:
             self._spawn(self._recording_started(call, msg.recording_error))
@@ -279,7 +280,8 @@ class CallDirector:
     def _seat_failed(self, call: CallFlow, msg: ch.SeatFailed) -> None:
         if msg.leg_id != call.leg_id:
             return  # a leg we already gave up on (ring-no-answer): the ACD has moved on
-        reason = seat_failure_reason(msg.code, msg.reason)
+        # The gateway's own failure (PJSIP refused to dial) is not the seat's: never "unreachable".
+        reason = "local_error" if msg.local else seat_failure_reason(msg.code, msg.reason)
         was_talking = call.state is CallState.TALKING
         seat_id = call.seat_id
         log.warning("seat_failed", extra={"call_id": call.call_id, "seat_id": seat_id, "code": msg.code,

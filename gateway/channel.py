@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 PROTOCOL_VERSION = 1
+#: the environment variable that carries a worker's per-start secret (never argv: ``ps`` shows argv)
+SECRET_ENV = "HANDOFF_WORKER_SECRET"
 
 
 class _Msg(BaseModel):
@@ -28,11 +30,16 @@ class _Msg(BaseModel):
 # worker -> control
 # --------------------------------------------------------------------------------------------
 class Hello(_Msg):
+    """A worker's first line.  ``secret`` is the per-start secret the pool gave the worker in its
+    environment: with the socket's peer credentials (same uid, a pid the pool spawned) it is how
+    the control process knows the peer is its own worker and not any local process."""
+
     type: Literal["hello"] = "hello"
     worker_id: int
     pid: int
     sip_port: int
     max_calls: int
+    secret: str = Field("", repr=False)
 
 
 class CallStarted(_Msg):
@@ -40,12 +47,13 @@ class CallStarted(_Msg):
 
     type: Literal["call_started"] = "call_started"
     call_id: str
-    caller: str
+    caller: str                      # normalised: digits with an optional leading +, or "anonymous"
     callee: str
     sip_call_id: str
     at: float
     recording_path: str | None = None
     recording_error: str | None = None
+    caller_raw: str | None = None    # what the caller sent, truncated; for the record only, never dialled
 
 
 class CallRejected(_Msg):
@@ -97,6 +105,7 @@ class SeatFailed(_Msg):
     code: int
     reason: str
     cancelled: bool = False  # we cancelled it (ring-no-answer or caller left)
+    local: bool = False      # the gateway could not dial (PJSIP refused): never the seat's fault
     at: float
 
 

@@ -82,7 +82,7 @@ def cmd_seat(args: argparse.Namespace) -> int:
     answer_after = None if args.answer_after == "never" else float(args.answer_after)
     return run_seat(seat_id=args.id, sip_port=args.sip_port, answer_after=answer_after,
                     hangup_after=args.hangup_after, record=args.record, tone_hz=args.tone,
-                    respond=args.respond, max_calls=args.max_calls)
+                    respond=args.respond, max_calls=args.max_calls, srtp=args.srtp)
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -90,7 +90,7 @@ def cmd_call(args: argparse.Namespace) -> int:
 
     return run_caller(to=args.to, digits=args.digits, gap=args.gap, stay=args.stay, dtmf=args.dtmf,
                       tone_hz=args.tone, record=args.record, first_digit_after=args.first_digit_after,
-                      local_port=args.local_port, hangup_at=args.hangup_at, number=args.number)
+                      local_port=args.local_port, hangup_at=args.hangup_at, number=args.number, srtp=args.srtp)
 
 
 def cmd_check_flow(args: argparse.Namespace) -> int:
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tone", type=float, default=1000.0)
     p.add_argument("--respond", type=int, default=None, help="answer every INVITE with this final code (486, 603…)")
     p.add_argument("--max-calls", type=int, default=0, help="exit after this many calls (0 = run until killed)")
+    p.add_argument("--srtp", choices=["off", "optional", "mandatory"], default="off", help="SRTP (SDES) on the call")
     p.set_defaults(func=cmd_seat)
 
     p = sub.add_parser("call", help="a simulated caller (pjsua2)")
@@ -201,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=Path)
     p.add_argument("--local-port", type=int, default=0)
     p.add_argument("--number", default="caller", help="the caller's number (user part of From)")
+    p.add_argument("--srtp", choices=["off", "optional", "mandatory"], default="off",
+                   help="SRTP (SDES); with --to ...;transport=tls the call goes over TLS")
     p.set_defaults(func=cmd_call)
 
     p = sub.add_parser("check-flow", help="validate an IVR flow file")

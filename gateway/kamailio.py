@@ -6,19 +6,27 @@ is full, malformed requests) and spreads INVITEs over the workers with dispatche
 (call load, ``maxload`` = callers per worker), health-checked with OPTIONS, failing over on
 timeout/5xx.  The control process talks to it over a JSON-RPC datagram socket to mark a dead
 worker down at once and to end that worker's dialogs so its callers hear a BYE, not silence.
+
+122 is a public number: anyone can send it SIP, so the front door trusts nobody but the trunks
+named in the settings (``EdgePolicy``).  From everyone else it removes identity headers, sheds
+floods per source (pike for the request rate, a dialog profile for concurrent calls), drops known
+scanners without a word, refuses every method but INVITE (and, inside a dialog it knows, the few
+a call needs), and relays in-dialog requests only for dialogs it created itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +66,90 @@ def module_dir() -> str:
     raise FileNotFoundError("Kamailio modules not found (is the kamailio package complete?)")
 
 
+#: identity headers a caller could forge; believed only from trunks (CONTRACT.md, SIP)
+IDENTITY_HEADERS = ("P-Asserted-Identity", "P-Preferred-Identity", "Remote-Party-ID")
+#: methods a caller may send inside a dialog the front door knows; REFER, SUBSCRIBE, NOTIFY,
+#: MESSAGE, PUBLISH ... get 403 (a caller can never make the gateway call someone else)
+IN_DIALOG_METHODS = "ACK|BYE|CANCEL|INFO|INVITE|UPDATE|PRACK|OPTIONS"
+
+
+@dataclass(slots=True)
+class EdgePolicy:
+    """Who the front door believes and how much it takes from one source (settings: edge trust)."""
+
+    trunk_sources: list[str] = field(default_factory=list)  # IPs/CIDRs; the node's own address is added
+    requests_per_s: int = 20         # per non-trunk source (pike), then ignored until it slows down
+    source_max_calls: int = 2        # concurrent calls per non-trunk source (dialog profile)
+    invite_timeout_s: int = 10       # tm fr_inv_timer: a worker answers within its answer delay
+    scanner_user_agents: list[str] = field(default_factory=lambda: ["friendly-scanner", "sipvicious", "sipcli",
+                                                                    "VaxSIPUserAgent", "sipsak", "sundayddr"])
+
+    def trusted_networks(self, host: str) -> list[str]:
+        """Trunks plus the node's own SIP address (its workers and local tools speak from there)."""
+        nets = [str(ipaddress.ip_network(s, strict=False)) for s in self.trunk_sources]
+        try:
+            own = ipaddress.ip_address(host)
+        except ValueError:
+            return nets
+        if not own.is_unspecified:
+            nets.append(str(ipaddress.ip_network(own)))
+        return list(dict.fromkeys(nets))
+
+
+@dataclass(slots=True)
+class TlsListener:
+    """SIP over TLS at the front door (Kamailio ``tls`` module, Debian kamailio-tls-modules)."""
+
+    port: int
+    cert: Path
+    key: Path
+
+    def render(self) -> str:
+        """Kamailio's tls.cfg: TLS 1.2+, trunks and seats are not asked for a client certificate."""
+        return (f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
+                f"certificate = {self.cert.resolve()}\nprivate_key = {self.key.resolve()}\n\n"
+                f"[client:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n")
+
+
+def _trunk_test(networks: list[str]) -> str:
+    if not networks:
+        return "0"
+    return " || ".join(f'is_in_subnet("$si", "{n}")' for n in networks)
+
+
+def _scanner_check(agents: list[str]) -> str:
+    """Drop known scanners without a reply (a reply tells them something answers here).
+    Kamailio compiles ``=~`` case-insensitively; the settings allow only plain text in the names."""
+    if not agents:
+        return ""
+    regex = "|".join(a.replace(" ", "[ ]") for a in agents)
+    return f"""    if (is_present_hf("User-Agent") && $ua =~ "{regex}") {{
+        exit;
+    }}"""
+
+
+def _ci_regex(text: str) -> str:
+    """A POSIX regex matching ``text`` in any letter case (header names are case-insensitive)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else (f"[{c}]" if c == "." else c) for c in text)
+
+
 def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socket: Path, dispatcher_list: Path,
-                  retry_after_s: int, max_forwards: int = 10, children: int = 4, probing: bool = True) -> str:
+                  retry_after_s: int, max_forwards: int = 10, children: int = 4, probing: bool = True,
+                  edge: EdgePolicy | None = None, tls: TlsListener | None = None, tls_cfg: Path | None = None) -> str:
+    edge = edge or EdgePolicy()
+    tls_listen = tls_module = ""
+    if tls is not None:
+        if not Path(module_dir(), "tls.so").exists():
+            raise FileNotFoundError("a TLS listener needs Kamailio's tls module (Debian: kamailio-tls-modules)")
+        tls_listen = f"enable_tls=yes\nlisten=tls:{host}:{tls.port}\n"
+        assert tls_cfg is not None, "the TLS listener's tls.cfg path"
+        tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{tls_cfg}")\n'
+
     numbers = "|".join(n.replace("+", "\\+") for n in service_numbers)
+    trunk = _trunk_test(edge.trusted_networks(host))
+    scanners = _scanner_check(edge.scanner_user_agents)
+    strip_identity = "\n".join(f'        remove_hf("{h}");' for h in IDENTITY_HEADERS)
+    x_handoff = _ci_regex("X-Handoff-")
     return f"""#!KAMAILIO
 # Written by handoff122 serve from its settings; edits are overwritten at the next start.
 debug=1
@@ -72,15 +161,19 @@ children={children}
 tcp_children=2
 disable_tcp=no
 auto_aliases=no
+dns=no
+rev_dns=no
 listen=udp:{host}:{port}
 listen=tcp:{host}:{port}
-alias="{host}:{port}"
+{tls_listen}alias="{host}:{port}"
 server_header="Server: handoff122-front"
 user_agent_header="User-Agent: handoff122-front"
 tcp_connection_lifetime=3605
 
+#!define FLT_TRUNK 1
+
 mpath="{module_dir()}"
-loadmodule "kex.so"
+{tls_module}loadmodule "kex.so"
 loadmodule "corex.so"
 loadmodule "tm.so"
 loadmodule "tmx.so"
@@ -95,16 +188,22 @@ loadmodule "sanity.so"
 loadmodule "jsonrpcs.so"
 loadmodule "dialog.so"
 loadmodule "dispatcher.so"
+loadmodule "ipops.so"
+loadmodule "pike.so"
 
 modparam("jsonrpcs", "transport", 4)
 modparam("jsonrpcs", "dgram_socket", "{rpc_socket}")
-modparam("jsonrpcs", "dgram_mode", 0666)
+modparam("jsonrpcs", "dgram_mode", 0600)
 modparam("tm", "fr_timer", 2000)
-modparam("tm", "fr_inv_timer", 120000)
+modparam("tm", "fr_inv_timer", {edge.invite_timeout_s * 1000})
 modparam("rr", "enable_full_lr", 0)
 modparam("rr", "append_fromtag", 1)
 modparam("dialog", "enable_stats", 1)
 modparam("dialog", "default_timeout", 14400)
+modparam("dialog", "profiles_with_value", "source")
+modparam("pike", "sampling_time_unit", 2)
+modparam("pike", "reqs_density_per_unit", {edge.requests_per_s * 2})
+modparam("pike", "remove_latency", 4)
 modparam("dispatcher", "list_file", "{dispatcher_list}")
 modparam("dispatcher", "flags", 2)
 modparam("dispatcher", "xavp_dst", "_dsdst_")
@@ -120,6 +219,18 @@ modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2")
 
 request_route {{
+{scanners}
+    if ({trunk}) {{
+        setflag(FLT_TRUNK);
+    }} else {{
+        if (!pike_check_req()) {{
+            # a flood from one source: ignored (no reply costs nothing) until it slows down
+            exit;
+        }}
+        # identity is believed only from trunks; from anyone else it is removed here
+{strip_identity}
+        remove_hf_re("^{x_handoff}");
+    }}
     if (!mf_process_maxfwd_header("{max_forwards}")) {{
         sl_send_reply("483", "Too Many Hops");
         exit;
@@ -138,21 +249,43 @@ request_route {{
         }}
         exit;
     }}
+    if (is_method("ACK")) {{
+        # an ACK without a to-tag belongs to no dialog: only tm's own transactions
+        if (t_check_trans()) {{
+            t_relay();
+        }}
+        exit;
+    }}
     if (t_check_trans()) {{
         exit;
     }}
     if (is_method("OPTIONS")) {{
+        # answered here (load-balancer health checks), never relayed, whatever its Request-URI
         sl_send_reply("200", "OK");
         exit;
     }}
     if (!is_method("INVITE")) {{
+        # REFER, MESSAGE, SUBSCRIBE, PUBLISH, NOTIFY, REGISTER ...: nothing to do here
         append_to_reply("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO\\r\\n");
         sl_send_reply("405", "Method Not Allowed");
+        exit;
+    }}
+    if (uri != myself) {{
+        # the front door is nobody's relay, whatever Route a request carries
+        sl_send_reply("403", "Relaying Forbidden");
         exit;
     }}
     if (!($rU =~ "^({numbers})$")) {{
         sl_send_reply("404", "Not Found");
         exit;
+    }}
+    if (!isflagset(FLT_TRUNK)) {{
+        get_profile_size("source", "$si", "$var(held)");
+        if ($var(held) >= {edge.source_max_calls}) {{
+            append_to_reply("Retry-After: {retry_after_s}\\r\\n");
+            sl_send_reply("503", "Too Many Calls From Your Address");
+            exit;
+        }}
     }}
     remove_hf("Route");
     record_route();
@@ -160,6 +293,9 @@ request_route {{
         route(FULL);
     }}
     dlg_manage();
+    if (!isflagset(FLT_TRUNK)) {{
+        set_dlg_profile("source", "$si");
+    }}
     $dlg_var(worker) = $du;
     t_on_failure("FAILOVER");
     t_on_reply("REPLY");
@@ -167,21 +303,37 @@ request_route {{
 }}
 
 route[WITHINDLG] {{
-    if (loose_route()) {{
-        if (is_method("BYE")) {{
-            ds_load_update();
+    if (!is_method("ACK") && t_check_trans()) {{
+        exit;  # a retransmission: tm answered it again
+    }}
+    if (!is_known_dlg()) {{
+        # not a dialog this front door made: never relayed, whatever its Route says
+        if (is_method("ACK")) {{
+            if (t_check_trans()) {{
+                t_relay();
+            }}
+            exit;
         }}
-        route(RELAY);
+        sl_send_reply("404", "Not Here");
         exit;
     }}
-    if (is_method("ACK")) {{
-        if (t_check_trans()) {{
-            route(RELAY);
-        }}
+    if (!is_method("{IN_DIALOG_METHODS}")) {{
+        # REFER, MESSAGE, SUBSCRIBE, NOTIFY ... inside a call: a caller never steers the gateway
+        sl_send_reply("403", "Forbidden");
         exit;
     }}
-    sl_send_reply("404", "Not here");
-    exit;
+    if (!loose_route()) {{
+        if (is_method("ACK") && t_check_trans()) {{
+            t_relay();
+            exit;
+        }}
+        sl_send_reply("404", "Not Here");
+        exit;
+    }}
+    if (is_method("BYE")) {{
+        ds_load_update();
+    }}
+    route(RELAY);
 }}
 
 route[RELAY] {{
@@ -229,6 +381,32 @@ failure_route[FAILOVER] {{
 """
 
 
+def private_dir(path: Path) -> Path:
+    """A directory only this user can enter (0700): sockets inside it are nobody else's business."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+#: Runs in a fresh interpreter between fork and the real program: ask the kernel for SIGTERM when
+#: the parent dies (PR_SET_PDEATHSIG = 1, kept across execve), then check the parent did not die
+#: before that (then we were re-parented already), then become the program.
+_PDEATHSIG_SHIM = (
+    "import ctypes,os,signal,sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
+    "os.getppid() == int(sys.argv[1]) or os._exit(70)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def exec_with_parent_death(binary: str, *args: str) -> list[str]:
+    """argv that runs ``binary args`` so it gets SIGTERM when this process dies (Linux), without
+    a ``preexec_fn`` (unsafe once the node runs threads)."""
+    if not sys.platform.startswith("linux"):
+        return [binary, *args]
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_SHIM, str(os.getpid()), binary, *args]
+
+
 def render_dispatcher_list(destinations: list[Destination], maxload: int) -> str:
     lines = ["# setid destination flags priority attributes (written by handoff122 serve)"]
     for d in destinations:
@@ -267,7 +445,7 @@ class Kamailio:
 
     def __init__(self, binary: str, run_dir: Path, *, host: str, port: int, service_numbers: list[str],
                  destinations: list[Destination], maxload: int, retry_after_s: int, shm_mb: int,
-                 probing: bool = True) -> None:
+                 probing: bool = True, edge: EdgePolicy | None = None, tls: TlsListener | None = None) -> None:
         self.binary = binary
         self.run_dir = run_dir
         self.host = host
@@ -278,6 +456,8 @@ class Kamailio:
         self.retry_after_s = retry_after_s
         self.shm_mb = shm_mb
         self.probing = probing
+        self.edge = edge or EdgePolicy()
+        self.tls = tls
         self.proc: asyncio.subprocess.Process | None = None
         self.rpc = KamailioRpc(unix_socket_path(run_dir, "kamailio-rpc.sock"))
         self._stderr_task: asyncio.Task[None] | None = None
@@ -285,13 +465,17 @@ class Kamailio:
         self._stopping = False
 
     def write_config(self) -> Path:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.run_dir)
         ds = self.run_dir / "dispatcher.list"
         ds.write_text(render_dispatcher_list(self.destinations, self.maxload))
         cfg = self.run_dir / "kamailio.cfg"
+        tls_cfg = self.run_dir / "tls.cfg"
+        if self.tls is not None:
+            tls_cfg.write_text(self.tls.render())
         cfg.write_text(render_config(host=self.host, port=self.port, service_numbers=self.service_numbers,
                                      rpc_socket=self.rpc.rpc_socket, dispatcher_list=ds,
-                                     retry_after_s=self.retry_after_s, probing=self.probing))
+                                     retry_after_s=self.retry_after_s, probing=self.probing, edge=self.edge,
+                                     tls=self.tls, tls_cfg=tls_cfg))
         return cfg
 
     async def check_config(self) -> None:
@@ -306,9 +490,12 @@ class Kamailio:
     async def start(self) -> None:
         await self.check_config()
         self.rpc.rpc_socket.unlink(missing_ok=True)
+        # -DD: the main process stays in the foreground as our direct child; its own session so its
+        # shutdown (a signal to its process group) never reaches the node; and it receives SIGTERM
+        # when the node dies, even by kill -9, so it never outlives the node holding the port.
         self.proc = await asyncio.create_subprocess_exec(
-            self.binary, "-f", str(self.run_dir / "kamailio.cfg"), "-DD", "-E", "-m", str(self.shm_mb), "-M", "16",
-            "-w", str(self.run_dir), "-Y", str(self.run_dir),
+            *exec_with_parent_death(self.binary, "-f", str(self.run_dir / "kamailio.cfg"), "-DD", "-E", "-m",
+                                    str(self.shm_mb), "-M", "16", "-w", str(self.run_dir), "-Y", str(self.run_dir)),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
         self._stderr_task = asyncio.create_task(self._pump_stderr())
         for _ in range(100):

@@ -22,9 +22,10 @@ from typing import Any
 from gateway.banner import NodeFacts, no_seats_hint, render_banner
 from gateway.call_recordings import CallRecordings
 from gateway.callflow import CallDirector
-from gateway.kamailio import Kamailio, find_kamailio
+from gateway.kamailio import EdgePolicy, Kamailio, TlsListener, find_kamailio
 from gateway.logs import configure_logging, resolve_format
 from gateway.pool import WorkerPool, WorkerSpec
+from gateway.port_holder import who_holds
 from gateway.settings import ConfigError, Settings
 
 log = logging.getLogger("gateway.node")
@@ -41,7 +42,9 @@ def _check_port_free(host: str, port: int, udp: bool, what: str) -> None:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 proto = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
-                raise ConfigError(f"{what} port {host}:{port}/{proto} is already in use") from None
+                holder = who_holds(port, udp=kind == socket.SOCK_DGRAM)
+                by = f" by {holder}" if holder else ""
+                raise ConfigError(f"{what} port {host}:{port}/{proto} is already in use{by}") from None
             raise ConfigError(f"{what} address {host}:{port}: {e.strerror}") from None
         finally:
             s.close()
@@ -93,6 +96,8 @@ class Node:
         _check_port_free(s.sip_host, s.sip_port, True, "SIP")
         if s.api_port:
             _check_port_free(s.api_host, s.api_port, False, "API")
+        if s.tls_port:
+            _check_port_free(s.sip_host, s.tls_port, False, "SIP TLS")
         specs = self._worker_specs()
         for spec in specs if not self.direct_mode else []:
             _check_port_free(spec.sip_host, spec.sip_port, True, f"worker {spec.worker_id} SIP")
@@ -136,7 +141,8 @@ class Node:
             specs, run_dir=self.run_dir, partial_dir=self.catalog.layout.partial_dir,
             service_numbers=s.service_numbers, callers_per_worker=s.worker_callers, max_calls=s.worker_max_calls,
             retry_after_s=s.retry_after_s, log_level=self._worker_log_level(), answer_delay_s=s.answer_delay_s,
-            on_event=self._worker_event, on_worker_lost=self._worker_lost)
+            on_event=self._worker_event, on_worker_lost=self._worker_lost, ack_timeout_s=s.ack_timeout_s,
+            identity_sources=self._edge().trusted_networks(s.sip_host), srtp=s.srtp)
         try:
             await self.pool.start()
         except RuntimeError as e:
@@ -152,7 +158,9 @@ class Node:
             self.kamailio = Kamailio(binary, self.run_dir / "kamailio", host=s.sip_host, port=s.sip_port,
                                      service_numbers=s.service_numbers,
                                      destinations=[w.destination for w in specs], maxload=s.worker_callers,
-                                     retry_after_s=s.retry_after_s, shm_mb=s.kamailio_shm_mb)
+                                     retry_after_s=s.retry_after_s, shm_mb=s.kamailio_shm_mb, edge=self._edge(),
+                                     tls=TlsListener(s.tls_port, s.tls_cert, s.tls_key)
+                                     if s.tls_port and s.tls_cert and s.tls_key else None)
             try:
                 await self.kamailio.start()
             except (RuntimeError, FileNotFoundError) as e:
@@ -205,6 +213,12 @@ class Node:
             except Exception as e:
                 log.error("recordings_purge_failed", extra={"error": str(e)[:300]})
             await asyncio.sleep(every_s)
+
+    def _edge(self) -> EdgePolicy:
+        s = self.settings
+        return EdgePolicy(trunk_sources=s.trunk_sources, requests_per_s=s.source_requests_per_s,
+                          source_max_calls=s.source_max_calls, invite_timeout_s=s.invite_timeout_s,
+                          scanner_user_agents=s.scanner_user_agents)
 
     def _worker_specs(self) -> list[WorkerSpec]:
         s = self.settings

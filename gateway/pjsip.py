@@ -44,6 +44,20 @@ class PjsipConfig:
     user_agent: str = "handoff122"
     log_level: int = 0
     identity: str = "gateway"
+    tls: bool = False             # a TLS transport too (to dial sip:...;transport=tls); peers not verified
+    srtp: str = "off"             # off | optional | mandatory: SRTP with SDES keys in the SDP
+
+
+SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+            "mandatory": pj.PJMEDIA_SRTP_MANDATORY}
+
+
+def srtp_active(call: pj.Call) -> bool:
+    """Whether the call's media runs over SRTP now (pjsua's own call dump says so)."""
+    try:
+        return "SRTP status: Active" in call.dump(True, "")
+    except pj.Error:
+        return False
 
 
 class PjsipRuntime:
@@ -107,6 +121,11 @@ class PjsipRuntime:
             tcfg_tcp.boundAddress = c.sip_host
             tcfg_tcp.port = self.udp_port
             ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tcfg_tcp)
+        if c.tls:
+            tcfg_tls = pj.TransportConfig()
+            tcfg_tls.boundAddress = c.sip_host
+            tcfg_tls.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
+            ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tcfg_tls)
         ep.libStart()
         ep.audDevManager().setNullDev()
         for info in ep.codecEnum2():
@@ -125,6 +144,8 @@ class PjsipRuntime:
         acfg.mediaConfig.transportConfig.boundAddress = c.sip_host
         acfg.mediaConfig.transportConfig.port = c.rtp_port
         acfg.mediaConfig.transportConfig.portRange = c.rtp_port_range
+        acfg.mediaConfig.srtpUse = SRTP_USE[c.srtp]
+        acfg.mediaConfig.srtpSecureSignaling = 0  # SDES keys also over UDP/TCP legs (loopback, workers)
         acc = account_factory()
         acc.create(acfg, True)
         self.account = acc

@@ -3,14 +3,22 @@
 A worker that dies takes only its own calls with it: the pool tells the front door to stop using
 it and to end its dialogs, reports those calls as lost (``lost_worker_failure``) and starts a
 replacement on the same ports.
+
+The control socket is private: 0600 in a 0700 directory, and a peer counts as a worker only if
+the kernel says it runs as our uid with the pid of a worker we spawned (``SO_PEERCRED``) and its
+``hello`` carries this start's secret (given in the worker's environment, never its argv).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
+import secrets
+import socket
+import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import channel as ch
-from gateway.kamailio import Destination
+from gateway.kamailio import Destination, private_dir
 from gateway.local_sockets import unix_socket_path
 
 log = logging.getLogger("gateway.pool")
@@ -56,7 +64,8 @@ LossSink = Callable[[WorkerSpec, set[str]], Awaitable[None]]
 class WorkerPool:
     def __init__(self, specs: list[WorkerSpec], *, run_dir: Path, partial_dir: Path, service_numbers: list[str],
                  callers_per_worker: int, max_calls: int, retry_after_s: int, log_level: str,
-                 on_event: EventSink, on_worker_lost: LossSink, answer_delay_s: float = 0.0) -> None:
+                 on_event: EventSink, on_worker_lost: LossSink, answer_delay_s: float = 0.0,
+                 ack_timeout_s: float = 5.0, identity_sources: list[str] | None = None, srtp: str = "off") -> None:
         self.specs = specs
         self.run_dir = run_dir
         self.partial_dir = partial_dir
@@ -66,6 +75,10 @@ class WorkerPool:
         self.retry_after_s = retry_after_s
         self.log_level = log_level
         self.answer_delay_s = answer_delay_s
+        self.ack_timeout_s = ack_timeout_s
+        self.identity_sources = identity_sources or []
+        self.srtp = srtp
+        self._secret = secrets.token_hex(32)
         self.on_event = on_event
         self.on_worker_lost = on_worker_lost
         self.workers: dict[int, WorkerHandle] = {s.worker_id: WorkerHandle(s) for s in specs}
@@ -77,11 +90,12 @@ class WorkerPool:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self, timeout: float = 15.0) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.run_dir)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         self._server = await asyncio.start_unix_server(self._on_connection, path=str(self.socket_path),
                                                        limit=1 << 20)
+        self.socket_path.chmod(0o600)
         for h in self.workers.values():
             await self._spawn(h)
         try:
@@ -105,8 +119,10 @@ class WorkerPool:
             "--max-calls", str(self.max_calls), "--service-numbers", ",".join(self.service_numbers),
             "--partial-dir", str(self.partial_dir), "--retry-after", str(self.retry_after_s),
             "--log-level", self.log_level, "--answer-delay", str(self.answer_delay_s),
+            "--ack-timeout", str(self.ack_timeout_s), "--identity-sources", ",".join(self.identity_sources),
+            "--parent-pid", str(os.getpid()), "--srtp", self.srtp,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=None,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1", ch.SECRET_ENV: self._secret})
         self._track(asyncio.create_task(self._watch(h, h.proc)))
 
     def _track(self, task: asyncio.Task[Any]) -> None:
@@ -155,8 +171,34 @@ class WorkerPool:
         self.socket_path.unlink(missing_ok=True)
 
     # -- channel -------------------------------------------------------------------------------
+    def _peer_pid(self, writer: asyncio.StreamWriter) -> int | None:
+        """The connecting process's pid if it runs as our uid and is a worker we spawned."""
+        sock = writer.get_extra_info("socket")
+        try:
+            pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                 struct.calcsize("3i")))
+        except (OSError, AttributeError):
+            return None
+        spawned = {h.proc.pid for h in self.workers.values() if h.proc is not None}
+        return pid if uid == os.getuid() and pid in spawned else None
+
+    def _admit(self, msg: ch.Hello, peer_pid: int | None) -> WorkerHandle | None:
+        handle = self.workers.get(msg.worker_id)
+        why = None
+        if handle is None:
+            why = "unknown worker id"
+        elif peer_pid is None or handle.proc is None or handle.proc.pid != peer_pid or msg.pid != peer_pid:
+            why = "not a process this node spawned for that worker"
+        elif not hmac.compare_digest(msg.secret.encode(), self._secret.encode()):
+            why = "wrong secret"
+        if why:
+            log.error("control_peer_refused", extra={"worker_id": msg.worker_id, "pid": peer_pid, "why": why})
+            return None
+        return handle
+
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handle: WorkerHandle | None = None
+        peer_pid = self._peer_pid(writer)
         try:
             while line := await reader.readline():
                 try:
@@ -167,7 +209,7 @@ class WorkerPool:
                         break  # a peer that cannot even say hello in our protocol
                     continue
                 if isinstance(msg, ch.Hello):
-                    handle = self.workers.get(msg.worker_id)
+                    handle = self._admit(msg, peer_pid)
                     if handle is None:
                         break
                     handle.writer = writer
@@ -175,7 +217,7 @@ class WorkerPool:
                     log.info("worker_connected", extra={"worker_id": msg.worker_id, "pid": msg.pid})
                     continue
                 if handle is None:
-                    continue
+                    break  # anything before a valid hello: not one of ours
                 wid = handle.spec.worker_id
                 if isinstance(msg, ch.CallStarted):
                     handle.calls.add(msg.call_id)

@@ -93,6 +93,68 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
     log_format: str = Field("auto", description="auto (human on a terminal, else json) | human | json")
 
+    # edge trust (issue 12)
+    trunk_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="IPs/CIDRs of carrier trunks: identity headers (P-Asserted-Identity, P-Preferred-Identity, "
+                    "Remote-Party-ID, X-Handoff-*) are believed only from these (and from the node's own SIP "
+                    "address), and they are exempt from the per-source limits")
+    source_requests_per_s: int = Field(20, ge=1, le=100000,
+                                       description="SIP requests per second one non-trunk source may send (pike); "
+                                                   "above it the source is ignored until it slows down")
+    source_max_calls: int = Field(2, ge=1, le=10000, description="calls one non-trunk source may hold at once")
+    ack_timeout_s: float = Field(5.0, ge=0.5, le=32,
+                                 description="an answered caller who never ACKs the 200 OK is hung up after this")
+    invite_timeout_s: int = Field(10, ge=2, le=180,
+                                  description="how long the front door waits for a worker's final answer to an INVITE")
+    scanner_user_agents: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["friendly-scanner", "sipvicious", "sipcli", "VaxSIPUserAgent", "sipsak",
+                                 "sundayddr", "iWar", "SIVuS", "sip-scan", "smap", "PortSIP VoIP SDK", "pplsip"],
+        description="User-Agent substrings (case-insensitive) whose requests are dropped without a reply")
+
+    tls_port: int = Field(0, ge=0, le=65535, description="SIP over TLS on this port of sip_host (0 = no TLS listener)")
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) of the TLS listener")
+    tls_key: Path | None = Field(None, description="PEM private key of the TLS listener")
+    srtp: str = Field("optional", pattern="^(off|optional)$",
+                      description="SRTP (SDES) on the worker's legs: optional = used when the peer offers it")
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        if self.tls_port and not (self.tls_cert and self.tls_key):
+            raise ValueError("tls_port needs tls_cert and tls_key (PEM files)")
+        return self
+
+    @field_validator("trunk_sources", "scanner_user_agents", mode="before")
+    @classmethod
+    def _split_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                return json.loads(v)
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("trunk_sources")
+    @classmethod
+    def _check_sources(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        out = []
+        for src in v:
+            try:
+                out.append(str(ipaddress.ip_network(src.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{src!r} is not an IP address or CIDR") from None
+        return out
+
+    @field_validator("scanner_user_agents")
+    @classmethod
+    def _check_agents(cls, v: list[str]) -> list[str]:
+        for ua in v:
+            if not ua or any(c in ua for c in '"\\\r\n|()[]{}^$*+?.'):
+                raise ValueError(f"{ua!r}: a User-Agent substring is plain text (no quotes or regex characters)")
+        return v
+
     @field_validator("service_numbers", mode="before")
     @classmethod
     def _split_numbers(cls, v: Any) -> Any:
@@ -121,7 +183,7 @@ class Settings(BaseSettings):
             raise ValueError("must be auto, human or json")
         return v
 
-    @field_validator("data_dir", "seats", "flow", "config")
+    @field_validator("data_dir", "seats", "flow", "config", "tls_cert", "tls_key")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         # Every path the node hands to a child process must be absolute: Kamailio changes its
@@ -149,6 +211,8 @@ class Settings(BaseSettings):
     def port_ranges(self) -> list[tuple[str, int, int]]:
         """Every port range the node will bind, as (what, first, last), derived ports included."""
         ranges = [("sip_port", self.sip_port, self.sip_port)]
+        if self.tls_port:
+            ranges.append(("tls_port", self.tls_port, self.tls_port))
         if self.api_port:
             ranges.append(("api_port", self.api_port, self.api_port))
         ranges.append(("worker SIP ports (worker_base_port)", self.first_worker_port,

@@ -51,10 +51,11 @@ def render(template: str, **subs: str) -> Path:
 
 
 def run_sipp(template: str, port: int, *, calls: int = 1, concurrency: int | None = None, rate: float | None = None,
-             timeout: float = 90, transport: str = "u1", **subs: str) -> SippResult:
+             timeout: float = 90, transport: str = "u1", local_ip: str = "127.0.0.1", extra: tuple[str, ...] = (),
+             **subs: str) -> SippResult:
     scenario = render(template, **subs)
     workdir = Path(tempfile.mkdtemp(prefix="sipp-run-"))
-    cmd = ["sipp", f"127.0.0.1:{port}", "-sf", str(scenario), "-m", str(calls), "-i", "127.0.0.1",
+    cmd = ["sipp", f"127.0.0.1:{port}", "-sf", str(scenario), "-m", str(calls), "-i", local_ip,
            "-p", str(free_port()), "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port()),
            "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin", "-trace_err", "-t", transport,
            "-max_recv_loops", "1000", "-recv_timeout", "20000"]
@@ -62,6 +63,7 @@ def run_sipp(template: str, port: int, *, calls: int = 1, concurrency: int | Non
         cmd += ["-l", str(concurrency)]
     if rate:
         cmd += ["-r", str(rate)]
+    cmd += list(extra)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30, cwd=workdir)
     ok = re.search(r"Successful call\s*\|\s*\d+\s*\|\s*(\d+)", p.stdout)
     bad = re.search(r"Failed call\s*\|\s*\d+\s*\|\s*(\d+)", p.stdout)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pjsua2 as pj
 
-from gateway.pjsip import PjsipConfig, PjsipRuntime
+from gateway.pjsip import PjsipConfig, PjsipRuntime, srtp_active
 from gateway.simulators.phone import TonePhoneLeg, heard_tone, longest_silence
 
 SEAT_TONE_HZ = 1000.0
@@ -32,6 +32,7 @@ class CallerPhone(pj.Call):
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         self.sim.media.media_active(self)
+        self.sim.srtp = self.sim.srtp or srtp_active(self)
 
 
 class CallerSimulation:
@@ -56,6 +57,7 @@ class CallerSimulation:
         self.reason = ""
         self.sent: list[str] = []
         self.done = False
+        self.srtp = False
 
     def start(self) -> None:
         assert self.rt.account is not None
@@ -130,6 +132,7 @@ class CallerSimulation:
             "hung_up_by": self.hung_up_by,
             "status_code": self.status_code,
             "reason": self.reason,
+            "srtp": self.srtp,
         }
         if answered:
             out["seat_tone_s"] = heard_tone(self.record, SEAT_TONE_HZ)
@@ -143,14 +146,15 @@ class CallerSimulation:
 
 def run_caller(*, to: str, digits: str, gap: float, stay: float, dtmf: str, tone_hz: float, record: Path | None,
                first_digit_after: float = 0.5, local_port: int = 0, hangup_at: float | None = None,
-               timeout: float = 600.0, number: str = "caller") -> int:
+               timeout: float = 600.0, number: str = "caller", srtp: str = "off") -> int:
     keys = [k for k in digits.replace(",", " ").split() if k] if " " in digits.strip() or "," in digits else list(
         digits.strip())
     tmp = None
     if record is None:
         tmp = tempfile.TemporaryDirectory(prefix="h122-caller-")
         record = Path(tmp.name) / "heard.wav"
-    rt = PjsipRuntime(PjsipConfig(sip_port=local_port, rtp_port=0, tcp=False, max_calls=2, identity=number))
+    rt = PjsipRuntime(PjsipConfig(sip_port=local_port, rtp_port=0, tcp=False, max_calls=2, identity=number,
+                                  tls="transport=tls" in to.lower(), srtp=srtp))
     rt.start(pj.Account)
     sim = CallerSimulation(rt, to, keys, gap, first_digit_after, stay, dtmf, tone_hz, record, hangup_at)
     rt.call_soon(sim.start)

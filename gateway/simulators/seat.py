@@ -15,7 +15,7 @@ from typing import Any
 
 import pjsua2 as pj
 
-from gateway.pjsip import PjsipConfig, PjsipRuntime, header_value, sip_user_of
+from gateway.pjsip import PjsipConfig, PjsipRuntime, header_value, sip_user_of, srtp_active
 from gateway.simulators.phone import TonePhoneLeg, heard_tone
 
 CALLER_TONE_HZ = 440.0
@@ -42,6 +42,7 @@ class SeatPhoneCall(pj.Call):
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         if self.media is not None:
             self.media.media_active(self)
+        self.info["srtp"] = bool(self.info.get("srtp")) or srtp_active(self)
 
     def answer_now(self) -> None:
         if self.answered_at is not None or self.hung_up or self not in self.seat.calls:
@@ -130,8 +131,10 @@ class SeatPhone(pj.Account):
 
 
 def run_seat(*, seat_id: str, sip_port: int, answer_after: float | None, hangup_after: float | None,
-             record: Path | None, tone_hz: float, respond: int | None = None, max_calls: int = 0) -> int:
-    rt = PjsipRuntime(PjsipConfig(sip_port=sip_port, rtp_port=0, tcp=True, max_calls=4, identity=seat_id))
+             record: Path | None, tone_hz: float, respond: int | None = None, max_calls: int = 0,
+             srtp: str = "off") -> int:
+    rt = PjsipRuntime(PjsipConfig(sip_port=sip_port, rtp_port=0, tcp=True, max_calls=4, identity=seat_id,
+                                  srtp=srtp))
     phone = SeatPhone(seat_id, answer_after, hangup_after, record, tone_hz, respond)
     phone.rt = rt
     try:

@@ -44,6 +44,11 @@ class CallerLeg(pj.Call):
             "info" if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "other")
         self.session.digit(prm.digit, method)
 
+    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:
+        # pjsua2 follows a caller's REFER by default: the caller could make the gateway dial
+        # anyone (toll fraud).  The gateway dials only seats from its own table: 603.
+        prm.statusCode = 603
+
 
 class SeatLeg(pj.Call):
     """The leg the gateway opens to a seat's phone."""

@@ -3,11 +3,15 @@
 Threads: the main thread owns PJSIP; a reader thread turns channel lines into commands queued for
 it; a writer thread sends events so a slow control process never stalls the media loop.  When the
 control process goes away the worker hangs up and exits: without it nobody could route its callers.
+It also asks the kernel for SIGTERM when its parent dies (even by ``kill -9``), so no worker keeps
+its SIP port after the node is gone.  It proves itself to the control socket with the per-start
+secret the pool put in its environment (read once, then removed, never on the command line).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import queue
@@ -71,6 +75,17 @@ class ControlLink:
         self._out.put(None)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGTERM when the node dies; if it already died before we asked, leave at once."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(70)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="handoff122-worker")
     p.add_argument("--worker-id", type=int, required=True)
@@ -85,19 +100,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partial-dir", type=Path, required=True)
     p.add_argument("--retry-after", type=int, default=5)
     p.add_argument("--answer-delay", type=float, default=0.0)
+    p.add_argument("--ack-timeout", type=float, default=5.0)
+    p.add_argument("--identity-sources", default="", help="IPs/CIDRs whose P-Asserted-Identity is believed")
+    p.add_argument("--parent-pid", type=int, default=0, help="the node; the worker ends when it does")
+    p.add_argument("--srtp", choices=["off", "optional"], default="off", help="SRTP (SDES) when the peer offers it")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--pjsip-log-level", type=int, default=0)
     a = p.parse_args(argv)
+    die_with_parent(a.parent_pid)
+    secret = os.environ.pop(ch.SECRET_ENV, "")
     configure_logging(a.log_level, process_name=f"worker-{a.worker_id}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when we stop
 
     link = ControlLink(a.control)
     rt = PjsipRuntime(PjsipConfig(sip_host=a.sip_host, sip_port=a.sip_port, rtp_port=a.rtp_port,
                                   rtp_port_range=a.rtp_range, max_calls=a.max_calls,
-                                  log_level=a.pjsip_log_level))
+                                  log_level=a.pjsip_log_level, srtp=a.srtp))
     config = WorkerConfig(worker_id=a.worker_id, callers=a.callers, max_calls=a.max_calls, partial_dir=a.partial_dir,
                           service_numbers=tuple(x for x in a.service_numbers.split(",") if x),
-                          retry_after_s=a.retry_after, answer_delay_s=a.answer_delay)
+                          retry_after_s=a.retry_after, answer_delay_s=a.answer_delay, ack_timeout_s=a.ack_timeout,
+                          identity_sources=tuple(x for x in a.identity_sources.split(",") if x))
     service = WorkerService(rt, config, link.send)
     a.partial_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -112,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
     link.start(on_command=on_command,
                on_close=lambda: rt.call_soon(rt.request_stop))
-    link.send(ch.Hello(worker_id=a.worker_id, pid=os.getpid(), sip_port=rt.udp_port, max_calls=a.max_calls))
+    link.send(ch.Hello(worker_id=a.worker_id, pid=os.getpid(), sip_port=rt.udp_port, max_calls=a.max_calls,
+                       secret=secret))
     log.info("worker_ready", extra={"worker_id": a.worker_id, "sip_port": rt.udp_port, "rtp_port": a.rtp_port})
     rt.call_soon(service.report_stats)
     rt.run()

@@ -1,10 +1,19 @@
 """A media worker's SIP service: admits callers, runs commands, keeps every pjsua2 object alive
-exactly as long as PJSIP needs it (PJSIP thread only)."""
+exactly as long as PJSIP needs it (PJSIP thread only).
+
+Nothing a caller sends is used as it came: the caller's number is normalised before anything
+sees it (identity headers count only from trusted sources: the front door, which removed them
+from everyone but trunks, or a trunk itself), a caller who never ACKs our 200 OK is hung up
+within seconds instead of holding a slot for PJSIP's 32 s, and a seat dial is checked before
+PJSIP sees it, so the caller's input can never make a seat look unreachable.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -22,8 +31,37 @@ from gateway.worker.session import HandoffSession
 log = logging.getLogger("gateway.worker")
 
 
+MAX_NUMBER_DIGITS = 32    # E.164 allows 15; room for prefixes, never room for a payload
+MAX_RAW_CALLER = 200      # what is kept of the caller's own header, for the record
+
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
 def new_call_id() -> str:
     return "c-" + secrets.token_hex(8)
+
+
+def normalise_number(value: str) -> str:
+    """A caller's number as the rest of the system may use it (seat-leg From URI, records, screen
+    pop): the user part's digits with a leading + if it had one, at most 32 digits;
+    ``anonymous`` when there are none.  ``<sip:1 2"x@h>`` gives ``12``."""
+    user = sip_user_of(value).strip() if value else ""
+    digits = "".join(c for c in user if c.isascii() and c.isdigit())[:MAX_NUMBER_DIGITS]
+    if not digits:
+        return "anonymous"
+    return ("+" if user.startswith("+") else "") + digits
+
+
+def raw_caller(value: str) -> str:
+    """The caller's header as sent, printable ASCII only and truncated (never parsed or dialled)."""
+    return _NOT_PRINTABLE.sub("?", value[:MAX_RAW_CALLER])
+
+
+def source_ip(address: str) -> str:
+    """``127.0.0.1:5060`` / ``[::1]:5060`` -> the IP alone."""
+    if address.startswith("["):
+        return address[1:].split("]", 1)[0]
+    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
 
 
 @dataclass(slots=True)
@@ -35,6 +73,17 @@ class WorkerConfig:
     max_calls: int = 4            # PJSUA_MAX_CALLS of this build
     retry_after_s: int = 5
     answer_delay_s: float = 0.0   # ring this long before answering (lets a caller CANCEL)
+    ack_timeout_s: float = 5.0    # a caller who never ACKs our 200 OK is hung up after this
+    #: where identity headers (P-Asserted-Identity) are believed from: the front door (it removed
+    #: them from all but trunks) and the trunks themselves; everyone else is known by From only
+    identity_sources: tuple[str, ...] = ()
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(source_ip(address))
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.identity_sources)
 
 
 class RefusedLeg(pj.Call):
@@ -67,6 +116,7 @@ class WorkerService:
         self.refused: set[RefusedLeg] = set()
         self.orphans: set[SeatLeg] = set()
         self._graveyard: list[Any] = []
+        self._raw_callers: dict[str, str] = {}
 
     @property
     def account(self) -> pj.Account:
@@ -100,8 +150,9 @@ class WorkerService:
     def on_incoming(self, prm: pj.OnIncomingCallParam) -> None:
         msg = prm.rdata.wholeMsg
         callee = request_uri_user(msg)
-        caller = sip_user_of(header_value(msg, "P-Asserted-Identity") or header_value(msg, "From")
-                             or header_value(msg, "f") or "")
+        asserted = header_value(msg, "P-Asserted-Identity") if self.config.trusts(prm.rdata.srcAddress) else None
+        claimed = asserted or header_value(msg, "From") or header_value(msg, "f") or ""
+        caller = normalise_number(claimed)
         if callee not in self.config.service_numbers:
             self._refuse(prm.callId, 404, "Not Found", callee, caller)
             return
@@ -115,6 +166,7 @@ class WorkerService:
         assert session.caller is not None
         sip_call_id = header_value(msg, "Call-ID") or header_value(msg, "i") or ""
         session.pending_answer = (caller, callee, sip_call_id)
+        self._raw_callers[call_id] = raw_caller(claimed)
         if self.config.answer_delay_s <= 0:
             # Answer at once: a 180 right before the 200 tells the caller nothing, and a proxy's
             # parallel children may deliver it after the 200, which strict UACs treat as an error.
@@ -141,13 +193,30 @@ class WorkerService:
             log.error("answer_failed", extra={"call_id": call_id, "error": e.info()})
             return
         session.announced = True
+        raw = self._raw_callers.pop(call_id, None)
         log.info("call_answered", extra={"call_id": call_id, "caller": caller, "callee": callee,
                                          "sip_call_id": sip_call_id})
         self.send(ch.CallStarted(
             call_id=call_id, caller=caller, callee=callee, sip_call_id=sip_call_id, at=time.time(),
             recording_path=str(session.recording_path) if session.recording_path else None,
-            recording_error=session.recording_error,
+            recording_error=session.recording_error, caller_raw=raw,
         ))
+        self.rt.call_later(self.config.ack_timeout_s, lambda: self._check_acked(session))
+
+    def _check_acked(self, session: HandoffSession) -> None:
+        """PJSIP waits 32 s (timer H) for the ACK of a 200 OK; a flood of INVITEs that never ACK
+        would hold every slot that long.  A caller who has not ACKed by now is not there: BYE."""
+        caller = session.caller
+        if session.ended or caller is None:
+            return
+        try:
+            state = caller.getInfo().state
+        except pj.Error:
+            return
+        if state == pj.PJSIP_INV_STATE_CONNECTING:
+            log.warning("caller_never_acked", extra={"call_id": session.call_id,
+                                                     "after_s": self.config.ack_timeout_s})
+            session.hangup()
 
     def _refuse(self, call_index: int, code: int, reason: str, callee: str, caller: str,
                 headers: dict[str, str] | None = None) -> None:
@@ -181,15 +250,45 @@ class WorkerService:
         elif isinstance(cmd, ch.StopPlayback):
             session.stop_playback()
         elif isinstance(cmd, ch.DialSeat):
-            session.dial_seat(cmd)
+            checked = self._checked_dial(cmd)
+            if checked is not None:
+                session.dial_seat(checked)
         elif isinstance(cmd, ch.CancelSeat):
             session.cancel_seat(cmd.leg_id, cmd.reason)
         elif isinstance(cmd, ch.Hangup):
             session.hangup(cmd.code)
 
+    def _checked_dial(self, cmd: ch.DialSeat) -> ch.DialSeat | None:
+        """What PJSIP would refuse, caught before it can count against the seat: an invalid
+        caller identity is dropped (the seat is still called, as from the gateway), header values
+        that could break the message are left out, and a seat URI PJSIP cannot parse is reported
+        as the gateway's own failure (``local``), which never marks the seat unreachable."""
+        ep = self.rt.ep
+        assert ep is not None
+        if ep.utilVerifySipUri(cmd.uri) != 0:
+            self.send(ch.SeatFailed(call_id=cmd.call_id, leg_id=cmd.leg_id, code=0, local=True,
+                                    reason=f"local_error: seat URI not valid: {cmd.uri[:80]!r}", at=time.time()))
+            return None
+        update: dict[str, Any] = {}
+        headers = {k: v for k, v in cmd.headers.items() if _safe_header(k, v)}
+        identity_ok = cmd.from_uri is None or ep.utilVerifySipUri(cmd.from_uri) == 0
+        pai = headers.get("P-Asserted-Identity")
+        if pai is not None and not (pai.startswith("<") and pai.endswith(">")
+                                    and ep.utilVerifySipUri(pai[1:-1]) == 0):
+            identity_ok = False
+        if not identity_ok:
+            log.warning("seat_dial_identity_dropped", extra={"call_id": cmd.call_id,
+                                                             "from_uri": (cmd.from_uri or "")[:80]})
+            update["from_uri"] = None
+            headers.pop("P-Asserted-Identity", None)
+        if headers != cmd.headers:
+            update["headers"] = headers
+        return cmd.model_copy(update=update) if update else cmd
+
     # -- object lifetimes ----------------------------------------------------------------------
     def session_ended(self, session: HandoffSession) -> None:
         self.sessions.pop(session.call_id, None)
+        self._raw_callers.pop(session.call_id, None)
 
     def orphan_seat(self, leg: SeatLeg) -> None:
         """A seat leg whose caller left: end it, keep it referenced until DISCONNECTED."""
@@ -209,6 +308,10 @@ class WorkerService:
     def hangup_all(self) -> None:
         for session in list(self.sessions.values()):
             session.hangup()
+
+
+def _safe_header(name: str, value: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9-]{1,64}", name)) and len(value) <= 512 and not _NOT_PRINTABLE.search(value)
 
 
 def _status(code: int) -> pj.CallOpParam:

@@ -181,8 +181,8 @@ class HandoffSession:
                 self.dial_retry = cmd.leg_id
                 self.service.rt.call_later(0.1, lambda: self._retry_dial(cmd, until))
                 return
-            self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=cmd.leg_id, code=500,
-                                            reason=f"dial failed: {e.reason}", at=time.time()))
+            self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=cmd.leg_id, code=0, local=True,
+                                            reason=f"local_error: {e.info()}", at=time.time()))
             return
         self.seat = leg
         leg_id = cmd.leg_id

@@ -128,6 +128,7 @@ def test_over_capacity_gets_503_and_calls_in_progress_are_untouched(node: Runnin
 
 
 def test_malformed_sip_and_garbage_leave_the_node_answering(node: RunningNode) -> None:
+    workers = node.worker_pids()
     junk = [
         os.urandom(600),
         b"\x00\x01\x02 not sip at all\r\n\r\n",
@@ -149,6 +150,7 @@ def test_malformed_sip_and_garbage_leave_the_node_answering(node: RunningNode) -
                  digits=digits_xml("0", 500))
     assert r.ok, r.stdout + r.log
     assert _newest_call(node, t0)["ivr"]["skill"] == "intake_guidance"
+    assert node.worker_pids() == workers  # the same workers, none died and was replaced
 
 
 @pytest.mark.parametrize("method", ["rfc4733", "info"])
