@@ -126,11 +126,9 @@ class Node:
 
         # 3. media workers and the call director
         self.recordings = CallRecordings(self.catalog, self.calls)
-        from api.metrics import observe_handoff_latency
-
         self.director = CallDirector(flow=self.flow, routing=self.routing, media=self, recordings=self.recordings,
                                      node_id=self.node_id, sip_host=s.sip_host, caller_id_header=s.caller_id_header,
-                                     on_handoff=observe_handoff_latency)
+                                     announce_every_s=s.hold_announce_interval)
         self.pool = WorkerPool(
             specs, run_dir=self.run_dir, partial_dir=self.catalog.layout.partial_dir,
             service_numbers=s.service_numbers, callers_per_worker=s.worker_callers, max_calls=s.worker_max_calls,
@@ -196,8 +194,18 @@ class Node:
 
     async def _start_api(self) -> Any:
         from api.node import build_api
+        from api.server import ApiServerError
 
-        return await build_api(self)
+        try:
+            return await build_api(self)
+        except ApiServerError as e:
+            raise ConfigError(str(e)) from None
+
+    def install_flow(self, flow: Any) -> None:
+        """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""
+        self.flow = flow
+        if self.director is not None:
+            self.director.flow = flow
 
     # ------------------------------------------------------------------------------------------
     # the media side as the director sees it
@@ -212,9 +220,12 @@ class Node:
             self.worker_stats[worker_id] = msg
             return
         if isinstance(msg, ch.CallRejected):
-            from api.metrics import count_sip_error
+            from journey.metrics import count_call_ended, count_sip_error
 
-            count_sip_error(msg.code)
+            if msg.code == 487:
+                count_call_ended("caller_cancelled")  # the caller's own CANCEL: not a SIP error
+            else:
+                count_sip_error(msg.code)
         assert self.director is not None
         self.director.worker_event(worker_id, msg)
 

@@ -33,7 +33,7 @@ from routing.errors import (
 )
 from routing.events import Event, EventKind
 from routing.metrics import Metrics
-from routing.queue import CallState, QueuedCall, SkillQueue
+from routing.queue import EntryState, QueuedCall, SkillQueue
 from routing.seat import REQUESTABLE, AvailableSeats, Seat
 from routing.skills import SKILLS, Skill
 from routing.status import SeatStatus
@@ -49,6 +49,9 @@ S = SeatStatus
 #: seat_failed reasons that say the seat cannot take calls at all (it goes not_ready); every other
 #: reason (busy, declined, hangup_before_bridge, ...) is a refusal of this one call.
 UNREACHABLE_REASONS = frozenset({"unreachable", "error"})
+#: seat_failed reasons that are the gateway's own fault (it could not dial): the seat is not
+#: penalised (no exclusion, no reject delay), the caller goes back to the head.
+LOCAL_REASONS = frozenset({"local_error"})
 INTAKE_SKILL = Skill.INTAKE_GUIDANCE.value
 
 
@@ -251,7 +254,7 @@ class Acd:
 
     def seat_answered(self, call_id: str, now: float, seat_id: str | None = None) -> list[Event]:
         call, seat = self._ringing_call(call_id, seat_id)
-        call.state = CallState.CONNECTED
+        call.state = EntryState.CONNECTED
         call.answered_at = now
         self._ringing[call.skill] -= 1
         seat.consecutive_rona = 0
@@ -283,6 +286,8 @@ class Acd:
                      data={"reason": reason, "attempt": call.attempt})]
         if reason in UNREACHABLE_REASONS:
             self._release_seat(seat, call, now, out, not_ready="unreachable")
+        elif reason in LOCAL_REASONS:
+            self._release_seat(seat, call, now, out)
         else:
             call.excluded.add(seat.id)
             self._release_seat(seat, call, now, out, hold=True)
@@ -290,12 +295,12 @@ class Acd:
 
     def caller_abandoned(self, call_id: str, now: float) -> list[Event]:
         call = self._call(call_id)
-        if call.state is CallState.CONNECTED:
+        if call.state is EntryState.CONNECTED:
             raise IllegalTransition(f"call {call_id} is connected; a hang-up now is call_completed")
         out: list[Event] = []
         seat = None
         position = None
-        if call.state is CallState.WAITING:
+        if call.state is EntryState.WAITING:
             position = self._queues[call.skill].remove(call)
         else:
             seat = self._seats[call.seat_id]  # type: ignore[index]
@@ -305,7 +310,7 @@ class Acd:
                          skill=call.skill, data={"wait_s": wait_s, "position": position,
                                                  "state": call.state.value, "priority": call.priority}))
         del self._calls[call_id]
-        call.state = CallState.CONNECTED  # gone: any timer left for it is stale
+        call.state = EntryState.CONNECTED  # gone: any timer left for it is stale
         if wait_s > self.config.callback_after_s:
             entry = self.callbacks.add(call.id, call.caller, call.skill, call.priority, call.enqueued_at, now,
                                        call.info)
@@ -321,7 +326,7 @@ class Acd:
 
     def call_completed(self, call_id: str, now: float, ended_by: str) -> list[Event]:
         call = self._call(call_id)
-        if call.state is not CallState.CONNECTED:
+        if call.state is not EntryState.CONNECTED:
             raise IllegalTransition(f"call {call_id} is {call.state.value}; only a connected call completes")
         seat = self._seats[call.seat_id]  # type: ignore[index]
         talk_s = now - (call.answered_at or now)
@@ -428,7 +433,7 @@ class Acd:
     def queue_position(self, call_id: str) -> int | None:
         """1 = next to be offered; None when the call is not waiting (ringing, connected, unknown)."""
         call = self._calls.get(call_id)
-        if call is None or call.state is not CallState.WAITING:
+        if call is None or call.state is not EntryState.WAITING:
             return None
         return self._queues[call.skill].position(call)
 
@@ -453,7 +458,7 @@ class Acd:
     def waiting_entries(self) -> list[RestoredEntry]:
         """Calls not yet connected (waiting or ringing), as they would be restored after a restart."""
         return [RestoredEntry(c.id, c.skill, c.priority, c.enqueued_at, c.caller, dict(c.info))
-                for c in self._calls.values() if c.state is not CallState.CONNECTED]
+                for c in self._calls.values() if c.state is not EntryState.CONNECTED]
 
     def queues_view(self, now: float) -> list[dict[str, Any]]:
         by_status: dict[str, dict[str, int]] = {s: dict.fromkeys((st.value for st in SeatStatus), 0) for s in SKILLS}
@@ -504,7 +509,7 @@ class Acd:
 
     def _ringing_call(self, call_id: str, seat_id: str | None) -> tuple[QueuedCall, Seat]:
         call = self._call(call_id)
-        if call.state is not CallState.RINGING:
+        if call.state is not EntryState.RINGING:
             raise IllegalTransition(f"call {call_id} is {call.state.value}, not ringing")
         if seat_id is not None and seat_id != call.seat_id:
             raise IllegalTransition(f"call {call_id} rings seat {call.seat_id}, not {seat_id}")
@@ -552,7 +557,7 @@ class Acd:
 
     def _offer_for_call(self, call: QueuedCall, now: float, out: list[Event]) -> bool:
         """Offer a waiting call to the best free seat of its skill, if there is one."""
-        if call.state is not CallState.WAITING:
+        if call.state is not EntryState.WAITING:
             return False
         for seat_id in self._available[call.skill].seat_ids():
             if seat_id in call.excluded:
@@ -564,7 +569,7 @@ class Acd:
     def _offer(self, call: QueuedCall, seat: Seat, now: float, out: list[Event]) -> None:
         self._queues[call.skill].remove(call)
         self._unindex(seat)
-        call.state = CallState.RINGING
+        call.state = EntryState.RINGING
         call.seat_id = seat.id
         call.attempt += 1
         call.offered_at = now
@@ -599,7 +604,7 @@ class Acd:
                 self._make_offerable(seat, now, out)
 
     def _requeue(self, call: QueuedCall, now: float) -> None:
-        call.state = CallState.WAITING
+        call.state = EntryState.WAITING
         call.seat_id = None
         self._queues[call.skill].push(call)
         self._arm_escalation(call, now)
@@ -630,10 +635,10 @@ class Acd:
     def _timer_valid(self, kind: int, key: str, token: int) -> bool:
         if kind == _RING:
             call = self._calls.get(key)
-            return call is not None and call.state is CallState.RINGING and call.attempt == token
+            return call is not None and call.state is EntryState.RINGING and call.attempt == token
         if kind == _ESCALATE:
             call = self._calls.get(key)
-            return call is not None and call.state is CallState.WAITING and call.skill_version == token
+            return call is not None and call.state is EntryState.WAITING and call.skill_version == token
         seat = self._seats.get(key)
         if seat is None or seat.version != token:
             return False

@@ -16,7 +16,9 @@ from enum import StrEnum
 from typing import Any
 
 
-class CallState(StrEnum):
+class EntryState(StrEnum):
+    """Where a routing entry is in the ACD (the call journey's stages are ``journey.stages.Stage``)."""
+
     WAITING = "waiting"
     RINGING = "ringing"
     CONNECTED = "connected"
@@ -31,7 +33,7 @@ class QueuedCall:
     seq: int
     caller: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    state: CallState = CallState.WAITING
+    state: EntryState = EntryState.WAITING
     skill_entered_at: float = 0.0             # when it entered the current skill's queue (escalation)
     skill_version: int = 0                    # bumps on escalation: older escalation timers go stale
     seat_id: str | None = None

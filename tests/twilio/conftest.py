@@ -71,6 +71,12 @@ class Centre:
         return TwilioPhone(self.http, sid or "CA" + uuid.uuid4().hex, caller)
 
 
+def journey_of(rec: dict[str, Any]) -> list[str]:
+    """The stages a call record's JOURNEY events walked, from the first stage on."""
+    moves = [e["data"] for e in rec["events"] if e["kind"] == "JOURNEY"]
+    return [moves[0]["from"], *(m["to"] for m in moves)] if moves else []
+
+
 def sign(url: str, params: dict[str, str], token: str = TOKEN) -> str:
     return RequestValidator(token).compute_signature(url, params)
 

@@ -30,7 +30,7 @@ from tests.twilio.conftest import PUBLIC, TOKEN, TwilioPhone, seat
 
 @dataclass
 class NodeParts:
-    """The attributes of ``gateway.node.Node`` that ``build_api`` uses."""
+    """An ``api.node.ApiHost`` built from the same parts as ``gateway.node.Node``."""
 
     settings: Settings
     engine: Any
@@ -39,6 +39,12 @@ class NodeParts:
     catalog: Catalog
     flow: Any
     node_id: str = "twilio-node"
+
+    def install_flow(self, flow: Any) -> None:
+        self.flow = flow
+
+    def media_stats(self) -> dict[str, float]:
+        return {}
 
 
 @asynccontextmanager
