@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from api.metrics import count_sip_error, observe_handoff_latency
+from journey.metrics import count_sip_error, observe_handoff_latency
 from tests.api.conftest import Node, add_recording
 
 # (method, path, who may): "supervisor" = supervisor and admin; "admin" = admin only; "any" = every token.
