@@ -52,7 +52,7 @@ class FlowFileAdmin:
 
     async def install_flow(self, yaml_text: str) -> list[Any]:
         from ivr.check import validate_flow
-        from ivr.flow import flow_from_data
+        from ivr.loader import flow_from_data
 
         try:
             data = yaml.safe_load(yaml_text)

@@ -65,7 +65,8 @@ class Node:
     # ------------------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        from ivr.flow import FlowInvalid, load_flow
+        from ivr.flow import FlowInvalid
+        from ivr.loader import load_flow
         from routing.seats_file import SeatsFileInvalid, load_seats
 
         # 1. configuration that can be wrong: say so in one line, before touching anything

@@ -1,6 +1,6 @@
 """The two SIP legs of a hand-off, one class per leg (pjsua2 ``Call`` subclasses).
 
-A leg forwards what happens on the wire to its ``HandoffSession``; it holds no policy.  Both run
+A leg forwards what happens on the wire to its session (``LegOwner``); it holds no policy.  Both run
 their callbacks on the PJSIP thread.
 """
 
@@ -9,15 +9,22 @@ from __future__ import annotations
 import logging
 import time
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pjsua2 as pj
 
-if TYPE_CHECKING:
-    from gateway.worker.session import HandoffSession
-
-
 log = logging.getLogger("gateway.worker.legs")
+
+
+class LegOwner(Protocol):
+    """What a leg reports to (``gateway.worker.session.HandoffSession``)."""
+
+    def caller_disconnected(self, code: int, reason: str) -> None: ...
+    def caller_media_changed(self) -> None: ...
+    def digit(self, digit: str, method: str) -> None: ...
+    def seat_ringing(self, leg: SeatLeg) -> None: ...
+    def seat_media_changed(self, leg: SeatLeg) -> None: ...
+    def seat_disconnected(self, leg: SeatLeg, code: int, reason: str) -> None: ...
 
 
 class SeatLegState(StrEnum):
@@ -68,7 +75,7 @@ class CallerLeg(pj.Call):
     """The leg of the person who dialled 122.  The gateway never REFERs it and never hangs it up
     because of a hand-off; only the caller (or a node shutdown) ends it."""
 
-    def __init__(self, account: pj.Account, call_index: int, session: HandoffSession) -> None:
+    def __init__(self, account: pj.Account, call_index: int, session: LegOwner) -> None:
         super().__init__(account, call_index)
         self.session = session
 
@@ -89,7 +96,7 @@ class CallerLeg(pj.Call):
 class SeatLeg(pj.Call):
     """The leg the gateway opens to a seat's phone."""
 
-    def __init__(self, account: pj.Account, session: HandoffSession, leg_id: str) -> None:
+    def __init__(self, account: pj.Account, session: LegOwner, leg_id: str) -> None:
         super().__init__(account)
         self.session = session
         self.leg_id = leg_id

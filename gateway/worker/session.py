@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import pjsua2 as pj
 
@@ -20,8 +21,26 @@ from gateway import channel as ch
 from gateway.worker.legs import CallerLeg, SeatLeg, SeatLegState, active_audio, seat_leg_move
 from gateway.worker.media import CallRecording, PromptPlayer
 
-if TYPE_CHECKING:
-    from gateway.worker.service import WorkerService
+
+class Loop(Protocol):
+    """The PJSIP thread's loop (``gateway.pjsip.PjsipRuntime``)."""
+
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> Any: ...
+    def call_soon(self, fn: Callable[[], Any]) -> Any: ...
+
+
+class SessionHost(Protocol):
+    """What a session needs from its worker (``gateway.worker.service.WorkerService``)."""
+
+    rt: Loop
+    send: Callable[[Any], None]
+
+    @property
+    def account(self) -> pj.Account: ...
+    def session_ended(self, session: HandoffSession) -> None: ...
+    def orphan_seat(self, leg: SeatLeg) -> None: ...
+    def forget_orphan(self, leg: SeatLeg) -> None: ...
+    def bury(self, obj: Any) -> None: ...
 
 log = logging.getLogger("gateway.worker.session")
 
@@ -29,7 +48,7 @@ PJ_ETOOMANY = 70010  # pj_status_t of "too many objects" (PJSUA_MAX_CALLS reache
 
 
 class HandoffSession:
-    def __init__(self, service: WorkerService, call_id: str, caller_index: int) -> None:
+    def __init__(self, service: SessionHost, call_id: str, caller_index: int) -> None:
         self.service = service
         self.call_id = call_id
         self.caller: CallerLeg | None = CallerLeg(service.account, caller_index, self)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ivr.flow import DEFAULT_FLOW_PATH, DEFAULT_PROMPTS_DIR, load_flow
+from ivr.flow import DEFAULT_FLOW_PATH, DEFAULT_PROMPTS_DIR
+from ivr.loader import load_flow
 from ivr.prompts import MAX_SPOKEN_AHEAD, hold_prompts, prompt_path, queue_position_prompts, transfer_prompts
 
 TEXTS = yaml.safe_load((DEFAULT_PROMPTS_DIR.parent / "texts.yaml").read_text(encoding="utf-8"))

@@ -23,7 +23,8 @@ from twilio.request_validator import RequestValidator
 
 from api.twilio import TwilioCalls, TwilioContext, twilio_router
 from gateway.settings import Settings
-from ivr.flow import DEFAULT_FLOW_PATH, Flow, load_flow
+from ivr.flow import DEFAULT_FLOW_PATH, Flow
+from ivr.loader import load_flow
 from routing.acd import SeatSpec
 from routing.status import SeatStatus
 from routing.store.calls import CallRecords

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ivr.flow import DEFAULT_FLOW_PATH, DEFAULT_PROMPTS_DIR, Flow, flow_from_data, load_flow
+from ivr.flow import DEFAULT_FLOW_PATH, DEFAULT_PROMPTS_DIR, Flow
 from ivr.interpreter import Action, IvrSession, Play, Route, StartTimer
+from ivr.loader import flow_from_data, load_flow
 from tests.twilio.conftest import PUBLIC, SEATS, Centre, start_centre, stop_centre
 
 

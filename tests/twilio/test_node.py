@@ -17,7 +17,8 @@ import httpx
 
 from api.node import RunningApi, build_api
 from gateway.settings import Settings
-from ivr.flow import DEFAULT_FLOW_PATH, load_flow
+from ivr.flow import DEFAULT_FLOW_PATH
+from ivr.loader import load_flow
 from recordings.catalog import Catalog
 from routing.service import RoutingService
 from routing.status import SeatStatus
