@@ -78,6 +78,12 @@ class Node:
             raise ConfigError(f"flow {s.flow_file}: {len(e.problems)} problem(s): {listed}") from None
         except OSError as e:
             raise ConfigError(f"flow {s.flow_file}: {e.strerror}") from None
+        from ivr.prompts import missing_prompts
+
+        missing = missing_prompts(self.flow)
+        if missing:
+            # checked now, not when a caller would hear silence instead
+            raise ConfigError(f"flow {s.flow_file}: {len(missing)} prompt(s) unusable: {'; '.join(missing)}")
         seats = []
         if s.seats is not None:
             try:
@@ -258,8 +264,10 @@ class Node:
         if self._retention is not None:
             self._retention.cancel()
         if self.api is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.api.stop()
+            except Exception:
+                log.exception("api_stop_failed", extra={"node_id": self.node_id})
         if self.kamailio is not None:
             await self.kamailio.stop()
         if self.director is not None:
@@ -270,8 +278,11 @@ class Node:
         if self.director is not None:
             await self.director.drain()
         if self.routing is not None:
-            with contextlib.suppress(Exception):
-                await self.routing.stop()
+            try:
+                await self.routing.stop()  # the final flush of the event log
+            except Exception:
+                # events that could not be written are lost from the log: say so, loudly
+                log.exception("routing_stop_failed", extra={"node_id": self.node_id})
         if self.engine is not None:
             await self.engine.dispose()
         if started:

@@ -162,8 +162,11 @@ class RoutingService:
             self._snapshot_handle = None
         for t in list(self._background):
             t.cancel()
-        if self.bus is not None:
-            await self.bus.stop()
+        try:
+            if self.bus is not None:
+                await self.bus.stop()
+        except Exception:
+            log.exception("bus_stop_failed")  # the event log is flushed all the same
         if self.writer is not None:
             await self.writer.stop()
 
