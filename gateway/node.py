@@ -59,6 +59,7 @@ class Node:
         self.engine: Any = None
         self.direct_mode = False
         self.flow: Any = None
+        self.queues: dict[str, Any] = {}
         self.worker_stats: dict[int, Any] = {}
         self._retention: asyncio.Task[None] | None = None
 
@@ -67,6 +68,8 @@ class Node:
         s = self.settings
         from ivr.flow import FlowInvalid
         from ivr.loader import load_flow
+        from routing.acd import SkillPolicy
+        from routing.queues_file import QueuesInvalid, load_queues
         from routing.seats_file import SeatsFileInvalid, load_seats
 
         # 1. configuration that can be wrong: say so in one line, before touching anything
@@ -92,6 +95,10 @@ class Node:
                 raise ConfigError(f"seats file {s.seats}: {e}") from None
             except OSError as e:
                 raise ConfigError(f"seats file {s.seats}: {e.strerror}") from None
+            try:
+                self.queues = load_queues(s.seats, SkillPolicy(wrap_up_s=float(s.wrap_up_s)))
+            except QueuesInvalid as e:
+                raise ConfigError(f"seats file {e}") from None
         binary = find_kamailio(s.kamailio)
         if s.kamailio not in ("auto", "off") and binary is None:
             raise ConfigError(f"kamailio binary {s.kamailio!r} is not executable")
@@ -124,7 +131,7 @@ class Node:
         self.calls = CallRecords(self.engine)
         self.catalog = Catalog(self.engine, s.recordings_dir)
         self.catalog.layout.prepare()
-        self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id)
+        self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id, queues=self.queues)
         await self.routing.start(seats)
         recovered = await recover_unclosed(self.catalog, [], time.time())
         if recovered:

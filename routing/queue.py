@@ -42,6 +42,13 @@ class QueuedCall:
     answered_at: float | None = None
     excluded: set[str] = field(default_factory=set)   # seats that declined it: never offered again
     visited: set[str] = field(default_factory=set)    # skills it waited in (no escalation loops)
+    also: list[str] = field(default_factory=list)     # skills it is also offered to (escalation "also")
+    escalation_step: int = 0                          # rules of its skill's policy applied so far
+
+    @property
+    def skills(self) -> list[str]:
+        """Every queue it waits in: its own skill first, then the ones escalation added."""
+        return [self.skill, *self.also]
 
     @property
     def key(self) -> tuple[int, float, int, str]:
