@@ -7,12 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright import async_api as playwright_api
 
 from tests.api.conftest import Node
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.browser
-playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
 
 ARTIFACTS = ROOT / "test-artifacts"

@@ -124,8 +124,8 @@ def test_seat_failure_keeps_the_caller(tmp_path: Path, how: str) -> None:
         if how == "declines":
             start_seat(node, "s1", p1, "--respond", "603")
         caller = start_caller(node, HUMAN, stay=10)
-        node.wait_for(lambda: any(c["ivr"] for c in node.calls(5)), timeout=30)
-        time.sleep(1.0)
+        # s1 is tried first and fails; only then does s2 log in
+        node.wait_for(lambda: any("SEATFAILED" in events_of(node.call(c["id"])) for c in node.calls(5)), timeout=40)
         start_seat(node, "s2", p2, "--answer-after", "0.3")
         res = caller_result(caller)
         assert res["answered"] and res["bridged"] and res["hung_up_by"] == "caller", res

@@ -169,7 +169,11 @@ class AcdMachine(RuleBasedStateMachine):
             assert entered == v["answered"] + v["abandoned"] + v["waiting"] + v["ringing"] + v["escalated_out"]
             assert v["answered_within_sl"] <= v["answered"]
             assert v["answered"] >= connected[skill]
-            assert v["seats_by_status"]["reserved"] + v["seats_by_status"]["on_call"] >= 0
+        # every ringing call holds exactly one reserved seat, every connected call one seat on a call
+        statuses = [seat["status"] for seat in self.acd.seats_view(self.now)]
+        ringing = [c for c in self.acd._calls.values() if c.state is EntryState.RINGING]
+        assert statuses.count("reserved") == len(ringing) == sum(v["ringing"] for v in views.values())
+        assert statuses.count("on_call") == sum(connected.values())
         assert sum(v["offered"] for v in views.values()) == len(self.entered)
 
 

@@ -26,15 +26,11 @@ from gateway.settings import Settings
 from ivr.flow import DEFAULT_FLOW_PATH, Flow
 from ivr.loader import load_flow
 from routing.acd import SeatSpec
+from routing.service import RoutingService
 from routing.status import SeatStatus
 from routing.store.calls import CallRecords
 from routing.store.database import create_schema
 from tests.api.scratch import scratch_engine
-
-try:
-    from routing.service import RoutingService
-except ImportError:  # pragma: no cover - until routing.service lands
-    RoutingService = None  # type: ignore[assignment,misc]
 
 TOKEN = "test-twilio-auth-token"
 #: What Twilio calls (a proxy in front of the node); the app itself is reached at http://testserver.
@@ -179,8 +175,6 @@ class TwilioPhone:
 
 async def start_centre(db_url: str, tmp_path: Path, seats: list[SeatSpec],
                        flow: Flow | None = None, clock: Callable[[], float] | None = None) -> Centre:
-    if RoutingService is None:
-        pytest.skip("routing.service is not there yet")
     tables = AsyncExitStack()
     engine = await tables.enter_async_context(scratch_engine(db_url))
     await create_schema(engine)

@@ -16,7 +16,7 @@ def sip_target(dial) -> tuple[str, dict[str, list[str]]]:  # type: ignore[no-unt
     return uri, parse_qs(headers)
 
 
-async def test_seat_free_dials_it_and_the_talk_is_recorded(centre: Centre) -> None:
+async def test_seat_free_dials_it_and_the_conversation_is_in_the_call_record(centre: Centre) -> None:
     phone = centre.phone()
     await phone.dial_in()
     await phone.keys("1 2 2")  # vehicle cannot move -> rescue; s1 is free
