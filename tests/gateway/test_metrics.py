@@ -52,5 +52,6 @@ def test_metrics_count_what_real_calls_did(tmp_path: Path) -> None:
         # the CANCEL is the caller's choice, not a SIP error
         errors = {k: v for k, v in samples(node).items() if k[0] == "handoff122_sip_errors_total"}
         assert errors == {}, errors
+        assert node.journey_errors() == []
     finally:
         node.stop()

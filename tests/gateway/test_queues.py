@@ -45,6 +45,7 @@ def test_escalation_offers_a_waiting_caller_to_a_second_skill(tmp_path: Path) ->
         assert offer["at"] >= escalate["at"] and offer["seat_id"] == "s1"
         q = node.wait_for(lambda: next(q for q in node.get("/api/v1/queues").json() if q["skill"] == "police_dispatch"))
         assert q["seats_by_status"]["wrap_up"] + q["seats_by_status"]["available"] == 1
+        assert node.journey_errors() == []
     finally:
         node.stop()
 
