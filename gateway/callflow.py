@@ -194,11 +194,14 @@ class CallDirector:
         queue position every ``announce_interval`` seconds."""
         files = [str(p) for p in hold_prompts()]
         now = self.clock()
+        said = None
         if now - call.last_position_at >= self.announce_interval(call.journey.skill):
             pos = self.routing.acd.queue_position(call.call_id)
             if pos:
                 files += [str(p) for p in queue_position_prompts(pos)]
                 call.last_position_at = now
+                said = pos
+        log.info("hold_announced", extra={"call_id": call.call_id, "position": said})
         call.hold_token += 1
         self.media.send(call.call_id, ch.Play(call_id=call.call_id, files=files, token=call.hold_token))
 

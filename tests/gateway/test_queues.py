@@ -66,3 +66,26 @@ def test_a_bad_queues_section_stops_serve_naming_each_problem(tmp_path: Path, se
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     for needle in needles:
         assert needle in p.stderr, (needle, p.stderr)
+
+
+def test_the_queue_position_is_said_every_announce_interval(tmp_path: Path) -> None:
+    """The hold message plays without a gap; the position comes with it every ``announce_every_s``
+    of the caller's queue, else every ``hold_announce_interval`` of the node."""
+    seats = "seats: []\nqueues:\n  rescue: {announce_every_s: 60}\n"
+    node = start_node(tmp_path, workers=2, seats_yaml=seats, env={"HANDOFF_HOLD_ANNOUNCE_INTERVAL": "2"})
+    try:
+        often = start_caller(node, "2", stay=24)            # accident_query: the node's 2 s
+        rarely = start_caller(node, IMMOBILE, gap=0.6, stay=24)  # rescue: its own 60 s
+        assert caller_result(often)["answered"] and caller_result(rarely)["answered"]
+        by_skill = {c["ivr"]["skill"]: c["id"] for c in node.calls(5)}
+        holds = [x for x in node.logs() if x.get("event") == "hold_announced"]
+
+        def said(skill: str) -> list[int | None]:
+            return [x["position"] for x in holds if x["call_id"] == by_skill[skill]]
+
+        assert len(said("accident_query")) >= 3 and all(p == 1 for p in said("accident_query")), said("accident_query")
+        assert said("rescue")[0] == 1 and len(said("rescue")) >= 3, said("rescue")
+        assert said("rescue")[1:] == [None] * (len(said("rescue")) - 1)
+        assert node.journey_errors() == []
+    finally:
+        node.stop()
