@@ -7,10 +7,11 @@ the test auth token, over the public URL) and follows the TwiML it gets back: th
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,3 +209,13 @@ async def centre(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Centre]:
         yield c
     finally:
         await stop_centre(c)
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_journey_event(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every Twilio test fails if a call's journey met an event it did not expect in its stage."""
+    with caplog.at_level(logging.INFO, logger="journey"):
+        yield
+    unexpected = [r for r in caplog.records if r.getMessage() == "journey_unexpected_event"]
+    assert not unexpected, [(getattr(r, "call_id", None), getattr(r, "stage", None), getattr(r, "cause", None))
+                            for r in unexpected]
