@@ -80,6 +80,7 @@ class CallJourney:
     recording_id: str | None = None
     outcome: str | None = None         # end reason, once the line is closed
     ended_by: str | None = None
+    ivr_record: dict[str, Any] = field(default_factory=dict)  # the IVR's decision, for every screen pop
     history: list[tuple[Stage, Cause, Stage]] = field(default_factory=list)
 
     # -- the table ------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ class CallJourney:
         """The IVR decided.  The caller is queued before anything is played to them."""
         if not self._move(Cause.IVR_ROUTED, at, f"{skill} p{priority} ({reason})"):
             return False
-        self.skill, self.priority = skill, priority
+        self.skill, self.priority, self.ivr_record = skill, priority, record
         metrics.count_ivr_outcome(skill, reason)
         self.notifier.record([Event(EventKind.IVRDONE, at, call_id=self.call_id, skill=skill,
                                     data={"record": record, "priority": priority, "reason": reason})])
@@ -146,8 +147,12 @@ class CallJourney:
             self._seat_released(RONA if ev.kind is EventKind.RINGNOANSWER else str(ev.data.get("reason")), now)
             return True
         if ev.kind is EventKind.ESCALATE:
-            to = str(ev.data.get("to") or self.skill)
-            if self._move(Cause.ESCALATED, now, f"{ev.data.get('from')} -> {to}"):
+            d = ev.data
+            to = str(d.get("to") or self.skill)
+            detail = (f"also offered to {d['also']}" if d.get("also") else
+                      f"priority {d.get('previous_priority')} -> {d['priority']}" if "previous_priority" in d else
+                      f"{d.get('from')} -> {to}")
+            if self._move(Cause.ESCALATED, now, detail):
                 self.skill = to
         return None
 
@@ -214,7 +219,8 @@ class CallJourney:
         self.seat_id = None
         self._report("call_completed", "seat_failure")
         self._report("enqueue", self.skill or "intake_guidance", REQUEUE_PRIORITY, caller=self.caller,
-                     info={"requeued_after": "seat_leg_failed", "caller": self.caller, "node_id": self.node_id,
+                     info={"requeued_after": "seat_leg_failed", "ivr": self.ivr_record, "caller": self.caller,
+                           "started_at": self.started_at, "node_id": self.node_id,
                            "recording_id": self.recording_id, "ingress": self.ingress})
         return True
 

@@ -136,6 +136,10 @@ def test_seat_failure_keeps_the_caller(tmp_path: Path, how: str) -> None:
         assert "SEATFAILED" in events_of(call) and call["seat_id"] == "s2"
         if how == "unreachable":
             assert seat_status(node, "s1")["status"] == "not_ready"
+        else:  # the seat's own 603 is a seat-leg SIP error, counted once
+            assert 'handoff122_sip_errors_total{code="603",leg="seat"} 1.0' in node.metrics()
+            assert 'handoff122_seat_ring_seconds_count{outcome="declined",skill="intake_guidance"} 1.0' \
+                in node.metrics()
         assert node.journey_errors() == []
     finally:
         node.stop()
