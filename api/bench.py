@@ -37,8 +37,7 @@ PATHS = ("/api/v1/queues", "/api/v1/calls?limit=50", "/metrics")
 
 
 async def _prepare(data_dir: Path, seats: int, calls: int, history: int) -> tuple[Any, ApiContext]:
-    from gateway.settings import Settings
-    from routing.acd import SeatSpec
+    from routing.acd import Acd, AcdConfig, SeatSpec
     from routing.skills import SKILLS
     from routing.status import SeatStatus
     from routing.store.calls import CallRecords
@@ -46,12 +45,13 @@ async def _prepare(data_dir: Path, seats: int, calls: int, history: int) -> tupl
 
     # imported by name: the bench is the one place the API needs the concrete service
     RoutingService = importlib.import_module("routing.service").RoutingService
-    settings = Settings(data_dir=data_dir)
-    engine = make_engine(settings.database_url)
+    from routing.store.writer import EventWriter
+
+    engine = make_engine(f"sqlite+aiosqlite:///{(data_dir / 'handoff122.sqlite3').resolve()}")
     await create_schema(engine)
     specs = [SeatSpec(id=f"b{i}", contact=f"sip:b{i}@127.0.0.1:{20000 + i}", skills={SKILLS[i % len(SKILLS)]: 0},
                       name=f"seat {i}", status=SeatStatus.AVAILABLE) for i in range(seats)]
-    routing = RoutingService.from_settings(settings, engine, node_id="bench")
+    routing = RoutingService(Acd(AcdConfig()), writer=EventWriter(engine, "bench"), engine=engine, node_id="bench")
     await routing.start(specs)
     records = CallRecords(engine)
     now = time.time()

@@ -57,7 +57,7 @@ def _where(e: yaml.YAMLError) -> str:
 def read_upload(yaml_text: str, base_dir: Path) -> Any:
     """The built ``Flow``, or the list of its problems.  Runs off the control loop."""
     from ivr.check import validate_flow
-    from ivr.flow import flow_from_data
+    from ivr.loader import flow_from_data
 
     try:
         data = yaml.load(yaml_text, Loader=UploadLoader)  # a SafeLoader subclass: no object tags

@@ -11,20 +11,74 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from api.app import create_app
 from api.audit import AuditLog
 from api.context import ApiContext
 from api.flow_admin import FlowFileAdmin
 from api.limits import ApiLimits
-from api.server import ApiServer, ApiServerError, ControlLoopBridge
+from api.server import ApiServer, ControlLoopBridge
 from api.signin import OneTimeSignIn, first_sign_in, signin_router
 from api.tokens import TokenStore
 from api.twilio import TwilioCalls, TwilioContext, twilio_router
-from gateway.settings import ConfigError
+from ivr.flow import Flow
 
 log = logging.getLogger(__name__)
+
+
+class NodeSettings(Protocol):
+    """The settings the API reads (``gateway.settings.Settings`` has them all)."""
+
+    @property
+    def api_host(self) -> str: ...
+    @property
+    def api_port(self) -> int: ...
+    @property
+    def flow(self) -> Path | None: ...
+    @property
+    def flow_file(self) -> Path: ...
+    @property
+    def twilio_auth_token(self) -> str | None: ...
+    @property
+    def public_base_url(self) -> str | None: ...
+    @property
+    def ring_timeout(self) -> float: ...
+    @property
+    def service_level_s(self) -> float: ...
+    @property
+    def hold_announce_interval(self) -> float: ...
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def db_url(self) -> str | None: ...
+
+
+class ApiHost(Protocol):
+    """What the API needs from the node that serves it, and nothing more: the API never imports
+    the gateway, the node hands itself over as this interface."""
+
+    @property
+    def settings(self) -> NodeSettings: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def routing(self) -> Any: ...       # routing.service.RoutingService
+    @property
+    def engine(self) -> Any: ...        # sqlalchemy AsyncEngine
+    @property
+    def calls(self) -> Any: ...         # routing.store.calls.CallRecords
+    @property
+    def catalog(self) -> Any: ...       # recordings.catalog.Catalog
+    @property
+    def flow(self) -> Flow: ...
+
+    def install_flow(self, flow: Flow) -> None:
+        """New calls start on ``flow``; calls in the IVR keep theirs."""
+
+    def media_stats(self) -> dict[str, float]:
+        """Live media objects across workers (``handoff122_gateway_*`` in /metrics)."""
 
 
 @dataclass
@@ -49,17 +103,7 @@ class RunningApi:
         await self.server.stop_async()
 
 
-def _install_flow_on(node: Any):  # type: ignore[no-untyped-def]
-    def installed(flow: Any) -> None:
-        node.flow = flow
-        director = getattr(node, "director", None)
-        if director is not None:
-            director.flow = flow  # new calls start on it; calls in the IVR keep theirs
-
-    return installed
-
-
-def twilio_context(node: Any, bridge: ControlLoopBridge) -> TwilioContext:
+def twilio_context(node: ApiHost, bridge: ControlLoopBridge) -> TwilioContext:
     """The Twilio ingress over the node's routing service and current flow.
 
     Without ``public_base_url`` the API's own address stands in: right for a tunnel that keeps the
@@ -68,22 +112,24 @@ def twilio_context(node: Any, bridge: ControlLoopBridge) -> TwilioContext:
     s = node.settings
     return TwilioContext(routing=node.routing, flow=lambda: node.flow, auth_token=s.twilio_auth_token,
                          public_base_url=s.public_base_url or f"http://{s.api_host}:{s.api_port}",
-                         node_id=node.node_id, on_control=bridge.run, ring_timeout_s=float(s.ring_timeout))
+                         node_id=node.node_id, on_control=bridge.run, ring_timeout_s=float(s.ring_timeout),
+                         announce_every_s=float(s.hold_announce_interval))
 
 
-async def build_api(node: Any) -> RunningApi:
-    """Runs on the control loop: the Twilio registry subscribes to the routing service here."""
+async def build_api(node: ApiHost) -> RunningApi:
+    """Runs on the control loop: the Twilio registry subscribes to the routing service here.
+    Raises ``api.server.ApiServerError`` when the server cannot start (the node turns it into its
+    one-line configuration error)."""
     s = node.settings
     tokens = TokenStore(node.engine)
     await tokens.create_schema()  # no-op when the node's migrations already made the table
     limits = ApiLimits.from_settings(s)
-    flow_admin = FlowFileAdmin(save_to=s.flow, on_installed=_install_flow_on(node), base_dir=s.flow_file.parent,
+    flow_admin = FlowFileAdmin(save_to=s.flow, on_installed=node.install_flow, base_dir=s.flow_file.parent,
                                parse_timeout_s=limits.flow_parse_timeout_s)
-    stats = getattr(node, "media_stats", None)
     bridge = ControlLoopBridge(asyncio.get_running_loop())
     ctx = ApiContext(routing=node.routing, calls=node.calls, tokens=tokens, recordings=node.catalog,
                      flow_admin=flow_admin, service_level_s=s.service_level_s, node_id=node.node_id,
-                     bridge=bridge, gateway_stats=stats, limits=limits,
+                     bridge=bridge, gateway_stats=node.media_stats, limits=limits,
                      audit=AuditLog(node.engine, node_id=node.node_id))
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
@@ -92,8 +138,5 @@ async def build_api(node: Any) -> RunningApi:
     token_command = f"handoff122 token create --role supervisor {where}"
     app = create_app(ctx, ingress=[twilio_router(twilio.ctx, twilio), signin_router(signin, token_command)])
     server = ApiServer(app, s.api_host, s.api_port, log_level="warning")
-    try:
-        await server.start_async()
-    except ApiServerError as e:
-        raise ConfigError(str(e)) from None
+    await server.start_async()
     return RunningApi(server=server, ctx=ctx, twilio=twilio, signin=signin)

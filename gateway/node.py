@@ -63,13 +63,17 @@ class Node:
         self.engine: Any = None
         self.direct_mode = False
         self.flow: Any = None
+        self.queues: dict[str, Any] = {}
         self.worker_stats: dict[int, Any] = {}
         self._retention: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        from ivr.flow import FlowInvalid, load_flow
+        from ivr.flow import FlowInvalid
+        from ivr.loader import load_flow
+        from routing.acd import SkillPolicy
+        from routing.queues_file import QueuesInvalid, load_queues
         from routing.seats_file import SeatsFileInvalid, load_seats
 
         # 1. configuration that can be wrong: say so in one line, before touching anything
@@ -81,6 +85,12 @@ class Node:
             raise ConfigError(f"flow {s.flow_file}: {len(e.problems)} problem(s): {listed}") from None
         except OSError as e:
             raise ConfigError(f"flow {s.flow_file}: {e.strerror}") from None
+        from ivr.prompts import missing_prompts
+
+        missing = missing_prompts(self.flow)
+        if missing:
+            # checked now, not when a caller would hear silence instead
+            raise ConfigError(f"flow {s.flow_file}: {len(missing)} prompt(s) unusable: {'; '.join(missing)}")
         seats = []
         if s.seats is not None:
             try:
@@ -89,6 +99,10 @@ class Node:
                 raise ConfigError(f"seats file {s.seats}: {e}") from None
             except OSError as e:
                 raise ConfigError(f"seats file {s.seats}: {e.strerror}") from None
+            try:
+                self.queues = load_queues(s.seats, SkillPolicy(wrap_up_s=float(s.wrap_up_s)))
+            except QueuesInvalid as e:
+                raise ConfigError(f"seats file {e}") from None
         binary = find_kamailio(s.kamailio)
         if s.kamailio not in ("auto", "off") and binary is None:
             raise ConfigError(f"kamailio binary {s.kamailio!r} is not executable")
@@ -123,7 +137,7 @@ class Node:
         self.calls = CallRecords(self.engine)
         self.catalog = Catalog(self.engine, s.recordings_dir)
         self.catalog.layout.prepare()
-        self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id)
+        self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id, queues=self.queues)
         await self.routing.start(seats)
         recovered = await recover_unclosed(self.catalog, [], time.time())
         if recovered:
@@ -132,11 +146,9 @@ class Node:
 
         # 3. media workers and the call director
         self.recordings = CallRecordings(self.catalog, self.calls)
-        from api.metrics import observe_handoff_latency
-
         self.director = CallDirector(flow=self.flow, routing=self.routing, media=self, recordings=self.recordings,
                                      node_id=self.node_id, sip_host=s.sip_host, caller_id_header=s.caller_id_header,
-                                     on_handoff=observe_handoff_latency)
+                                     announce_every_s=s.hold_announce_interval)
         self.pool = WorkerPool(
             specs, run_dir=self.run_dir, partial_dir=self.catalog.layout.partial_dir,
             service_numbers=s.service_numbers, callers_per_worker=s.worker_callers, max_calls=s.worker_max_calls,
@@ -236,8 +248,18 @@ class Node:
 
     async def _start_api(self) -> Any:
         from api.node import build_api
+        from api.server import ApiServerError
 
-        return await build_api(self)
+        try:
+            return await build_api(self)
+        except ApiServerError as e:
+            raise ConfigError(str(e)) from None
+
+    def install_flow(self, flow: Any) -> None:
+        """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""
+        self.flow = flow
+        if self.director is not None:
+            self.director.flow = flow
 
     # ------------------------------------------------------------------------------------------
     # the media side as the director sees it
@@ -252,9 +274,12 @@ class Node:
             self.worker_stats[worker_id] = msg
             return
         if isinstance(msg, ch.CallRejected):
-            from api.metrics import count_sip_error
+            from journey.metrics import count_call_ended, count_sip_error
 
-            count_sip_error(msg.code)
+            if msg.code == 487:
+                count_call_ended("caller_cancelled")  # the caller's own CANCEL: not a SIP error
+            else:
+                count_sip_error(msg.code)
         assert self.director is not None
         self.director.worker_event(worker_id, msg)
 
@@ -286,8 +311,10 @@ class Node:
         if self._retention is not None:
             self._retention.cancel()
         if self.api is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.api.stop()
+            except Exception:
+                log.exception("api_stop_failed", extra={"node_id": self.node_id})
         if self.kamailio is not None:
             await self.kamailio.stop()
         if self.director is not None:
@@ -298,8 +325,11 @@ class Node:
         if self.director is not None:
             await self.director.drain()
         if self.routing is not None:
-            with contextlib.suppress(Exception):
-                await self.routing.stop()
+            try:
+                await self.routing.stop()  # the final flush of the event log
+            except Exception:
+                # events that could not be written are lost from the log: say so, loudly
+                log.exception("routing_stop_failed", extra={"node_id": self.node_id})
         if self.engine is not None:
             await self.engine.dispose()
         if started:

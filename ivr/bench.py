@@ -10,8 +10,9 @@ import json
 import random
 import time
 
-from ivr.flow import DEFAULT_FLOW_PATH, Flow, load_flow
+from ivr.flow import DEFAULT_FLOW_PATH, Flow
 from ivr.interpreter import Action, IvrSession, Play, StartTimer
+from ivr.loader import load_flow
 
 GOAL_P99_US = 50.0
 #: Key presses of the DOMAIN.md paths (scripted sessions).

@@ -1,4 +1,4 @@
-"""The IVR flow as data: the typed schema of a flow file and `load_flow`.
+"""The IVR flow as data: the typed schema of a flow file (`ivr.loader.load_flow` reads one).
 
 A centre edits its eligibility rules in YAML, not in code (DOMAIN.md: regions differ), so the file
 format is the contract. Its shape is checked here; its meaning (reachability, loops, human
@@ -205,31 +205,3 @@ def resolve_prompts_dir(raw: Any, base_dir: Path) -> Path:
         return DEFAULT_PROMPTS_DIR
     path = Path(str(raw))
     return path if path.is_absolute() else (base_dir / path).resolve()
-
-
-def flow_from_data(data: Any, base_dir: Path, source: str = "flow") -> Flow:
-    """Validate parsed flow data and build the `Flow`, or raise `FlowInvalid` with every problem."""
-    from ivr.check import validate_flow  # check builds on this module's schema
-
-    problems = validate_flow(data, base_dir)
-    if problems:
-        raise FlowInvalid(problems, source)
-    fields = dict(data)
-    fields["prompts_dir"] = resolve_prompts_dir(fields.get("prompts_dir"), base_dir)
-    return Flow.model_validate(fields)
-
-
-def load_flow(path: str | Path) -> Flow:
-    """Read and validate a flow file; a bad flow is refused as a whole (`FlowInvalid`)."""
-    from ivr.source import YamlSyntaxError, parse_located
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise FlowInvalid([FlowProblem("file", f"cannot read: {e}")], str(path)) from e
-    try:
-        data = parse_located(text)
-    except YamlSyntaxError as e:
-        raise FlowInvalid([FlowProblem("file", str(e), e.line)], str(path)) from e
-    return flow_from_data(data, path.resolve().parent, str(path))

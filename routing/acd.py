@@ -33,14 +33,14 @@ from routing.errors import (
 )
 from routing.events import Event, EventKind
 from routing.metrics import Metrics
-from routing.queue import CallState, QueuedCall, SkillQueue
+from routing.queue import EntryState, QueuedCall, SkillQueue
 from routing.seat import REQUESTABLE, AvailableSeats, Seat
 from routing.skills import SKILLS, Skill
 from routing.status import SeatStatus
 from routing.strategy import strategy_named
 
 __all__ = [
-    "Acd", "AcdConfig", "DuplicateId", "IllegalTransition", "RestoredEntry", "RestoredSeat", "RoutingError",
+    "Acd", "AcdConfig", "DuplicateId", "Escalation", "IllegalTransition", "RestoredEntry", "RestoredSeat", "RoutingError",
     "SeatSpec", "SkillPolicy", "UnknownCall", "UnknownSeat", "UnknownSkill",
 ]
 
@@ -49,6 +49,9 @@ S = SeatStatus
 #: seat_failed reasons that say the seat cannot take calls at all (it goes not_ready); every other
 #: reason (busy, declined, hangup_before_bridge, ...) is a refusal of this one call.
 UNREACHABLE_REASONS = frozenset({"unreachable", "error"})
+#: seat_failed reasons that are the gateway's own fault (it could not dial): the seat is not
+#: penalised (no exclusion, no reject delay), the caller goes back to the head.
+LOCAL_REASONS = frozenset({"local_error"})
 INTAKE_SKILL = Skill.INTAKE_GUIDANCE.value
 
 
@@ -64,12 +67,37 @@ class SeatSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Escalation:
+    """One escalation rule of a queue: after waiting ``after_s`` in it, the call is also offered to
+    seats of ``also`` (it keeps its place in its own queue), or its priority is raised to ``priority``."""
+
+    after_s: float
+    also: str | None = None
+    priority: int | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {"after_s": self.after_s, **({"also": self.also} if self.also else {}),
+                **({"priority": self.priority} if self.priority is not None else {})}
+
+
+@dataclass(frozen=True, slots=True)
 class SkillPolicy:
-    """Per-skill routing policy (like a TaskRouter workflow target)."""
+    """Per-skill routing policy (a queue: like a TaskRouter workflow target, an Asterisk queue)."""
 
     wrap_up_s: float = 15.0
     escalate_after_s: float | None = None  # waiting longer than this moves the call ...
     escalate_to: str | None = None         # ... to this skill's queue (keeping its enqueue time)
+    strategy: str | None = None            # longest_idle | fewest_calls | round_robin; None: the ACD's
+    sl_threshold_s: float | None = None    # service-level threshold; None: the ACD's
+    announce_every_s: float | None = None  # queue position announced this often; None: the node's
+    escalate: tuple[Escalation, ...] = ()  # rules, in order of after_s (seats file ``queues:``)
+
+    def view(self, config: AcdConfig) -> dict[str, Any]:
+        return {"strategy": self.strategy or config.strategy,
+                "sl_threshold_s": self.sl_threshold_s if self.sl_threshold_s is not None else config.service_level_s,
+                "wrap_up_s": self.wrap_up_s, "announce_every_s": self.announce_every_s,
+                "escalate": [r.view() for r in self.escalate] or (
+                    [{"after_s": self.escalate_after_s, "to": self.escalate_to}] if self.escalate_to else [])}
 
 
 @dataclass(slots=True)
@@ -115,13 +143,20 @@ class Acd:
     def __init__(self, config: AcdConfig | None = None, metrics: Metrics | None = None) -> None:
         self.config = config or AcdConfig()
         self.strategy = strategy_named(self.config.strategy)
+        self._strategies = {s: strategy_named(p.strategy) for s, p in self.config.policies.items() if p.strategy}
         for skill, policy in self.config.policies.items():
             _check_skill(skill)
+            for rule in policy.escalate:
+                if rule.also is not None:
+                    _check_skill(rule.also)
+                if (rule.also is None) == (rule.priority is None) or rule.after_s < 0:
+                    raise ValueError(f"policy {skill}: an escalation needs after_s >= 0 and one of also / priority")
             if policy.escalate_to is not None:
                 _check_skill(policy.escalate_to)
                 if policy.escalate_after_s is None or policy.escalate_after_s < 0:
                     raise ValueError(f"policy {skill}: escalate_to needs escalate_after_s >= 0")
-        self.metrics = metrics or Metrics(service_level_s=self.config.service_level_s)
+        self.metrics = metrics or Metrics(service_level_s=self.config.service_level_s, service_level_by_skill={
+            s: p.sl_threshold_s for s, p in self.config.policies.items() if p.sl_threshold_s is not None})
         self.callbacks = CallbackList()
         self._reset()
 
@@ -251,7 +286,7 @@ class Acd:
 
     def seat_answered(self, call_id: str, now: float, seat_id: str | None = None) -> list[Event]:
         call, seat = self._ringing_call(call_id, seat_id)
-        call.state = CallState.CONNECTED
+        call.state = EntryState.CONNECTED
         call.answered_at = now
         self._ringing[call.skill] -= 1
         seat.consecutive_rona = 0
@@ -287,6 +322,8 @@ class Acd:
         out = [Event(EventKind.SEATFAILED, now, call_id=call.id, seat_id=seat.id, skill=call.skill, data=data)]
         if reason in UNREACHABLE_REASONS:
             self._release_seat(seat, call, now, out, not_ready="unreachable")
+        elif reason in LOCAL_REASONS:
+            self._release_seat(seat, call, now, out)
         else:
             call.excluded.add(seat.id)
             self._release_seat(seat, call, now, out, hold=True)
@@ -294,13 +331,15 @@ class Acd:
 
     def caller_abandoned(self, call_id: str, now: float) -> list[Event]:
         call = self._call(call_id)
-        if call.state is CallState.CONNECTED:
+        if call.state is EntryState.CONNECTED:
             raise IllegalTransition(f"call {call_id} is connected; a hang-up now is call_completed")
         out: list[Event] = []
         seat = None
         position = None
-        if call.state is CallState.WAITING:
+        if call.state is EntryState.WAITING:
             position = self._queues[call.skill].remove(call)
+            for extra in call.also:
+                self._queues[extra].remove(call)
         else:
             seat = self._seats[call.seat_id]  # type: ignore[index]
             self._ringing[call.skill] -= 1
@@ -309,7 +348,7 @@ class Acd:
                          skill=call.skill, data={"wait_s": wait_s, "position": position,
                                                  "state": call.state.value, "priority": call.priority}))
         del self._calls[call_id]
-        call.state = CallState.CONNECTED  # gone: any timer left for it is stale
+        call.state = EntryState.CONNECTED  # gone: any timer left for it is stale
         if wait_s > self.config.callback_after_s:
             entry = self.callbacks.add(call.id, call.caller, call.skill, call.priority, call.enqueued_at, now,
                                        call.info)
@@ -325,7 +364,7 @@ class Acd:
 
     def call_completed(self, call_id: str, now: float, ended_by: str) -> list[Event]:
         call = self._call(call_id)
-        if call.state is not CallState.CONNECTED:
+        if call.state is not EntryState.CONNECTED:
             raise IllegalTransition(f"call {call_id} is {call.state.value}; only a connected call completes")
         seat = self._seats[call.seat_id]  # type: ignore[index]
         talk_s = now - (call.answered_at or now)
@@ -432,7 +471,7 @@ class Acd:
     def queue_position(self, call_id: str) -> int | None:
         """1 = next to be offered; None when the call is not waiting (ringing, connected, unknown)."""
         call = self._calls.get(call_id)
-        if call is None or call.state is not CallState.WAITING:
+        if call is None or call.state is not EntryState.WAITING:
             return None
         return self._queues[call.skill].position(call)
 
@@ -459,7 +498,7 @@ class Acd:
     def waiting_entries(self) -> list[RestoredEntry]:
         """Calls not yet connected (waiting or ringing), as they would be restored after a restart."""
         return [RestoredEntry(c.id, c.skill, c.priority, c.enqueued_at, c.caller, dict(c.info))
-                for c in self._calls.values() if c.state is not CallState.CONNECTED]
+                for c in self._calls.values() if c.state is not EntryState.CONNECTED]
 
     def queues_view(self, now: float) -> list[dict[str, Any]]:
         by_status: dict[str, dict[str, int]] = {s: dict.fromkeys((st.value for st in SeatStatus), 0) for s in SKILLS}
@@ -488,6 +527,7 @@ class Acd:
                 "callbacks": c.callbacks,
                 "escalated_out": c.escalated_out,
                 "escalated_in": c.escalated_in,
+                "policy": self.policy(skill).view(self.config),
             })
         return views
 
@@ -510,7 +550,7 @@ class Acd:
 
     def _ringing_call(self, call_id: str, seat_id: str | None) -> tuple[QueuedCall, Seat]:
         call = self._call(call_id)
-        if call.state is not CallState.RINGING:
+        if call.state is not EntryState.RINGING:
             raise IllegalTransition(f"call {call_id} is {call.state.value}, not ringing")
         if seat_id is not None and seat_id != call.seat_id:
             raise IllegalTransition(f"call {call_id} rings seat {call.seat_id}, not {seat_id}")
@@ -518,7 +558,7 @@ class Acd:
 
     def _index(self, seat: Seat) -> None:
         for skill, penalty in seat.skills.items():
-            key = self.strategy.key(seat, penalty)
+            key = self._strategies.get(skill, self.strategy).key(seat, penalty)
             seat.index_keys[skill] = key
             self._available[skill].add(key)
 
@@ -558,19 +598,21 @@ class Acd:
 
     def _offer_for_call(self, call: QueuedCall, now: float, out: list[Event]) -> bool:
         """Offer a waiting call to the best free seat of its skill, if there is one."""
-        if call.state is not CallState.WAITING:
+        if call.state is not EntryState.WAITING:
             return False
-        for seat_id in self._available[call.skill].seat_ids():
-            if seat_id in call.excluded:
-                continue
-            self._offer(call, self._seats[seat_id], now, out)
-            return True
+        for skill in call.skills:  # its own skill's seats first, then those escalation added
+            for seat_id in self._available[skill].seat_ids():
+                if seat_id in call.excluded:
+                    continue
+                self._offer(call, self._seats[seat_id], now, out)
+                return True
         return False
 
     def _offer(self, call: QueuedCall, seat: Seat, now: float, out: list[Event]) -> None:
-        self._queues[call.skill].remove(call)
+        for skill in call.skills:
+            self._queues[skill].remove(call)
         self._unindex(seat)
-        call.state = CallState.RINGING
+        call.state = EntryState.RINGING
         call.seat_id = seat.id
         call.attempt += 1
         call.offered_at = now
@@ -605,9 +647,10 @@ class Acd:
                 self._make_offerable(seat, now, out)
 
     def _requeue(self, call: QueuedCall, now: float) -> None:
-        call.state = CallState.WAITING
+        call.state = EntryState.WAITING
         call.seat_id = None
-        self._queues[call.skill].push(call)
+        for skill in call.skills:
+            self._queues[skill].push(call)
         self._arm_escalation(call, now)
 
     def _end_wrap(self, seat: Seat, now: float, status: SeatStatus, reason: str | None, out: list[Event]) -> None:
@@ -629,6 +672,11 @@ class Acd:
 
     def _arm_escalation(self, call: QueuedCall, now: float) -> None:
         policy = self.policy(call.skill)
+        if policy.escalate:
+            if call.escalation_step < len(policy.escalate):
+                rule = policy.escalate[call.escalation_step]
+                self._arm(max(now, call.skill_entered_at + rule.after_s), _ESCALATE, call.id, call.skill_version)
+            return
         if policy.escalate_to is None or policy.escalate_to in call.visited or policy.escalate_after_s is None:
             return
         self._arm(max(now, call.skill_entered_at + policy.escalate_after_s), _ESCALATE, call.id, call.skill_version)
@@ -636,10 +684,10 @@ class Acd:
     def _timer_valid(self, kind: int, key: str, token: int) -> bool:
         if kind == _RING:
             call = self._calls.get(key)
-            return call is not None and call.state is CallState.RINGING and call.attempt == token
+            return call is not None and call.state is EntryState.RINGING and call.attempt == token
         if kind == _ESCALATE:
             call = self._calls.get(key)
-            return call is not None and call.state is CallState.WAITING and call.skill_version == token
+            return call is not None and call.state is EntryState.WAITING and call.skill_version == token
         seat = self._seats.get(key)
         if seat is None or seat.version != token:
             return False
@@ -649,18 +697,57 @@ class Acd:
 
     def _escalate(self, call: QueuedCall, now: float, out: list[Event]) -> None:
         source = call.skill
+        if self.policy(source).escalate:
+            self._escalate_by_rules(call, now, out)
+            return
         target = self.policy(source).escalate_to
         if target is None or target in call.visited:
             return
-        self._queues[source].remove(call)
+        for skill in call.skills:
+            self._queues[skill].remove(call)
         call.skill = target
+        call.also = [s for s in call.also if s != target]
+        for extra in call.also:
+            self._queues[extra].push(call)
         call.skill_version += 1
+        call.escalation_step = 0
         call.skill_entered_at = now
         call.visited.add(target)
         position = self._queues[target].push(call)
         out.append(Event(EventKind.ESCALATE, now, call_id=call.id, skill=target,
                          data={"from": source, "to": target, "wait_s": now - call.enqueued_at,
                                "position": position, "priority": call.priority}))
+        self._arm_escalation(call, now)
+        self._offer_for_call(call, now, out)
+
+
+    def _escalate_by_rules(self, call: QueuedCall, now: float, out: list[Event]) -> None:
+        """Apply every rule of the call's queue that is due: also offer it to another skill's seats
+        (it keeps its place in its own queue), or raise its priority (it moves up, keeping its age)."""
+        rules = self.policy(call.skill).escalate
+        waited = now - call.skill_entered_at
+        while call.escalation_step < len(rules) and rules[call.escalation_step].after_s <= waited:
+            rule = rules[call.escalation_step]
+            call.escalation_step += 1
+            data: dict[str, Any] = {"from": call.skill, "wait_s": now - call.enqueued_at}
+            if rule.also is not None:
+                if rule.also in call.skills:
+                    continue
+                call.also.append(rule.also)
+                data["also"] = rule.also
+                data["position"] = self._queues[rule.also].push(call)
+            elif rule.priority is not None:
+                if rule.priority >= call.priority:
+                    continue
+                for skill in call.skills:
+                    self._queues[skill].remove(call)
+                data["previous_priority"] = call.priority
+                call.priority = rule.priority
+                for skill in call.skills:
+                    self._queues[skill].push(call)
+            data["priority"] = call.priority
+            out.append(Event(EventKind.ESCALATE, now, call_id=call.id, skill=call.skill, data=data))
+        call.skill_version += 1
         self._arm_escalation(call, now)
         self._offer_for_call(call, now, out)
 

@@ -78,6 +78,7 @@ class EventBus:
         self._task: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
         self._connected = False
+        self._subscribed = False  # the broker acknowledged the seat-status subscription (SUBACK)
         self._dropped = 0
         self._published = 0
         self._received = 0
@@ -143,7 +144,7 @@ class EventBus:
         self._connected = False
 
     def stats(self) -> dict[str, Any]:
-        return {"connected": self._connected, "buffered": len(self._buffer), "dropped": self._dropped,
+        return {"connected": self._connected, "subscribed": self._subscribed, "buffered": len(self._buffer), "dropped": self._dropped,
                 "published": self._published, "received": self._received, "invalid": self._invalid,
                 "connects": self._connects}
 
@@ -164,6 +165,7 @@ class EventBus:
                     log.info("MQTT connected", extra={"broker": f"{self.address.host}:{self.address.port}",
                                                       "buffered": len(self._buffer)})
                     await client.subscribe(f"{self.prefix}/seats/+/status/set", qos=1)
+                    self._subscribed = True
                     await self._serve(client)
             except aiomqtt.MqttError as e:
                 was = self._connected
@@ -172,6 +174,7 @@ class EventBus:
                             extra={"error": str(e)[:200], "retry_in_s": delay, "buffered": len(self._buffer)})
             finally:
                 self._connected = False
+                self._subscribed = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_CAP_S)
 

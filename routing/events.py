@@ -32,6 +32,7 @@ class EventKind(StrEnum):
     CALLSTART = "CALLSTART"
     IVRDONE = "IVRDONE"
     CALLEND = "CALLEND"
+    JOURNEY = "JOURNEY"              # the call's journey changed stage (data: from, to, cause, detail)
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,8 +58,11 @@ class SkillCounters:
 class Metrics:
     """Cumulative counters per skill, and the same counters per interval bucket (default 15 min)."""
 
-    def __init__(self, service_level_s: float = 20.0, interval_s: float = 900.0, keep_intervals: int = 192) -> None:
+    def __init__(self, service_level_s: float = 20.0, interval_s: float = 900.0, keep_intervals: int = 192,
+                 service_level_by_skill: dict[str, float] | None = None) -> None:
         self.service_level_s = service_level_s
+        #: a queue's own ``sl_threshold_s`` (seats file ``queues:``) wins over the node's
+        self.service_level_by_skill = dict(service_level_by_skill or {})
         self.interval_s = interval_s
         self.keep_intervals = keep_intervals
         self._cumulative: dict[str, SkillCounters] = {}
@@ -92,13 +95,16 @@ class Metrics:
         if kind not in _COUNTED:
             return
         if kind is EventKind.ESCALATE:
-            for c in self._both(e.data.get("from"), e.at):
-                c.escalated_out += 1
-            for c in self._both(e.data.get("to"), e.at):
-                c.escalated_in += 1
+            target = e.data.get("to") or e.data.get("also")
+            if target:  # a priority raise moves the call to no other queue
+                for c in self._both(e.data.get("from"), e.at):
+                    c.escalated_out += 1
+                for c in self._both(target, e.at):
+                    c.escalated_in += 1
             return
+        sl = self.service_level_by_skill.get(e.skill or "", self.service_level_s)
         for c in self._both(e.skill, e.at):
-            _apply(c, e, self.service_level_s)
+            _apply(c, e, sl)
 
     def _both(self, skill: str | None, at: float) -> tuple[SkillCounters, ...]:
         """The cumulative counters of ``skill`` and those of the interval ``at`` falls in."""

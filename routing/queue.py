@@ -16,7 +16,9 @@ from enum import StrEnum
 from typing import Any
 
 
-class CallState(StrEnum):
+class EntryState(StrEnum):
+    """Where a routing entry is in the ACD (the call journey's stages are ``journey.stages.Stage``)."""
+
     WAITING = "waiting"
     RINGING = "ringing"
     CONNECTED = "connected"
@@ -31,7 +33,7 @@ class QueuedCall:
     seq: int
     caller: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    state: CallState = CallState.WAITING
+    state: EntryState = EntryState.WAITING
     skill_entered_at: float = 0.0             # when it entered the current skill's queue (escalation)
     skill_version: int = 0                    # bumps on escalation: older escalation timers go stale
     seat_id: str | None = None
@@ -40,6 +42,13 @@ class QueuedCall:
     answered_at: float | None = None
     excluded: set[str] = field(default_factory=set)   # seats that declined it: never offered again
     visited: set[str] = field(default_factory=set)    # skills it waited in (no escalation loops)
+    also: list[str] = field(default_factory=list)     # skills it is also offered to (escalation "also")
+    escalation_step: int = 0                          # rules of its skill's policy applied so far
+
+    @property
+    def skills(self) -> list[str]:
+        """Every queue it waits in: its own skill first, then the ones escalation added."""
+        return [self.skill, *self.also]
 
     @property
     def key(self) -> tuple[int, float, int, str]:

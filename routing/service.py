@@ -86,15 +86,16 @@ class RoutingService:
 
     @classmethod
     def from_settings(cls, settings: Any, engine: AsyncEngine | None, node_id: str = "node-1",
-                      clock: Callable[[], float] = time.time) -> RoutingService:
-        """The service as a node runs it: ACD policy from the settings, writer on ``engine``, bus if
-        ``mqtt_url`` is set."""
+                      clock: Callable[[], float] = time.time,
+                      queues: dict[str, SkillPolicy] | None = None) -> RoutingService:
+        """The service as a node runs it: ACD policy from the settings (and the seats file's
+        ``queues:``, per skill), writer on ``engine``, bus if ``mqtt_url`` is set."""
         config = AcdConfig(
             ring_timeout_s=float(settings.ring_timeout),
             rona_not_ready_after=int(settings.rona_not_ready_after),
             service_level_s=float(settings.service_level_s),
             callback_after_s=float(settings.callback_after_s),
-            policies={s: SkillPolicy(wrap_up_s=float(settings.wrap_up_s)) for s in SKILLS},
+            policies={s: (queues or {}).get(s) or SkillPolicy(wrap_up_s=float(settings.wrap_up_s)) for s in SKILLS},
         )
         writer = EventWriter(engine, node_id) if engine is not None else None
         bus = EventBus(settings.mqtt_url, node_id) if getattr(settings, "mqtt_url", None) else None
@@ -162,8 +163,11 @@ class RoutingService:
             self._snapshot_handle = None
         for t in list(self._background):
             t.cancel()
-        if self.bus is not None:
-            await self.bus.stop()
+        try:
+            if self.bus is not None:
+                await self.bus.stop()
+        except Exception:
+            log.exception("bus_stop_failed")  # the event log is flushed all the same
         if self.writer is not None:
             await self.writer.stop()
 

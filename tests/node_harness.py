@@ -57,6 +57,10 @@ class RunningNode:
                     pass
         return out
 
+    def journey_errors(self) -> list[dict[str, Any]]:
+        """Events a call journey or a seat leg did not expect in its state (each one a bug)."""
+        return [x for x in self.logs() if x.get("event") in ("journey_unexpected_event", "seat_leg_unexpected")]
+
     def wait_for(self, what: Callable[[], Any], timeout: float = 30.0, every: float = 0.2) -> Any:
         end = time.monotonic() + timeout
         last: Any = None

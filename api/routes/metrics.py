@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.auth import get_ctx
 from api.context import ApiContext
-from api.metrics import RealtimeCollector, exposition
+from journey.metrics import RealtimeCollector, exposition
 
 router = APIRouter(tags=["metrics"])
 

@@ -1,8 +1,7 @@
 """Twilio calls in flight: the same IVR interpreter and the same ACD as a SIP call, driven by webhooks.
 
-    IVR --Route--> QUEUED --OFFER--> RINGING --seat answered--> TALKING --hang-up--> ENDED
-                     ^                  |
-                     +--no-answer / busy / failed (RONA: back to the head of the queue)
+The journey (stages, reports to the ACD, the call record's events, metrics) is
+``journey.call.CallJourney``, shared with SIP calls; this is its Twilio media adapter.
 
 Twilio asks "what next?" at every step; each answer is a TwiML document.  The decisions are not
 made here: ``ivr.IvrSession`` decides what the caller hears and where the call goes, the routing
@@ -21,25 +20,20 @@ actions into TwiML, with three rules:
   hears one short hold segment at a time (the hold message, then the queue position, like SIP) and
   is redirected back; the poll after the routing service's ``OFFER`` dials the seat.
 
-Seat dialling maps onto the ACD like the SIP seat leg (``gateway.callflow``): the ``<Sip>``
-``answered`` status callback is ``seat_answered``; the ``<Dial>`` action's ``DialCallStatus``
-``no-answer`` is ``ring_no_answer`` (RONA: the seat goes not-ready, the caller back to the head),
-``busy`` is ``seat_failed("busy")``, ``failed`` is ``seat_failed("unreachable")``, ``canceled`` is
-``seat_failed("canceled")``; ``completed``/``answered`` means the seat talked and hung up
-(``call_completed(ended_by="seat")``; if the answered callback was lost, ``seat_answered`` first).
-The number's call status callback reports the caller hanging up: in the IVR that ends the IVR
-record, while waiting or ringing it is ``caller_abandoned``, while talking ``call_completed(ended_by=
-"caller")``.  Every end writes ``CALLEND``.
+Seat dialling: the ``<Dial>`` going out is the journey's ``seat_ringing``; the ``<Sip>``
+``answered`` status callback is ``seat_answered``; the ``<Dial>`` action's ``DialCallStatus`` is
+mapped by ``journey.failures.from_twilio`` (``no-answer`` a RONA, ``busy``, ``failed`` unreachable,
+``canceled``), the same mapping SIP failures take; ``completed``/``answered`` means the seat talked
+and hung up (if the answered callback was lost, ``seat_answered`` first).  The number's call status
+callback is the caller hanging up.  Every end writes ``CALLEND`` (``CallJourney.closed``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from api.twilio.context import TwilioContext
@@ -47,8 +41,11 @@ from api.twilio.twiml import Prompt, TwimlBuilder, flow_texts, queue_position_id
 from ivr.flow import Flow
 from ivr.interpreter import Action, IvrSession, Play, Route, StartTimer
 from ivr.screen_pop import describe
-from routing.errors import RoutingError
-from routing.events import Event, EventKind
+from journey.call import CallJourney, Offer
+from journey.failures import from_twilio
+from journey.notifier import JourneyNotifier
+from journey.stages import Stage
+from routing.events import Event
 
 log = logging.getLogger("api.twilio")
 
@@ -56,8 +53,6 @@ log = logging.getLogger("api.twilio")
 TERMINAL_STATUSES = frozenset({"completed", "canceled", "no-answer", "busy", "failed"})
 #: ``DialCallStatus`` values meaning the seat picked up (and the bridge has now ended).
 TALKED_STATUSES = frozenset({"completed", "answered"})
-#: ``DialCallStatus`` -> the ACD's ``seat_failed`` reason; ``no-answer`` is a RONA instead.
-SEAT_FAILURE_REASONS = {"busy": "busy", "failed": "unreachable", "canceled": "canceled"}
 #: Ended calls kept so that late or replayed webhooks are still answered idempotently.
 ENDED_KEPT = 10_000
 #: Twilio stops ringing this much before the ACD's ring timer, so its no-answer report wins the race.
@@ -73,25 +68,6 @@ class StaleStep(ValueError):
     """A step that was never issued or is already superseded (not a replay of an answered one)."""
 
 
-class Phase(StrEnum):
-    IVR = "ivr"
-    QUEUED = "queued"
-    RINGING = "ringing"
-    TALKING = "talking"
-    ENDED = "ended"
-
-
-@dataclass(slots=True)
-class PendingOffer:
-    """A seat the ACD reserved for this caller; ``dialed`` once a ``<Dial>`` for it went out."""
-
-    seat_id: str
-    contact: str
-    skill: str
-    ring_timeout_s: float
-    dialed: bool = False
-
-
 @dataclass(slots=True)
 class GatherStep:
     """What one ``<Gather>`` plays (the interpreter's ``Play`` actions, in order) and when it went out."""
@@ -102,36 +78,34 @@ class GatherStep:
 
 @dataclass
 class TwilioCall:
-    call_id: str
+    """One Twilio call: its journey, plus what only the webhook conversation needs."""
+
+    journey: CallJourney
     sid: str
-    caller: str
     callee: str
-    started_at: float
     flow: Flow
     session: IvrSession
-    phase: Phase = Phase.IVR
     step: int = 0
     gather: GatherStep | None = None
-    skill: str | None = None
-    offer: PendingOffer | None = None
     dialed_seat: str | None = None
-    hold_segments: int = 0
+    last_position_at: float = 0.0
     #: Every event the interpreter was given, to rebuild a look-ahead copy by replaying them.
     journal: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     #: (webhook, step) -> the TwiML answered, for replays.
     answers: dict[tuple[str, int], str] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    @property
+    def call_id(self) -> str:
+        return self.journey.call_id
+
+    @property
+    def stage(self) -> Stage:
+        return self.journey.stage
+
     def feed(self, event: str, *args: Any) -> list[Action]:
         self.journal.append((event, args))
         return getattr(self.session, event)(*args)
-
-
-async def _settled(result: Any) -> Any:
-    """The routing service's call-path methods may be plain or coroutine functions."""
-    if inspect.isawaitable(result):
-        return await result
-    return result
 
 
 def call_id_for(sid: str) -> str:
@@ -145,6 +119,7 @@ class TwilioCalls:
         self.ctx = ctx
         self.routing = ctx.routing
         self.twiml = TwimlBuilder(ctx.public_base_url)
+        self.notifier = JourneyNotifier(ctx.routing, ingress="twilio")
         self.live: dict[str, TwilioCall] = {}
         self.ended: OrderedDict[str, TwilioCall] = OrderedDict()
         self._by_call_id: dict[str, TwilioCall] = {}
@@ -168,16 +143,14 @@ class TwilioCalls:
             now = self.ctx.clock()
             flow = self.ctx.flow()
             call_id = call_id_for(sid)
-            call = TwilioCall(call_id=call_id, sid=sid, caller=caller, callee=callee, started_at=now, flow=flow,
-                              session=IvrSession(flow, call_id))
+            journey = CallJourney(call_id=call_id, caller=caller, ingress="twilio", node_id=self.ctx.node_id,
+                                  started_at=now, routing=self.routing, notifier=self.notifier)
+            call = TwilioCall(journey=journey, sid=sid, callee=callee, flow=flow, session=IvrSession(flow, call_id))
             self.live[sid] = call
             self._by_call_id[call_id] = call
             async with call.lock:
-                log.info("twilio_call_started", extra={"call_id": call_id, "caller": caller, "callee": callee})
-                await _settled(self.routing.record([Event(EventKind.CALLSTART, now, call_id=call_id, data={
-                    "caller": caller, "callee": callee, "ingress": "twilio", "node_id": self.ctx.node_id,
-                    "answered_at": now, "twilio_call_sid": sid})]))
-                answer = await self._after_ivr(call, call.feed("start", now), now)
+                journey.answered(now, callee, twilio_call_sid=sid)
+                answer = self._after_ivr(call, call.feed("start", now), now)
                 call.answers[("voice", 0)] = answer
                 return answer
         async with call.lock:
@@ -189,11 +162,11 @@ class TwilioCalls:
             replay = call.answers.get(("gather", step))
             if replay is not None:
                 return replay
-            if call.phase is not Phase.IVR or step != call.step or call.gather is None:
+            if call.stage is not Stage.IN_IVR or step != call.step or call.gather is None:
                 raise StaleStep(f"gather step {step} of {call.call_id} is not current")
             now = self.ctx.clock()
             actions = self._translate_gather(call, call.gather, digits, now)
-            answer = await self._after_ivr(call, actions, now)
+            answer = self._after_ivr(call, actions, now)
             call.answers[("gather", step)] = answer
             return answer
 
@@ -203,7 +176,7 @@ class TwilioCalls:
             replay = call.answers.get(("hold", step))
             if replay is not None:
                 return replay
-            if call.phase not in (Phase.QUEUED, Phase.RINGING) or step != call.step:
+            if not call.journey.waiting or step != call.step:
                 raise StaleStep(f"hold step {step} of {call.call_id} is not current")
             answer = self._next_while_waiting(call, self.ctx.clock())
             call.answers[("hold", step)] = answer
@@ -218,8 +191,9 @@ class TwilioCalls:
                 return replay
             if step > call.step:
                 raise StaleStep(f"seat-status step {step} of {call.call_id} was never issued")
-            if status in ("in-progress", "answered") and call.phase is Phase.RINGING and call.dialed_seat == seat_id:
-                await self._seat_answered(call, seat_id)
+            if status in ("in-progress", "answered") and call.stage is Stage.RINGING_SEAT \
+                    and call.dialed_seat == seat_id:
+                self._seat_answered(call, seat_id)
             answer = self.twiml.empty()
             call.answers[("seat-status", step)] = answer
             return answer
@@ -231,19 +205,23 @@ class TwilioCalls:
             replay = call.answers.get(("dial-status", step))
             if replay is not None:
                 return replay
-            if step != call.step and call.phase is not Phase.ENDED:
+            if step != call.step and call.journey.live:
                 raise StaleStep(f"dial-status step {step} of {call.call_id} is not current")
             now = self.ctx.clock()
-            if call.phase is Phase.ENDED:
+            if not call.journey.live:
                 answer = self.twiml.hangup()
             elif dial_status in TALKED_STATUSES and call.dialed_seat == seat_id:
-                if call.phase is Phase.RINGING:
-                    await self._seat_answered(call, seat_id)  # the answered callback never came
-                await self._settled_routing("call_completed", call.call_id, ended_by="seat")
-                await self._finish(call, "completed", "seat")
+                if call.stage is Stage.RINGING_SEAT:
+                    self._seat_answered(call, seat_id)  # the answered callback never came
+                self._finish(call, "seat")
                 answer = self.twiml.hangup()
             else:
-                answer = await self._seat_not_taken(call, seat_id, dial_status, now)
+                log.warning("twilio_seat_not_taken", extra={"call_id": call.call_id, "seat_id": seat_id,
+                                                            "dial_status": dial_status})
+                if call.dialed_seat == seat_id:
+                    call.journey.seat_not_taken(seat_id, from_twilio(dial_status), now)
+                call.dialed_seat = None
+                answer = self._next_while_waiting(call, now)
             call.answers[("dial-status", step)] = answer
             return answer
 
@@ -253,44 +231,20 @@ class TwilioCalls:
         if call is None or status not in TERMINAL_STATUSES:
             return self.twiml.empty()
         async with call.lock:
-            if call.phase is Phase.ENDED:
-                return self.twiml.empty()
-            now = self.ctx.clock()
-            if call.phase is Phase.IVR:
-                reason = "caller_hangup_in_ivr"
-                await _settled(self.routing.record([Event(EventKind.IVRDONE, now, call_id=call.call_id, data={
-                    "record": call.session.record.to_dict(), "reason": reason})]))
-            elif call.phase is Phase.TALKING:
-                reason = "completed"
-                await self._settled_routing("call_completed", call.call_id, ended_by="caller")
-            else:
-                reason = "abandoned"
-                await self._settled_routing("caller_abandoned", call.call_id)
-            await self._finish(call, reason, "caller")
+            if call.journey.live:
+                self._finish(call, "caller")
             return self.twiml.empty()
 
     # ---- routing decisions --------------------------------------------------------------------
 
     def routing_event(self, ev: Event) -> None:
         call = self._by_call_id.get(ev.call_id or "")
-        if call is None or call.phase is Phase.ENDED:
+        if call is None or not call.journey.live:
             return
-        if ev.kind is EventKind.OFFER and ev.seat_id:
-            call.offer = PendingOffer(seat_id=ev.seat_id, contact=str(ev.data.get("contact") or ""),
-                                      skill=str(ev.skill or call.skill),
-                                      ring_timeout_s=float(ev.data.get("ring_timeout_s") or self.ctx.ring_timeout_s))
-            if call.phase is Phase.QUEUED:
-                call.phase = Phase.RINGING
-        elif ev.kind in (EventKind.RINGNOANSWER, EventKind.SEATFAILED):
-            if call.offer is not None and call.offer.seat_id == ev.seat_id:
-                call.offer = None
-                if call.phase is Phase.RINGING:
-                    call.phase = Phase.QUEUED
-        elif ev.kind is EventKind.ESCALATE:
-            call.skill = str(ev.data.get("to") or call.skill)
+        # An OFFER waits for the caller's next hold poll, which dials the seat.
+        call.journey.routing_event(ev, self.ctx.clock())
 
     # ---- translation --------------------------------------------------------------------------
-
     def _translate_gather(self, call: TwilioCall, step: GatherStep, digits: str, now: float) -> list[Action]:
         """Tell the interpreter what happened during one ``<Gather>``, in the order it happened."""
         elapsed = now - step.issued_at
@@ -332,10 +286,10 @@ class TwilioCalls:
             token = play.token
         return plays, 6.0
 
-    async def _after_ivr(self, call: TwilioCall, actions: list[Action], now: float) -> str:
+    def _after_ivr(self, call: TwilioCall, actions: list[Action], now: float) -> str:
         route = next((a for a in actions if isinstance(a, Route)), None)
         if route is not None:
-            return await self._routed(call, route, now)
+            return self._routed(call, route, now)
         first = next((a for a in actions if isinstance(a, Play)), None)
         if first is None:  # the interpreter ignored the event (stale): ask the same question again
             assert call.gather is not None
@@ -350,80 +304,50 @@ class TwilioCalls:
         call.step += 1
         return self.twiml.gather(prompts, timeout_s, call.step)
 
-    async def _routed(self, call: TwilioCall, route: Route, now: float) -> str:
+    def _routed(self, call: TwilioCall, route: Route, now: float) -> str:
         o = route.outcome
-        call.phase = Phase.QUEUED
-        call.skill = o.skill
         call.gather = None
         record = call.session.record.to_dict()
-        log.info("twilio_ivr_done", extra={"call_id": call.call_id, "skill": o.skill, "priority": o.priority,
-                                           "reason": o.reason})
-        await _settled(self.routing.record([Event(EventKind.IVRDONE, now, call_id=call.call_id, skill=o.skill,
-                                                  data={"record": record, "priority": o.priority,
-                                                        "reason": o.reason})]))
-        info = {"ivr": record, "caller": call.caller, "started_at": call.started_at, "node_id": self.ctx.node_id,
-                "recording_id": None, "ingress": "twilio", "screen_pop": describe(call.flow, record)}
-        await self._settled_routing("enqueue", call.call_id, o.skill, o.priority, caller=call.caller, info=info)
+        call.journey.routed(o.skill, o.priority, o.reason, record, now, screen_pop=describe(call.flow, record))
         return self._next_while_waiting(call, now, before=[shipped_prompt("transfer_human")])
 
+    def _announce_interval(self, skill: str | None) -> float:
+        policy = self.routing.acd.policy(skill) if skill else None
+        every = getattr(policy, "announce_every_s", None)
+        return float(every) if every else self.ctx.announce_every_s
+
     def _next_while_waiting(self, call: TwilioCall, now: float, before: list[Prompt] | None = None) -> str:
-        offer = call.offer
+        journey = call.journey
         call.step += 1
-        if offer is not None and not offer.dialed:
-            offer.dialed = True
-            call.phase = Phase.RINGING
-            call.dialed_seat = offer.seat_id
-            ring_s = max(MIN_RING_S, int(offer.ring_timeout_s) - RING_MARGIN_S)
-            log.info("twilio_dial_seat", extra={"call_id": call.call_id, "seat_id": offer.seat_id,
-                                                "contact": offer.contact, "ring_s": ring_s})
-            return self.twiml.dial(offer.contact, call.call_id, offer.skill, offer.seat_id, ring_s, call.step,
-                                   before or [])
-        call.hold_segments += 1
-        if call.hold_segments % 2 == 1:
-            segment = [shipped_prompt("hold")]
+        offer = journey.offer
+        if journey.stage is Stage.OFFERED and offer is not None:
+            return self._dial(call, offer, now, before or [])
+        # right after the IVR: "connecting you" + the hold message; the position from the next
+        # segment on, then every announce interval
+        if not before and now - call.last_position_at >= self._announce_interval(journey.skill) \
+                and (position := self.routing.acd.queue_position(call.call_id)):
+            call.last_position_at = now
+            segment = [shipped_prompt(p) for p in queue_position_ids(position)]
         else:
-            position = self.routing.acd.queue_position(call.call_id)
-            segment = [shipped_prompt(p) for p in queue_position_ids(position)] if position else \
-                [shipped_prompt("hold")]
+            segment = [shipped_prompt("hold")]
         return self.twiml.hold([*(before or []), *segment], call.step)
 
-    async def _seat_answered(self, call: TwilioCall, seat_id: str) -> None:
-        call.phase = Phase.TALKING
-        call.offer = None
-        log.info("twilio_bridged", extra={"call_id": call.call_id, "seat_id": seat_id})
-        await self._settled_routing("seat_answered", call.call_id, seat_id=seat_id)
+    def _dial(self, call: TwilioCall, offer: Offer, now: float, before: list[Prompt]) -> str:
+        call.journey.seat_ringing(offer.seat_id, now)
+        call.dialed_seat = offer.seat_id
+        ring_s = max(MIN_RING_S, int(offer.ring_timeout_s or self.ctx.ring_timeout_s) - RING_MARGIN_S)
+        log.info("twilio_dial_seat", extra={"call_id": call.call_id, "seat_id": offer.seat_id,
+                                            "contact": offer.contact, "ring_s": ring_s})
+        return self.twiml.dial(offer.contact, call.call_id, offer.skill, offer.seat_id, ring_s, call.step, before)
 
-    async def _seat_not_taken(self, call: TwilioCall, seat_id: str, dial_status: str, now: float) -> str:
-        log.warning("twilio_seat_not_taken", extra={"call_id": call.call_id, "seat_id": seat_id,
-                                                    "dial_status": dial_status})
-        if call.dialed_seat == seat_id:
-            if dial_status == "no-answer":
-                await self._settled_routing("ring_no_answer", call.call_id, seat_id=seat_id)
-            else:
-                reason = SEAT_FAILURE_REASONS.get(dial_status, "unreachable")
-                await self._settled_routing("seat_failed", call.call_id, reason, seat_id=seat_id)
-        call.dialed_seat = None
-        if call.offer is not None and call.offer.seat_id == seat_id and call.offer.dialed:
-            call.offer = None  # the ACD's own event may come later; this offer is spent either way
-        call.phase = Phase.RINGING if call.offer is not None else Phase.QUEUED
-        return self._next_while_waiting(call, now)
+    def _seat_answered(self, call: TwilioCall, seat_id: str) -> None:
+        now = self.ctx.clock()
+        call.journey.seat_answered(seat_id, now, None)  # Twilio does not show us the bridge itself
 
-    async def _settled_routing(self, method: str, *args: Any, **kwargs: Any) -> None:
-        """A report to the ACD; one it refuses (it already moved on, e.g. its own ring timer fired
-        first) is logged, never raised to Twilio: the caller must go on hearing something."""
-        try:
-            await _settled(getattr(self.routing, method)(*args, **kwargs))
-        except RoutingError as e:
-            log.warning("twilio_report_refused", extra={"call_id": args[0] if args else None, "report": method,
-                                                        "error": str(e)})
-
-    async def _finish(self, call: TwilioCall, reason: str, ended_by: str) -> None:
-        now = self.ctx.clock()  # after the routing report, so CALLEND is the call's last event
-        call.phase = Phase.ENDED
-        call.offer = None
-        log.info("twilio_call_ended", extra={"call_id": call.call_id, "reason": reason, "ended_by": ended_by})
-        await _settled(self.routing.record([Event(EventKind.CALLEND, now, call_id=call.call_id, data={
-            "reason": reason, "ended_by": ended_by, "recording_id": None})]))
+    def _finish(self, call: TwilioCall, ended_by: str) -> None:
+        journey = call.journey
+        journey.hung_up(ended_by, self.ctx.clock(), record=call.session.record.to_dict())
+        journey.closed(self.ctx.clock())  # after the routing report: CALLEND is the call's last event
         self.live.pop(call.sid, None)
         self._by_call_id.pop(call.call_id, None)
         self.ended[call.sid] = call

@@ -12,18 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ivr.flow import Flow
+from journey.call import RoutingPort
 from routing.events import Event
 
 
-class TwilioRouting(Protocol):
-    """The slice of ``routing.service.RoutingService`` the Twilio ingress drives.
-
-    The call-path methods (``enqueue``, ``seat_answered``, ``ring_no_answer``, ``seat_failed``,
-    ``caller_abandoned``, ``call_completed``, ``record``) may be plain or coroutine functions;
-    the ingress awaits whatever they return.
-    """
-
-    acd: Any
+class TwilioRouting(RoutingPort, Protocol):
+    """The slice of ``routing.service.RoutingService`` the Twilio ingress drives: what a call
+    journey reports (``journey.call.RoutingPort``) plus the decisions it follows."""
 
     def on_event(self, listener: Callable[[Event], None]) -> Any: ...
 
@@ -54,3 +49,6 @@ class TwilioContext:
     #: Seconds of ringing asked of Twilio when an OFFER names none; Twilio gives up slightly before
     #: the ACD's own ring timer so that the no-answer report usually wins the race.
     ring_timeout_s: float = 20.0
+    #: How often a waiting caller hears their queue position (``hold_announce_interval``; a queue's
+    #: own ``announce_every_s`` wins).
+    announce_every_s: float = 15.0

@@ -1,17 +1,65 @@
 """The two SIP legs of a hand-off, one class per leg (pjsua2 ``Call`` subclasses).
 
-A leg forwards what happens on the wire to its ``HandoffSession``; it holds no policy.  Both run
+A leg forwards what happens on the wire to its session (``LegOwner``); it holds no policy.  Both run
 their callbacks on the PJSIP thread.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import time
+from enum import StrEnum
+from typing import Protocol
 
 import pjsua2 as pj
 
-if TYPE_CHECKING:
-    from gateway.worker.session import HandoffSession
+log = logging.getLogger("gateway.worker.legs")
+
+
+class LegOwner(Protocol):
+    """What a leg reports to (``gateway.worker.session.HandoffSession``)."""
+
+    def caller_disconnected(self, code: int, reason: str) -> None: ...
+    def caller_media_changed(self) -> None: ...
+    def digit(self, digit: str, method: str) -> None: ...
+    def seat_ringing(self, leg: SeatLeg) -> None: ...
+    def seat_media_changed(self, leg: SeatLeg) -> None: ...
+    def seat_disconnected(self, leg: SeatLeg, code: int, reason: str) -> None: ...
+
+
+class SeatLegState(StrEnum):
+    """The seat leg's states, in the manner of sippy's per-state UA classes."""
+
+    DIALING = "dialing"        # INVITE sent, nothing back yet
+    RETRYING = "retrying"      # PJSIP had no call free; the dial is tried again shortly
+    RINGING = "ringing"        # 18x from the seat
+    BRIDGED = "bridged"        # 200 OK and media: caller <-> seat audio connected
+    CANCELLING = "cancelling"  # we gave up (ring timeout, the control process said so)
+    ENDED = "ended"
+
+
+L = SeatLegState
+#: The only moves of a seat leg; anything else is logged as an error and ignored.
+SEAT_LEG_MOVES: dict[SeatLegState, frozenset[SeatLegState]] = {
+    L.RETRYING: frozenset({L.DIALING, L.RETRYING, L.ENDED}),
+    L.DIALING: frozenset({L.RINGING, L.BRIDGED, L.CANCELLING, L.ENDED}),
+    L.RINGING: frozenset({L.BRIDGED, L.CANCELLING, L.ENDED}),
+    L.BRIDGED: frozenset({L.ENDED}),
+    L.CANCELLING: frozenset({L.ENDED}),
+    L.ENDED: frozenset(),
+}
+
+
+def seat_leg_move(call_id: str, leg_id: str, src: SeatLegState | None, dst: SeatLegState) -> bool:
+    """Whether ``src -> dst`` is a legal seat-leg move (a new leg starts dialing or retrying); logs it."""
+    legal = dst in (L.DIALING, L.RETRYING) if src is None else dst in SEAT_LEG_MOVES[src]
+    if legal:
+        log.info("seat_leg", extra={"call_id": call_id, "leg_id": leg_id, "from": src.value if src else None,
+                                    "to": dst.value})
+    else:
+        log.error("seat_leg_unexpected", extra={"call_id": call_id, "leg_id": leg_id,
+                                                "from": src.value if src else None, "to": dst.value})
+    return legal
 
 
 def active_audio(call: pj.Call) -> pj.AudioMedia | None:
@@ -27,7 +75,7 @@ class CallerLeg(pj.Call):
     """The leg of the person who dialled 122.  The gateway never REFERs it and never hangs it up
     because of a hand-off; only the caller (or a node shutdown) ends it."""
 
-    def __init__(self, account: pj.Account, call_index: int, session: HandoffSession) -> None:
+    def __init__(self, account: pj.Account, call_index: int, session: LegOwner) -> None:
         super().__init__(account, call_index)
         self.session = session
 
@@ -53,18 +101,22 @@ class CallerLeg(pj.Call):
 class SeatLeg(pj.Call):
     """The leg the gateway opens to a seat's phone."""
 
-    def __init__(self, account: pj.Account, session: HandoffSession, leg_id: str) -> None:
+    def __init__(self, account: pj.Account, session: LegOwner, leg_id: str) -> None:
         super().__init__(account)
         self.session = session
         self.leg_id = leg_id
         self.rang = False
         self.cancelled: str | None = None  # why we ended it before an answer, if we did
+        self.answered_at: float | None = None  # when the seat's 200 OK arrived
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         info = self.getInfo()
         if info.state == pj.PJSIP_INV_STATE_EARLY and not self.rang:
             self.rang = True
             self.session.seat_ringing(self)
+        elif info.state in (pj.PJSIP_INV_STATE_CONNECTING, pj.PJSIP_INV_STATE_CONFIRMED) \
+                and self.answered_at is None:
+            self.answered_at = time.time()
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self.session.seat_disconnected(self, info.lastStatusCode, info.lastReason)
 

@@ -11,17 +11,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import pjsua2 as pj
 
 from gateway import channel as ch
-from gateway.worker.legs import CallerLeg, SeatLeg, active_audio
+from gateway.worker.legs import CallerLeg, SeatLeg, SeatLegState, active_audio, seat_leg_move
 from gateway.worker.media import CallRecording, PromptPlayer
 
-if TYPE_CHECKING:
-    from gateway.worker.service import WorkerService
+
+class Loop(Protocol):
+    """The PJSIP thread's loop (``gateway.pjsip.PjsipRuntime``)."""
+
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> Any: ...
+    def call_soon(self, fn: Callable[[], Any]) -> Any: ...
+
+
+class SessionHost(Protocol):
+    """What a session needs from its worker (``gateway.worker.service.WorkerService``)."""
+
+    rt: Loop
+    send: Callable[[Any], None]
+
+    @property
+    def account(self) -> pj.Account: ...
+    def session_ended(self, session: HandoffSession) -> None: ...
+    def orphan_seat(self, leg: SeatLeg) -> None: ...
+    def forget_orphan(self, leg: SeatLeg) -> None: ...
+    def bury(self, obj: Any) -> None: ...
 
 log = logging.getLogger("gateway.worker.session")
 
@@ -29,7 +48,7 @@ PJ_ETOOMANY = 70010  # pj_status_t of "too many objects" (PJSUA_MAX_CALLS reache
 
 
 class HandoffSession:
-    def __init__(self, service: WorkerService, call_id: str, caller_index: int) -> None:
+    def __init__(self, service: SessionHost, call_id: str, caller_index: int) -> None:
         self.service = service
         self.call_id = call_id
         self.caller: CallerLeg | None = CallerLeg(service.account, caller_index, self)
@@ -39,12 +58,27 @@ class HandoffSession:
         self.recording: CallRecording | None = None
         self.recording_path: Path | None = None
         self.recording_error: str | None = None
-        self.bridged = False
+        self.seat_state: SeatLegState | None = None  # the current seat leg's state (None: no leg)
+        self.seat_leg_id: str | None = None
+        self.was_bridged = False  # a seat talked to this caller at some point (for CallEnded)
         self.ended = False
         self.ended_by: str | None = None
         self.pending_answer: tuple[str, str, str] | None = None  # ringing, not yet answered
         self.announced = False  # the control process knows this call (CallStarted sent)
-        self.dial_retry: str | None = None  # a seat leg waiting for a free PJSIP call
+
+    # -- the seat leg's states -------------------------------------------------------------------
+    @property
+    def bridged(self) -> bool:
+        return self.seat_state is SeatLegState.BRIDGED
+
+    def _seat_to(self, state: SeatLegState, leg_id: str) -> bool:
+        if not seat_leg_move(self.call_id, leg_id, self.seat_state, state):
+            return False
+        self.seat_state = None if state is SeatLegState.ENDED else state
+        self.seat_leg_id = None if state is SeatLegState.ENDED else leg_id
+        if state is SeatLegState.BRIDGED:
+            self.was_bridged = True
+        return True
 
     # -- set-up --------------------------------------------------------------------------------
     def start_recording(self, path: Path) -> None:
@@ -101,7 +135,7 @@ class HandoffSession:
             return
         ended = ch.CallEnded(
             call_id=self.call_id, ended_by=ended_by, reason=reason, code=code, at=time.time(),
-            bridged=self.bridged, recording_path=str(self.recording_path) if self.recording_path else None,
+            bridged=self.was_bridged, recording_path=str(self.recording_path) if self.recording_path else None,
             recording_error=self.recording_error,
         )
         self._announce_end(ended, recording, deadline=time.monotonic() + 1.0)
@@ -156,7 +190,7 @@ class HandoffSession:
             self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=cmd.leg_id, code=0,
                                             reason="caller gone", cancelled=True, at=time.time()))
             return
-        if self.seat is not None or self.bridged:
+        if self.seat is not None or (self.seat_state is not None and self.seat_state is not SeatLegState.RETRYING):
             self.service.send(ch.CommandFailed(call_id=self.call_id, command="dial_seat",
                                                error="a seat leg already exists"))
             return
@@ -178,47 +212,53 @@ class HandoffSession:
             if e.status == PJ_ETOOMANY and time.monotonic() < until:
                 # Every PJSIP call is taken for a moment (a caller admitted while another's BYE
                 # was in flight): not the seat's fault, try again shortly unless cancelled.
-                self.dial_retry = cmd.leg_id
+                self._seat_to(SeatLegState.RETRYING, cmd.leg_id)
                 self.service.rt.call_later(0.1, lambda: self._retry_dial(cmd, until))
                 return
+            # PJSIP refused to dial: the gateway's own fault, never the seat's (journey.failures)
+            if self.seat_state is not None:
+                self._seat_to(SeatLegState.ENDED, cmd.leg_id)
             self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=cmd.leg_id, code=0, local=True,
-                                            reason=f"local_error: {e.info()}", at=time.time()))
+                                            reason=f"local_error: dial failed: {e.info()}", at=time.time()))
             return
+        self._seat_to(SeatLegState.DIALING, cmd.leg_id)
         self.seat = leg
         leg_id = cmd.leg_id
         self.service.rt.call_later(cmd.timeout_s, lambda: self.cancel_seat(leg_id, "worker ring timeout"))
 
     def _retry_dial(self, cmd: ch.DialSeat, deadline: float) -> None:
-        if self.dial_retry == cmd.leg_id:
-            self.dial_retry = None
+        if self.seat_state is SeatLegState.RETRYING and self.seat_leg_id == cmd.leg_id:
             self.dial_seat(cmd, deadline)
 
     def cancel_seat(self, leg_id: str, reason: str) -> None:
-        if self.dial_retry == leg_id:
-            self.dial_retry = None
+        if self.seat_state is SeatLegState.RETRYING and self.seat_leg_id == leg_id:
+            self._seat_to(SeatLegState.ENDED, leg_id)
             self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=leg_id, code=0, reason=reason,
                                             cancelled=True, at=time.time()))
             return
         seat = self.seat
-        if seat is None or seat.leg_id != leg_id or self.bridged:
-            return
+        if seat is None or seat.leg_id != leg_id or self.seat_state not in (SeatLegState.DIALING,
+                                                                             SeatLegState.RINGING):
+            return  # already bridged, cancelling or gone: a late timer or a repeated command
+        self._seat_to(SeatLegState.CANCELLING, leg_id)
         seat.cancelled = reason
         with contextlib.suppress(pj.Error):
             seat.hangup(pj.CallOpParam(True))
 
     def seat_ringing(self, leg: SeatLeg) -> None:
-        if leg is self.seat and not self.ended:
+        if leg is self.seat and not self.ended and self.seat_state is SeatLegState.DIALING \
+                and self._seat_to(SeatLegState.RINGING, leg.leg_id):
             self.service.send(ch.SeatRinging(call_id=self.call_id, leg_id=leg.leg_id, at=time.time()))
 
     def seat_media_changed(self, leg: SeatLeg) -> None:
-        if leg is not self.seat or self.ended:
-            return
+        if leg is not self.seat or self.ended or self.seat_state is SeatLegState.CANCELLING:
+            return  # a seat answering a leg we are hanging up is not bridged
         if not self._connect_seat(leg):
             return
-        if not self.bridged:
-            self.bridged = True
+        if not self.bridged and self._seat_to(SeatLegState.BRIDGED, leg.leg_id):
             now = time.time()
-            self.service.send(ch.SeatAnswered(call_id=self.call_id, leg_id=leg.leg_id, at=now, answered_at=now))
+            self.service.send(ch.SeatAnswered(call_id=self.call_id, leg_id=leg.leg_id, at=now,
+                                              answered_at=leg.answered_at or now))
 
     def _connect_seat(self, leg: SeatLeg) -> bool:
         seat_am = active_audio(leg)
@@ -238,19 +278,20 @@ class HandoffSession:
             self.service.forget_orphan(leg)
             return
         self.seat = None  # drop inside DISCONNECTED
+        was_bridged = self.bridged
+        self._seat_to(SeatLegState.ENDED, leg.leg_id)
         if self.ended:
             return
         now = time.time()
-        if self.bridged:
-            if code in (0, 200) or 200 <= code < 300:
-                # The seat's normal BYE after the conversation ends the call for both sides.
-                self.ended_by = "seat"
-                if self.caller is not None:
-                    with contextlib.suppress(pj.Error):
-                        self.caller.hangup(pj.CallOpParam(True))
-                return
-            # The seat leg failed mid-call: the caller stays, the control process re-queues.
-            self.bridged = False
+        if was_bridged and (code in (0, 200) or 200 <= code < 300):
+            # The seat's normal BYE after the conversation ends the call for both sides.
+            self.ended_by = "seat"
+            if self.caller is not None:
+                with contextlib.suppress(pj.Error):
+                    self.caller.hangup(pj.CallOpParam(True))
+            return
+        # Otherwise the seat leg failed (before the bridge, or mid-call: the caller stays and the
+        # control process re-queues).
         cancelled = leg.cancelled
         self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=leg.leg_id, code=code,
                                         reason=cancelled or reason, cancelled=bool(cancelled), at=now))

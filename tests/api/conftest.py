@@ -29,22 +29,16 @@ from gateway.settings import Settings
 from recordings.catalog import Catalog
 from recordings.finalize import finalize
 from routing.acd import SeatSpec
+from routing.service import RoutingService
 from routing.status import SeatStatus
 from routing.store.calls import CallRecords
 from routing.store.database import create_schema
 from tests.api.scratch import scratch_engine
 from tests.conftest import ROOT, free_port
 
-try:
-    from routing.service import RoutingService
-except ImportError:  # pragma: no cover - until routing.service lands
-    RoutingService = None  # type: ignore[assignment,misc]
-
 
 async def build_routing(engine: Any, db_url: str, tmp_path: Path, seats: list[SeatSpec], **settings_: Any) -> Any:
     """The routing service exactly as ``gateway.node`` builds it (``settings_``: other settings)."""
-    if RoutingService is None:
-        pytest.skip("routing.service is not there yet")
     settings = Settings(data_dir=tmp_path, db_url=db_url, **{"ring_timeout": 20.0, **settings_})
     routing = RoutingService.from_settings(settings, engine, node_id="test-node")
     await routing.start(seats)

@@ -84,6 +84,7 @@ def test_eligible_caller_reaches_the_online_determination_seat_audio_both_ways(t
         assert tone_power(talk, rate, 1000) / energy > 0.1
         # The seat is in wrap-up after the call.
         assert seat_status(node, "s1")["status"] in ("wrap_up", "available")
+        assert node.journey_errors() == []
     finally:
         node.stop()
 
@@ -108,6 +109,7 @@ def test_ring_no_answer_goes_to_the_next_seat_without_silence(tmp_path: Path) ->
         call = node.wait_for(lambda: (c := node.call(rep2["call_id"]))["end_reason"] and c)
         kinds = events_of(call)
         assert kinds.count("OFFER") == 2 and "RINGNOANSWER" in kinds and call["seat_id"] == "s2"
+        assert node.journey_errors() == []
     finally:
         node.stop()
 
@@ -124,8 +126,8 @@ def test_seat_failure_keeps_the_caller(tmp_path: Path, how: str) -> None:
         if how == "declines":
             start_seat(node, "s1", p1, "--respond", "603")
         caller = start_caller(node, HUMAN, stay=10)
-        node.wait_for(lambda: any(c["ivr"] for c in node.calls(5)), timeout=30)
-        time.sleep(1.0)
+        # s1 is tried first and fails; only then does s2 log in
+        node.wait_for(lambda: any("SEATFAILED" in events_of(node.call(c["id"])) for c in node.calls(5)), timeout=40)
         start_seat(node, "s2", p2, "--answer-after", "0.3")
         res = caller_result(caller)
         assert res["answered"] and res["bridged"] and res["hung_up_by"] == "caller", res
@@ -139,6 +141,11 @@ def test_seat_failure_keeps_the_caller(tmp_path: Path, how: str) -> None:
             assert failed["data"]["reason"] == "declined"
         if how == "unreachable":
             assert seat_status(node, "s1")["status"] == "not_ready"
+        else:  # the seat's own 603 is a seat-leg SIP error, counted once
+            assert 'handoff122_sip_errors_total{code="603",leg="seat"} 1.0' in node.metrics()
+            assert 'handoff122_seat_ring_seconds_count{outcome="declined",skill="intake_guidance"} 1.0' \
+                in node.metrics()
+        assert node.journey_errors() == []
     finally:
         node.stop()
 
@@ -159,6 +166,7 @@ def test_caller_abandons_while_the_seat_rings(tmp_path: Path) -> None:
         node.wait_for(lambda: seat_status(node, "s1")["status"] == "available")
         q = next(x for x in node.get("/api/v1/queues").json() if x["skill"] == "intake_guidance")
         assert q["abandoned"] == 1 and q["waiting"] == 0
+        assert node.journey_errors() == []
     finally:
         node.stop()
 
@@ -188,6 +196,7 @@ def test_order_is_kept_and_a_more_urgent_caller_goes_first(tmp_path: Path) -> No
         order = [calls[r["call_id"]]["priority"] for r in reps[:3]]
         assert order == [3, 3, 4], order
         assert len({r["call_id"] for r in reps[:3]}) == 3
+        assert node.journey_errors() == []
     finally:
         node.stop()
 
@@ -208,6 +217,7 @@ def test_sipp_as_the_seat_checks_the_handoff_headers(tmp_path: Path) -> None:
         assert uas.returncode == 0, out[-2000:] + err[-1000:]
         logs = "".join(p.read_text() for p in Path(workdir).glob("*_logs.log"))
         assert "HANDOFF c-" in logs and "rescue" in logs
+        assert node.journey_errors() == []
     finally:
         node.stop()
 
@@ -224,5 +234,6 @@ def test_sipp_as_the_caller_is_handed_to_a_seat(tmp_path: Path) -> None:
         assert rep["answered"] and rep["skill"] == "intake_guidance" and rep["caller"] == "13800138000"
         call = node.wait_for(lambda: (c := node.call(rep["call_id"]))["end_reason"] and c)
         assert call["seat_id"] == "s1" and call["ended_by"] == "caller" and "CONNECT" in events_of(call)
+        assert node.journey_errors() == []
     finally:
         node.stop()

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from ivr.check import validate_flow
-from ivr.flow import DEFAULT_FLOW_PATH, FlowInvalid, FlowProblem, load_flow
+from ivr.flow import DEFAULT_FLOW_PATH, FlowInvalid, FlowProblem
+from ivr.loader import load_flow
 
 BASE = yaml.safe_load(DEFAULT_FLOW_PATH.read_text(encoding="utf-8"))
 

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from ivr.flow import DEFAULT_FLOW_PATH, Flow, load_flow
+from ivr.flow import DEFAULT_FLOW_PATH, Flow
 from ivr.interpreter import CancelTimer, Play, Route, StartTimer, StopPlayback
+from ivr.loader import load_flow
 from tests.ivr.caller import ScriptedCaller
 
 EXAMPLE_FLOW_PATH = DEFAULT_FLOW_PATH.parent / "example-slight-injury.yaml"

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
 import wave
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ivr.flow import DEFAULT_FLOW_PATH, DEFAULT_PROMPTS_DIR, load_flow
-from ivr.prompts import MAX_SPOKEN_AHEAD, hold_prompts, prompt_path, queue_position_prompts, transfer_prompts
+from ivr.flow import DEFAULT_FLOW_PATH, DEFAULT_PROMPTS_DIR
+from ivr.loader import load_flow
+from ivr.prompts import (
+    MAX_SPOKEN_AHEAD,
+    hold_prompts,
+    missing_prompts,
+    prompt_path,
+    queue_position_prompts,
+    required_prompts,
+    transfer_prompts,
+)
 
 TEXTS = yaml.safe_load((DEFAULT_PROMPTS_DIR.parent / "texts.yaml").read_text(encoding="utf-8"))
 FLOWS = sorted(DEFAULT_FLOW_PATH.parent.glob("*.yaml"))
@@ -69,6 +79,32 @@ def test_queue_position_starts_at_one() -> None:
         queue_position_prompts(0)
 
 
-def test_unknown_prompt_is_refused() -> None:
-    with pytest.raises(FileNotFoundError):
-        prompt_path("no_such_prompt")
+def test_every_shipped_flow_has_every_prompt_a_caller_may_hear() -> None:
+    for flow_path in FLOWS:
+        assert missing_prompts(load_flow(flow_path)) == [], flow_path
+
+
+def flow_copy(tmp_path: Path) -> Path:
+    """The default flow with its own copy of the prompts (flow prompts and queue prompts)."""
+    audio = tmp_path / "audio"
+    shutil.copytree(DEFAULT_PROMPTS_DIR, audio)
+    data = yaml.safe_load(DEFAULT_FLOW_PATH.read_text(encoding="utf-8"))
+    data["prompts_dir"] = str(audio)
+    path = tmp_path / "flow.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_a_broken_prompt_is_named_before_any_call(tmp_path: Path) -> None:
+    path = flow_copy(tmp_path)
+    (tmp_path / "audio" / "dispute.wav").write_bytes(b"")      # present, but no audio in it
+    (tmp_path / "audio" / "movable.wav").write_bytes(b"RIFF")  # a truncated header
+    problems = missing_prompts(load_flow(path))  # the flow itself loads: every file exists
+    assert sorted(p.split(": ", 1)[0] for p in problems) == [
+        str(tmp_path / "audio" / "dispute.wav"), str(tmp_path / "audio" / "movable.wav")], problems
+    assert all("not a readable WAV" in p for p in problems), problems
+
+
+def test_the_queue_prompts_are_required_too() -> None:
+    required = {p.name for p in required_prompts(load_flow(DEFAULT_FLOW_PATH))}
+    assert {"hold.wav", "transfer_human.wav", "queue_next.wav", "queue_many.wav", "n20.wav"} <= required

@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivr.check import validate_flow
-from ivr.flow import DEFAULT_FLOW_PATH, DEFAULT_PROMPTS_DIR, Flow, flow_from_data
+from ivr.flow import DEFAULT_FLOW_PATH, DEFAULT_PROMPTS_DIR, Flow
 from ivr.interpreter import Action, CancelTimer, IvrSession, Play, Route, StartTimer, StopPlayback
+from ivr.loader import flow_from_data
 from routing.skills import HUMAN_FALLBACK_SKILLS, SKILLS
 
 PROMPT_IDS = sorted(p.stem for p in DEFAULT_PROMPTS_DIR.glob("*.wav"))
@@ -153,7 +154,7 @@ def test_any_events_end_at_a_person_within_bounded_steps(data: dict[str, Any], e
 def test_generated_flows_stay_valid_after_a_yaml_round_trip(data: dict[str, Any], tmp_path_factory: Any) -> None:
     import yaml
 
-    from ivr.flow import load_flow
+    from ivr.loader import load_flow
 
     path = tmp_path_factory.mktemp("flows") / "generated.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")

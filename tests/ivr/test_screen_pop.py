@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ivr.flow import DEFAULT_FLOW_PATH, load_flow
+from ivr.flow import DEFAULT_FLOW_PATH
+from ivr.loader import load_flow
 from ivr.screen_pop import describe
 from tests.ivr.caller import ScriptedCaller
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from routing.acd import Acd, AcdConfig, IllegalTransition, SeatSpec, SkillPolicy
-from routing.queue import CallState
+from routing.queue import EntryState
 from routing.status import SeatStatus as S
 
 SKILLS = ["rescue", "intake_guidance", "insurance_claim"]
@@ -38,7 +38,7 @@ class AcdMachine(RuleBasedStateMachine):
         self.finished: set[str] = set()
         self.n = 0
 
-    def calls_in(self, *states: CallState) -> list[str]:
+    def calls_in(self, *states: EntryState) -> list[str]:
         return sorted(c.id for c in self.acd._calls.values() if c.state in states)
 
     def step(self, dt: float = 0.5) -> None:
@@ -53,37 +53,37 @@ class AcdMachine(RuleBasedStateMachine):
         self.acd.enqueue(call_id, skill, priority, self.now, caller=f"13{self.n}")
         self.entered.add(call_id)
 
-    @precondition(lambda self: self.calls_in(CallState.RINGING))
+    @precondition(lambda self: self.calls_in(EntryState.RINGING))
     @rule(data=st.data())
     def answer(self, data: st.DataObject) -> None:
         self.step()
-        self.acd.seat_answered(data.draw(st.sampled_from(self.calls_in(CallState.RINGING))), self.now)
+        self.acd.seat_answered(data.draw(st.sampled_from(self.calls_in(EntryState.RINGING))), self.now)
 
-    @precondition(lambda self: self.calls_in(CallState.RINGING))
+    @precondition(lambda self: self.calls_in(EntryState.RINGING))
     @rule(data=st.data())
     def rona(self, data: st.DataObject) -> None:
         self.step()
-        self.acd.ring_no_answer(data.draw(st.sampled_from(self.calls_in(CallState.RINGING))), self.now)
+        self.acd.ring_no_answer(data.draw(st.sampled_from(self.calls_in(EntryState.RINGING))), self.now)
 
-    @precondition(lambda self: self.calls_in(CallState.RINGING))
+    @precondition(lambda self: self.calls_in(EntryState.RINGING))
     @rule(data=st.data(), reason=st.sampled_from(["busy", "declined", "unreachable", "hangup_before_bridge"]))
     def seat_failed(self, data: st.DataObject, reason: str) -> None:
         self.step()
-        self.acd.seat_failed(data.draw(st.sampled_from(self.calls_in(CallState.RINGING))), self.now, reason)
+        self.acd.seat_failed(data.draw(st.sampled_from(self.calls_in(EntryState.RINGING))), self.now, reason)
 
-    @precondition(lambda self: self.calls_in(CallState.WAITING, CallState.RINGING))
+    @precondition(lambda self: self.calls_in(EntryState.WAITING, EntryState.RINGING))
     @rule(data=st.data())
     def abandon(self, data: st.DataObject) -> None:
         self.step()
-        call_id = data.draw(st.sampled_from(self.calls_in(CallState.WAITING, CallState.RINGING)))
+        call_id = data.draw(st.sampled_from(self.calls_in(EntryState.WAITING, EntryState.RINGING)))
         self.acd.caller_abandoned(call_id, self.now)
         self.finished.add(call_id)
 
-    @precondition(lambda self: self.calls_in(CallState.CONNECTED))
+    @precondition(lambda self: self.calls_in(EntryState.CONNECTED))
     @rule(data=st.data(), by=st.sampled_from(["caller", "seat"]))
     def complete(self, data: st.DataObject, by: str) -> None:
         self.step()
-        call_id = data.draw(st.sampled_from(self.calls_in(CallState.CONNECTED)))
+        call_id = data.draw(st.sampled_from(self.calls_in(EntryState.CONNECTED)))
         self.acd.call_completed(call_id, self.now, by)
         self.finished.add(call_id)
 
@@ -127,7 +127,7 @@ class AcdMachine(RuleBasedStateMachine):
         assert live == self.entered - self.finished
         for call in self.acd._calls.values():
             pos = self.acd.queue_position(call.id)
-            assert (pos is not None) == (call.state is CallState.WAITING)
+            assert (pos is not None) == (call.state is EntryState.WAITING)
 
     @invariant()
     def never_double_books(self) -> None:
@@ -140,10 +140,10 @@ class AcdMachine(RuleBasedStateMachine):
                 assert call_id not in holders, f"{call_id} held by {holders.get(call_id)} and {view['id']}"
                 holders[call_id] = view["id"]
                 call = self.acd._calls[call_id]
-                want = CallState.RINGING if view["status"] == "reserved" else CallState.CONNECTED
+                want = EntryState.RINGING if view["status"] == "reserved" else EntryState.CONNECTED
                 assert call.state is want and call.seat_id == view["id"]
         for call in self.acd._calls.values():
-            if call.state is not CallState.WAITING:
+            if call.state is not EntryState.WAITING:
                 assert holders.get(call.id) == call.seat_id
 
     @invariant()
@@ -151,7 +151,7 @@ class AcdMachine(RuleBasedStateMachine):
         if not hasattr(self, "acd"):
             return
         for call in self.acd._calls.values():
-            if call.state is CallState.WAITING:
+            if call.state is EntryState.WAITING:
                 free = set(self.acd._available[call.skill].seat_ids())
                 assert free <= call.excluded, f"{call.id} waits while {free - call.excluded} are free"
 
@@ -162,14 +162,18 @@ class AcdMachine(RuleBasedStateMachine):
         views = {v["skill"]: v for v in self.acd.queues_view(self.now)}
         connected = {s: 0 for s in views}
         for call in self.acd._calls.values():
-            if call.state is CallState.CONNECTED:
+            if call.state is EntryState.CONNECTED:
                 connected[call.skill] += 1
         for skill, v in views.items():
             entered = v["offered"] + v["escalated_in"]
             assert entered == v["answered"] + v["abandoned"] + v["waiting"] + v["ringing"] + v["escalated_out"]
             assert v["answered_within_sl"] <= v["answered"]
             assert v["answered"] >= connected[skill]
-            assert v["seats_by_status"]["reserved"] + v["seats_by_status"]["on_call"] >= 0
+        # every ringing call holds exactly one reserved seat, every connected call one seat on a call
+        statuses = [seat["status"] for seat in self.acd.seats_view(self.now)]
+        ringing = [c for c in self.acd._calls.values() if c.state is EntryState.RINGING]
+        assert statuses.count("reserved") == len(ringing) == sum(v["ringing"] for v in views.values())
+        assert statuses.count("on_call") == sum(connected.values())
         assert sum(v["offered"] for v in views.values()) == len(self.entered)
 
 

@@ -95,8 +95,7 @@ async def test_seat_status_messages_reach_the_callback(mqtt_url: str) -> None:
     bus = EventBus(mqtt_url, "node-2", prefix=prefix, on_seat_status=on_status)
     await bus.start()
     try:
-        await wait_for(lambda: bus.stats()["connected"])
-        await asyncio.sleep(0.2)  # the subscription follows the connect
+        await wait_for(lambda: bus.stats()["subscribed"])  # the broker acknowledged the subscription
         async with aiomqtt.Client(addr.host, addr.port, identifier=f"{prefix}-desk") as desk:
             t = f"{prefix}/seats/s5/status/set"
             await desk.publish(t, json.dumps({"status": "not_ready", "reason": "break"}), qos=1)

@@ -202,8 +202,7 @@ async def test_mqtt_seat_status_screen_pop_and_queue_snapshot(sqlite_url: str, t
         await desk.subscribe(f"{prefix}/#", qos=1)
         await svc.start([seat("s1", ["rescue"], S.NOT_READY)])
         try:
-            await until(lambda: svc.bus.stats()["connected"])
-            await asyncio.sleep(0.2)
+            await until(lambda: svc.bus.stats()["subscribed"])
             svc.enqueue("c1", "rescue", 2, caller="13912345678", info={"answers": ["1", "2", "2"]})
             # the seat's desktop says it is ready: the waiting call is offered to it
             await desk.publish(f"{prefix}/seats/s1/status/set", json.dumps({"status": "available"}), qos=1)

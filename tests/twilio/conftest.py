@@ -7,10 +7,11 @@ the test auth token, over the public URL) and follows the TwiML it gets back: th
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,17 +24,14 @@ from twilio.request_validator import RequestValidator
 
 from api.twilio import TwilioCalls, TwilioContext, twilio_router
 from gateway.settings import Settings
-from ivr.flow import DEFAULT_FLOW_PATH, Flow, load_flow
+from ivr.flow import DEFAULT_FLOW_PATH, Flow
+from ivr.loader import load_flow
 from routing.acd import SeatSpec
+from routing.service import RoutingService
 from routing.status import SeatStatus
 from routing.store.calls import CallRecords
 from routing.store.database import create_schema
 from tests.api.scratch import scratch_engine
-
-try:
-    from routing.service import RoutingService
-except ImportError:  # pragma: no cover - until routing.service lands
-    RoutingService = None  # type: ignore[assignment,misc]
 
 TOKEN = "test-twilio-auth-token"
 #: What Twilio calls (a proxy in front of the node); the app itself is reached at http://testserver.
@@ -69,6 +67,12 @@ class Centre:
 
     def phone(self, sid: str | None = None, caller: str = "+8613800000001") -> TwilioPhone:
         return TwilioPhone(self.http, sid or "CA" + uuid.uuid4().hex, caller)
+
+
+def journey_of(rec: dict[str, Any]) -> list[str]:
+    """The stages a call record's JOURNEY events walked, from the first stage on."""
+    moves = [e["data"] for e in rec["events"] if e["kind"] == "JOURNEY"]
+    return [moves[0]["from"], *(m["to"] for m in moves)] if moves else []
 
 
 def sign(url: str, params: dict[str, str], token: str = TOKEN) -> str:
@@ -172,8 +176,6 @@ class TwilioPhone:
 
 async def start_centre(db_url: str, tmp_path: Path, seats: list[SeatSpec],
                        flow: Flow | None = None, clock: Callable[[], float] | None = None) -> Centre:
-    if RoutingService is None:
-        pytest.skip("routing.service is not there yet")
     tables = AsyncExitStack()
     engine = await tables.enter_async_context(scratch_engine(db_url))
     await create_schema(engine)
@@ -207,3 +209,13 @@ async def centre(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Centre]:
         yield c
     finally:
         await stop_centre(c)
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_journey_event(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every Twilio test fails if a call's journey met an event it did not expect in its stage."""
+    with caplog.at_level(logging.INFO, logger="journey"):
+        yield
+    unexpected = [r for r in caplog.records if r.getMessage() == "journey_unexpected_event"]
+    assert not unexpected, [(getattr(r, "call_id", None), getattr(r, "stage", None), getattr(r, "cause", None))
+                            for r in unexpected]

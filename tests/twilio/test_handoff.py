@@ -6,7 +6,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from routing.status import SeatStatus
-from tests.twilio.conftest import PUBLIC, Centre, seat, start_centre, stop_centre
+from tests.twilio.conftest import PUBLIC, Centre, journey_of, seat, start_centre, stop_centre
 
 
 def sip_target(dial) -> tuple[str, dict[str, list[str]]]:  # type: ignore[no-untyped-def]
@@ -16,7 +16,7 @@ def sip_target(dial) -> tuple[str, dict[str, list[str]]]:  # type: ignore[no-unt
     return uri, parse_qs(headers)
 
 
-async def test_seat_free_dials_it_and_the_talk_is_recorded(centre: Centre) -> None:
+async def test_seat_free_dials_it_and_the_conversation_is_in_the_call_record(centre: Centre) -> None:
     phone = centre.phone()
     await phone.dial_in()
     await phone.keys("1 2 2")  # vehicle cannot move -> rescue; s1 is free
@@ -41,8 +41,11 @@ async def test_seat_free_dials_it_and_the_talk_is_recorded(centre: Centre) -> No
     assert rec["seat_id"] == "s1" and rec["seat_answered_at"] is not None
     assert (rec["end_reason"], rec["ended_by"]) == ("completed", "seat")
     kinds = [e["kind"] for e in rec["events"]]
-    assert [k for k in kinds if k != "SEATSTATUS"] == [
+    assert [k for k in kinds if k not in ("SEATSTATUS", "JOURNEY")] == [
         "CALLSTART", "IVRDONE", "ENTERQUEUE", "OFFER", "CONNECT", "COMPLETE", "CALLEND"]
+    # the journey walked its stages in order, each one persisted with the call
+    assert journey_of(rec) == ["answered", "in_ivr", "queued", "offered", "ringing_seat", "talking", "wrap_up",
+                               "ended"]
     q = centre.queue("rescue")
     assert (q["offered"], q["answered"], q["abandoned"]) == (1, 1, 0)
 

@@ -17,7 +17,8 @@ import httpx
 
 from api.node import RunningApi, build_api
 from gateway.settings import Settings
-from ivr.flow import DEFAULT_FLOW_PATH, load_flow
+from ivr.flow import DEFAULT_FLOW_PATH
+from ivr.loader import load_flow
 from recordings.catalog import Catalog
 from routing.service import RoutingService
 from routing.status import SeatStatus
@@ -30,7 +31,7 @@ from tests.twilio.conftest import PUBLIC, TOKEN, TwilioPhone, seat
 
 @dataclass
 class NodeParts:
-    """The attributes of ``gateway.node.Node`` that ``build_api`` uses."""
+    """An ``api.node.ApiHost`` built from the same parts as ``gateway.node.Node``."""
 
     settings: Settings
     engine: Any
@@ -39,6 +40,12 @@ class NodeParts:
     catalog: Catalog
     flow: Any
     node_id: str = "twilio-node"
+
+    def install_flow(self, flow: Any) -> None:
+        self.flow = flow
+
+    def media_stats(self) -> dict[str, float]:
+        return {}
 
 
 @asynccontextmanager

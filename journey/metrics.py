@@ -1,10 +1,12 @@
 """Prometheus metrics, all prefixed ``handoff122_``.
 
+They live with the call journey because the journey produces them; the API only serves them.
 Two kinds:
 
-* things that happen in the gateway (hand-off latency, SIP errors, IVR outcomes) are observed as
-  they happen through the functions below, into a private ``CollectorRegistry`` (so importing the
-  API never pollutes the process-wide default registry, and tests can run several apps);
+* things that happen to calls (hand-off latency, ring time, SIP errors, IVR outcomes, call ends)
+  are observed by ``journey.call.CallJourney`` (and the node, for calls refused before they
+  started) as they happen, into a private ``CollectorRegistry`` (so importing it never pollutes
+  the process-wide default registry, and tests can run several apps);
 * the centre's current state (calls by state, queue sizes and waits, seats by status) is read from
   the routing service at scrape time by ``RealtimeCollector``, so it can never drift from the ACD.
 """
@@ -26,14 +28,22 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 HANDOFF_LATENCY = Histogram(
     PREFIX + "handoff_latency_seconds",
-    "From the seat answering to the caller being bridged to it (the hand-off gap the caller hears).",
+    "From the seat's 200 OK to the caller being bridged to it (the hand-off gap the caller hears), by skill.",
     ["skill"],
-    buckets=(0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0, 10.0),
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0),
+    registry=REGISTRY,
+)
+RING_TIME = Histogram(
+    PREFIX + "seat_ring_seconds",
+    "From the ACD's offer to the seat answering or the offer ending (outcome: answered, rona, busy, ...).",
+    ["skill", "outcome"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0),
     registry=REGISTRY,
 )
 SIP_ERRORS = Counter(
     PREFIX + "sip_errors",
-    "SIP failures by leg (caller|seat) and final status code (or 'timeout', 'transport').",
+    "SIP failures by leg (caller: refused before answer; seat: the seat answered with a failure) and final "
+    "status code.  A caller's own CANCEL is not one (see calls_ended{end_reason=\"caller_cancelled\"}).",
     ["leg", "code"],
     registry=REGISTRY,
 )
@@ -45,7 +55,7 @@ IVR_OUTCOMES = Counter(
 )
 CALLS_ENDED = Counter(
     PREFIX + "calls_ended",
-    "Calls closed, by end reason (completed, abandoned, ...).",
+    "Calls closed, by end reason (completed, abandoned, caller_hangup_in_ivr, caller_cancelled, ...).",
     ["end_reason"],
     registry=REGISTRY,
 )
@@ -53,6 +63,10 @@ CALLS_ENDED = Counter(
 
 def observe_handoff_latency(seconds: float, skill: str = "") -> None:
     HANDOFF_LATENCY.labels(skill=skill).observe(max(0.0, seconds))
+
+
+def observe_ring_time(seconds: float, skill: str, outcome: str) -> None:
+    RING_TIME.labels(skill=skill, outcome=outcome).observe(max(0.0, seconds))
 
 
 def count_sip_error(code: int | str, leg: str = "caller") -> None:

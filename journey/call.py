@@ -1,0 +1,275 @@
+"""``CallJourney``: one call walked through ``journey.stages``, whatever media carries it.
+
+The media adapters (the SIP call director, the Twilio webhook handler) translate the wire into
+the methods below and the methods' answers back into media (prompts, seat dialling, TwiML).
+Everything the two have in common lives here, once:
+
+* the stage and every move of it, through the transition table (an event the table does not have
+  for the current stage is logged as an error with the call id and changes nothing);
+* the reports to the ACD (enqueue, seat answered / not taken, abandoned, completed) in the order
+  that keeps the ACD and the journey in step: the journey moves first, then reports, so an
+  ``OFFER`` the report causes finds the call already back in ``queued``;
+* the call record's lifecycle events (CALLSTART, IVRDONE, CALLEND), built in one place;
+* the metrics of a call (IVR outcome, ring time, hand-off latency, end reason).
+
+The routing service's reports are synchronous (``Emitted`` lists); a report the ACD refuses
+because it already moved on (its own ring timer fired first) is logged, not raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from journey import metrics
+from journey.failures import RONA, SeatOutcome
+from journey.notifier import JourneyNotifier
+from journey.stages import WAITING, Cause, Stage, UnexpectedEvent, next_stage
+from routing.errors import RoutingError
+from routing.events import Event, EventKind
+
+log = logging.getLogger("journey")
+
+#: A caller whose seat leg failed mid-conversation waits again at this priority (the most urgent).
+REQUEUE_PRIORITY = 1
+
+
+class RoutingPort(Protocol):
+    """The routing service as a journey uses it (``routing.service.RoutingService``)."""
+
+    acd: Any
+
+    def record(self, events: list[Event]) -> Any: ...
+    def enqueue(self, call_id: str, skill: str, priority: int, caller: str | None = None,
+                info: dict[str, Any] | None = None) -> Any: ...
+    def seat_answered(self, call_id: str, seat_id: str | None = None) -> Any: ...
+    def ring_no_answer(self, call_id: str, seat_id: str | None = None) -> Any: ...
+    def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None) -> Any: ...
+    def caller_abandoned(self, call_id: str) -> Any: ...
+    def call_completed(self, call_id: str, ended_by: str) -> Any: ...
+
+
+@dataclass(slots=True)
+class Offer:
+    """A seat the ACD reserved for this call."""
+
+    seat_id: str
+    contact: str
+    skill: str
+    ring_timeout_s: float
+    attempt: int
+    offered_at: float
+    rang_at: float | None = None
+
+
+@dataclass
+class CallJourney:
+    call_id: str
+    caller: str
+    ingress: str                       # sip | twilio
+    node_id: str
+    started_at: float
+    routing: RoutingPort
+    notifier: JourneyNotifier
+    stage: Stage = Stage.ANSWERED
+    skill: str | None = None
+    priority: int | None = None
+    offer: Offer | None = None
+    seat_id: str | None = None         # the seat talking to the caller
+    recording_id: str | None = None
+    outcome: str | None = None         # end reason, once the line is closed
+    ended_by: str | None = None
+    ivr_record: dict[str, Any] = field(default_factory=dict)  # the IVR's decision, for every screen pop
+    queue_info: dict[str, Any] = field(default_factory=dict)  # what the queue entry carries to a seat
+    history: list[tuple[Stage, Cause, Stage]] = field(default_factory=list)
+
+    # -- the table ------------------------------------------------------------------------------
+    def _move(self, cause: Cause, at: float, detail: str = "") -> bool:
+        try:
+            dst = next_stage(self.stage, cause)
+        except UnexpectedEvent:
+            self.notifier.unexpected(self.call_id, self.stage, cause, detail)
+            return False
+        src, self.stage = self.stage, dst
+        self.history.append((src, cause, dst))
+        self.notifier.transition(self.call_id, src, dst, cause, at, detail)
+        return True
+
+    def _report(self, command: str, *args: Any, **kw: Any) -> None:
+        try:
+            getattr(self.routing, command)(self.call_id, *args, **kw)
+        except RoutingError as e:
+            log.info("routing_report_refused", extra={"call_id": self.call_id, "command": command, "error": str(e)})
+
+    @property
+    def waiting(self) -> bool:
+        return self.stage in WAITING
+
+    @property
+    def live(self) -> bool:
+        return self.stage not in (Stage.WRAP_UP, Stage.ENDED)
+
+    # -- answer and IVR -------------------------------------------------------------------------
+    def answered(self, at: float, callee: str, **wire: Any) -> None:
+        """The line is open: CALLSTART (with what the ingress knows of the wire), then the IVR."""
+        self.notifier.record([Event(EventKind.CALLSTART, at, call_id=self.call_id, data={
+            "caller": self.caller, "callee": callee, "ingress": self.ingress, "node_id": self.node_id,
+            "answered_at": at, **wire})])
+        self._move(Cause.IVR_STARTED, at)
+
+    def routed(self, skill: str, priority: int, reason: str, record: dict[str, Any], at: float,
+               screen_pop: dict[str, Any] | None = None) -> bool:
+        """The IVR decided.  The caller is queued before anything is played to them.
+
+        ``screen_pop`` is the record in words (``ivr.screen_pop.describe``): the adapter has the flow.
+        """
+        if not self._move(Cause.IVR_ROUTED, at, f"{skill} p{priority} ({reason})"):
+            return False
+        self.skill, self.priority, self.ivr_record = skill, priority, record
+        metrics.count_ivr_outcome(skill, reason)
+        self.notifier.record([Event(EventKind.IVRDONE, at, call_id=self.call_id, skill=skill,
+                                    data={"record": record, "priority": priority, "reason": reason})])
+        info = {"ivr": record, "caller": self.caller, "started_at": self.started_at, "node_id": self.node_id,
+                "recording_id": self.recording_id, "ingress": self.ingress, "screen_pop": screen_pop or {}}
+        self.queue_info = info
+        self._report("enqueue", skill, priority, caller=self.caller, info=info)
+        return True
+
+    # -- routing decisions ----------------------------------------------------------------------
+    def routing_event(self, ev: Event, now: float) -> Offer | bool | None:
+        """An ACD decision about this call.  Returns the new ``Offer`` for an OFFER, True when the
+        ACD itself released the seat being rung (its ring timer: the adapter hangs up that leg)."""
+        if ev.kind is EventKind.OFFER and ev.seat_id:
+            if not self._move(Cause.OFFERED, now, f"seat {ev.seat_id}"):
+                return None
+            self.offer = Offer(seat_id=ev.seat_id, contact=str(ev.data.get("contact") or ""),
+                               skill=str(ev.skill or self.skill), attempt=int(ev.data.get("attempt") or 0),
+                               ring_timeout_s=float(ev.data.get("ring_timeout_s") or 20.0), offered_at=now)
+            return self.offer
+        if ev.kind in (EventKind.RINGNOANSWER, EventKind.SEATFAILED):
+            if self.offer is None or self.offer.seat_id != ev.seat_id:
+                return None  # the echo of our own report: the journey already moved on
+            self._seat_released(RONA if ev.kind is EventKind.RINGNOANSWER else str(ev.data.get("reason")), now)
+            return True
+        if ev.kind is EventKind.ESCALATE:
+            d = ev.data
+            to = str(d.get("to") or self.skill)
+            detail = (f"also offered to {d['also']}" if d.get("also") else
+                      f"priority {d.get('previous_priority')} -> {d['priority']}" if "previous_priority" in d else
+                      f"{d.get('from')} -> {to}")
+            if self._move(Cause.ESCALATED, now, detail):
+                self.skill = to
+        return None
+
+    def _seat_released(self, kind: str, now: float) -> None:
+        """The ACD gave up on the seat being rung on its own (ring timer): no report back."""
+        assert self.offer is not None
+        if self._move(Cause.SEAT_NOT_TAKEN, now, f"seat {self.offer.seat_id}: {kind} (routing)"):
+            self._count_ring(now, kind)
+            self.offer = None
+
+    # -- the seat leg ---------------------------------------------------------------------------
+    def seat_ringing(self, seat_id: str, at: float) -> bool:
+        if self.offer is None or self.offer.seat_id != seat_id:
+            log.info("journey_stale_report", extra={"call_id": self.call_id, "report": "seat_ringing",
+                                                    "seat_id": seat_id})
+            return False
+        if self._move(Cause.SEAT_RINGING, at, f"seat {seat_id}"):
+            self.offer.rang_at = at
+            return True
+        return False
+
+    def seat_answered(self, seat_id: str, answered_at: float, bridged_at: float | None) -> bool:
+        """The seat answered (its 200 OK at ``answered_at``) and is bridged at ``bridged_at``
+        (``None`` when the ingress cannot see the bridge: Twilio)."""
+        offer = self.offer
+        if offer is None or offer.seat_id != seat_id:
+            log.info("journey_stale_report", extra={"call_id": self.call_id, "report": "seat_answered",
+                                                    "seat_id": seat_id})
+            return False
+        if not self._move(Cause.SEAT_ANSWERED, bridged_at or answered_at, f"seat {seat_id}"):
+            return False
+        skill = offer.skill or self.skill or ""
+        metrics.observe_ring_time(answered_at - offer.offered_at, skill, "answered")
+        if bridged_at is not None:
+            metrics.observe_handoff_latency(bridged_at - answered_at, skill)
+        self.offer, self.seat_id = None, seat_id
+        self._report("seat_answered", seat_id=seat_id)
+        return True
+
+    def seat_not_taken(self, seat_id: str, outcome: SeatOutcome, now: float) -> bool:
+        """The seat leg ended before a conversation.  False (and nothing changes) when it is about
+        a seat this call no longer waits for (the ACD's ring timer already moved on)."""
+        if self.offer is None or self.offer.seat_id != seat_id or not self.waiting:
+            log.info("journey_stale_report", extra={"call_id": self.call_id, "report": "seat_not_taken",
+                                                    "seat_id": seat_id, "kind": outcome.kind})
+            return False
+        if not self._move(Cause.SEAT_NOT_TAKEN, now, f"seat {seat_id}: {outcome.kind} ({outcome.detail})"):
+            return False
+        self._count_ring(now, outcome.kind)
+        if outcome.is_sip_error:
+            metrics.count_sip_error(outcome.sip_code, leg="seat")
+        self.offer = None
+        if outcome.kind == RONA:
+            self._report("ring_no_answer", seat_id=seat_id)
+        else:
+            self._report("seat_failed", outcome.kind, seat_id=seat_id, detail=outcome.detail or None)
+        return True
+
+    def seat_leg_lost(self, code: int, reason: str, now: float) -> bool:
+        """The seat leg failed mid-conversation: the seat's part is over (wrap-up) and the caller,
+        still on the line, waits again at the front."""
+        if not self._move(Cause.SEAT_LEG_LOST, now, f"seat {self.seat_id}: {code} {reason}"):
+            return False
+        self.seat_id = None
+        self._report("call_completed", "seat_failure")
+        self._report("enqueue", self.skill or "intake_guidance", REQUEUE_PRIORITY, caller=self.caller,
+                     info={**self.queue_info, "requeued_after": "seat_leg_failed"})
+        return True
+
+    def _count_ring(self, now: float, kind: str) -> None:
+        if self.offer is not None:
+            metrics.observe_ring_time(now - self.offer.offered_at, self.offer.skill or self.skill or "", kind)
+
+    # -- the end --------------------------------------------------------------------------------
+    def hung_up(self, by: str, now: float, record: dict[str, Any] | None = None, lost: bool = False) -> str | None:
+        """The line closed (``by`` caller | seat | gateway | error).  Tells the ACD, returns the end
+        reason; ``record`` is the IVR's decision record, written when the call ends in the IVR."""
+        stage = self.stage
+        if lost:
+            cause = Cause.LINE_LOST
+        elif by == "seat" and stage is Stage.TALKING:
+            cause = Cause.SEAT_HUNG_UP
+        else:
+            cause = Cause.CALLER_HUNG_UP
+        if not self._move(cause, now, f"by {by}"):
+            return None
+        self.ended_by = by
+        if stage in (Stage.ANSWERED, Stage.IN_IVR):
+            outcome = "lost_worker_failure" if lost else "caller_hangup_in_ivr"
+            metrics.count_ivr_outcome("", "line_lost" if lost else "caller_hangup")
+            self.notifier.record([Event(EventKind.IVRDONE, now, call_id=self.call_id,
+                                        data={"record": record or {}, "reason": outcome})])
+        elif stage in WAITING:
+            outcome = "abandoned"
+            if self.offer is not None:
+                self._count_ring(now, "abandoned")
+            self._report("caller_abandoned")
+        else:
+            outcome = "completed"
+            self._report("call_completed", by)
+        self.offer = None
+        self.outcome = "lost_worker_failure" if lost else outcome
+        return self.outcome
+
+    def closed(self, now: float, recording_id: str | None = None) -> bool:
+        """The record is sealed: CALLEND is the call's last event."""
+        if not self._move(Cause.CLOSED, now):
+            return False
+        if recording_id is not None:
+            self.recording_id = recording_id
+        metrics.count_call_ended(self.outcome or "ended")
+        self.notifier.record([Event(EventKind.CALLEND, now, call_id=self.call_id, data={
+            "reason": self.outcome, "ended_by": self.ended_by, "recording_id": self.recording_id})])
+        return True
