@@ -253,19 +253,25 @@ class Bench:
         _say_step(figures)
         return step
 
-    def call_records(self) -> dict[str, Any]:
-        """What the node stored: the newest call records, and how many of them show the seat's CONNECT."""
+    def call_records(self, newest: int = 500) -> dict[str, Any]:
+        """What the node stored: its newest call records (each fetched whole, with its event
+        timeline), and how many show the seat's CONNECT."""
         assert self.node.data_dir is not None
         try:
             out = subprocess.run([sys.executable, "-m", "gateway.cli", "token", "create", "--role", "supervisor",
                                   "--data-dir", str(self.node.data_dir)], capture_output=True, text=True, check=True,
                                  timeout=60)
             token = out.stdout.strip().splitlines()[-1]
-            r = httpx.get(f"http://127.0.0.1:{self.node.api_port}/api/v1/calls", params={"limit": 500},
-                          headers={"Authorization": f"Bearer {token}"}, timeout=30)
-            r.raise_for_status()
-            records = r.json()
-        except (subprocess.SubprocessError, httpx.HTTPError, ValueError, IndexError) as e:
+            with httpx.Client(base_url=f"http://127.0.0.1:{self.node.api_port}", timeout=30,
+                              headers={"Authorization": f"Bearer {token}"}) as api:
+                listed = api.get("/api/v1/calls", params={"limit": newest})
+                listed.raise_for_status()
+                records = []
+                for c in listed.json():
+                    one = api.get(f"/api/v1/calls/{c['id']}")
+                    one.raise_for_status()
+                    records.append(one.json())
+        except (subprocess.SubprocessError, httpx.HTTPError, ValueError, IndexError, KeyError) as e:
             return {"error": f"{e.__class__.__name__}: {e}"[:300]}
         connected = [c for c in records if any(_kind(e) == "CONNECT" for e in c.get("events") or [])]
         return {"checked": len(records), "connected": len(connected),
@@ -369,8 +375,12 @@ def _rss_growth(sampler_series: list[tuple[float, int]], steady_from: float, unt
 
 
 def main(as_json: bool = False, quick: bool = False) -> int:
+    return run(QUICK if quick else FULL, as_json=as_json, quick=quick)
+
+
+def run(plan: Plan, *, as_json: bool = False, quick: bool = False) -> int:
+    """The whole benchmark with one plan (sizes and durations); the tests use a tiny one."""
     configure_logging("ERROR", process_name="bench")
-    plan = QUICK if quick else FULL
     lifetime = call_seconds(plan, plan.talk_s)
     cap = min(plan.cap, math.floor(plan.workers * 2 * 0.9 / lifetime * 10) / 10)
     result: dict[str, Any] = {"bench": "full", "quick": quick, "talk_s": plan.talk_s, "step_s": plan.step_s,
