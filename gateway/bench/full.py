@@ -172,7 +172,7 @@ class Bench:
         t = threading.Thread(target=lambda: box.update(run=sipp(
             self.node.sip_port, scenario, calls=calls, rate=rate, limit=int(rate * lifetime * 2) + 50,
             timeout=seconds + lifetime + 90, extra=["-inf", str(inf), "-trace_rtt", "-rtt_freq", "1",
-                                                    "-trace_logs"])))
+                                                    "-trace_logs", "-trace_err"])))
         t.start()
         started = time.monotonic()
         while t.is_alive():
@@ -237,7 +237,7 @@ class Bench:
             "audio": audio,
             "processes": processes,
             "node_warnings": dict(self.log.problems),
-            "sipp_tail": run.tail[-400:] if run.failed_calls else "",
+            "sipp_errors": run.first_errors() if run.failed_calls else [],
             "_rss_series": sampler.rss_series,
         }
         figures["_step"] = Step(target_cps=rate, seconds=seconds, ok=max(0, run.ok_calls - never_bridged),

@@ -134,7 +134,7 @@ def _rows_sip(f: dict[str, Any]) -> list[Row]:
     for kind, label in (("front_door", "Kamailio"), ("workers", "media workers"), ("control", "control")):
         k = p.get(kind) or {}
         rows.append((f"{label}: CPU (cores) / RSS (MB)", f"{k.get('cpu_core_share')} / {k.get('rss_mb_peak')}",
-                     f"{k.get('processes')} processes while the callers were held; CPU as a share of one core"))
+                     f"{k.get('processes')} process(es) while the callers were held; CPU as a share of one core"))
     return rows
 
 
@@ -170,7 +170,7 @@ def _rows_full(f: dict[str, Any]) -> list[Row]:
     for kind, label in (("front_door", "Kamailio"), ("workers", "media workers"), ("control", "control")):
         k = _get(top, f"processes.{kind}") or {}
         rows.append((f"{label}: CPU (cores) / RSS (MB)", f"{k.get('cpu_core_share')} / {k.get('rss_mb_peak')}",
-                     f"{k.get('processes')} processes, at the max clean step; CPU as a share of one core"))
+                     f"{k.get('processes')} process(es), at the max clean step; CPU as a share of one core"))
     rows += [
         ("soak: rate, lost, RSS growth", f"{soak.get('rate_cps')} CPS, {soak.get('lost')} lost, "
          f"{_get(soak, 'rss.growth_pct')} %", "the max clean rate held for the soak; lost = failed or never reached "
@@ -185,6 +185,65 @@ def _rows_full(f: dict[str, Any]) -> list[Row]:
          "the node's newest call records (API) that show the seat's CONNECT"),
     ]
     return rows
+
+
+def _rows_ivr(f: dict[str, Any]) -> list[Row]:
+    return [
+        ("events/s", f.get("events_per_s"), f"IVR interpreter events per second, interpreter time only "
+         f"({f.get('sessions')} scripted and random sessions of the default flow, in process)"),
+        ("per-event latency p50 / p99 / max (µs)",
+         f"{f.get('latency_us_p50')} / {f.get('latency_us_p99')} / {f.get('latency_us_max')}",
+         "one key, prompt end or timeout -> the interpreter's actions (goal p99 < 50 µs)"),
+    ]
+
+
+def _rows_routing(f: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [
+        ("decisions/s", f.get("decisions_per_s"), f"ACD decisions per second, time inside the ACD only "
+         f"({f.get('seats')} seats, {f.get('waiting_at_start')} waiting callers, mixed stream, in process)"),
+        ("decision latency p50 / p99 / max (ms)", f"{f.get('p50_ms')} / {f.get('p99_ms')} / {f.get('max_ms')}",
+         "one ACD call (enqueue, answer, ring-no-answer, ...) -> its events"),
+    ]
+    for backend, fig in (f.get("persistence") or {}).items():
+        if not isinstance(fig, dict):
+            continue
+        if "throughput" not in fig:
+            rows.append((f"persistence {backend}", fig.get("skipped") or fig.get("error"), ""))
+            continue
+        rows.append((f"persistence {backend}: events/s", _get(fig, "throughput.events_per_s"),
+                     "ACD events written by the batched store, as fast as it can"))
+        rows.append((f"persistence {backend}: crash-loss window (ms)", fig.get("crash_loss_window_ms"),
+                     f"paced at {_get(fig, 'paced.rate_events_per_s')} events/s: longest append -> commit"))
+    return rows
+
+
+def _rows_handoff(f: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for key, label in (("sequential", "one caller at a time"), ("concurrent", "callers at once")):
+        r = f.get(key) or {}
+        rows.append((f"hand-off p50 / p99 (ms), {label}", f"{r.get('p50_ms')} / {r.get('p99_ms')}",
+                     f"node log: ACD offer -> seat leg INVITE -> SIPp seat's 200 -> bridged; {r.get('calls')} calls, "
+                     f"concurrency {r.get('concurrency')}"))
+        rows.append((f"lost, {label}", r.get("lost"), "callers that never reached a seat"))
+    return rows
+
+
+def _rows_api(f: dict[str, Any]) -> list[Row]:
+    reads, live = f.get("reads") or {}, f.get("live") or {}
+    return [
+        ("API reads p50 / p99 (ms), saturation", f"{reads.get('p50_ms')} / {reads.get('p99_ms')}",
+         f"client request -> response, {reads.get('concurrency')} concurrent clients from another process"),
+        ("API reads/s at saturation", reads.get("requests_per_s"), "queues, calls and /metrics reads"),
+        ("API reads p99 (ms), paced", _get(reads, "paced.p99_ms"),
+         f"at {_get(reads, 'paced.rate_per_s')} requests/s (goal <= 50 ms)"),
+        ("SIP set-up p50 / p99 (ms), no API load",
+         f"{_get(live, 'setup_ms_quiet.p50')} / {_get(live, 'setup_ms_quiet.p99')}",
+         f"INVITE -> 200 on a node with {live.get('live_calls')} callers talking to seats"),
+        ("SIP set-up p50 / p99 (ms), API loaded",
+         f"{_get(live, 'setup_ms_api_loaded.p50')} / {_get(live, 'setup_ms_api_loaded.p99')}",
+         "the same, while another process reads the node's API"),
+        ("SIP delayed by API load", live.get("sip_delayed"), "median shift > 5 ms or p99 doubled"),
+    ]
 
 
 DESCRIPTIONS = {
@@ -216,7 +275,9 @@ def _rows_generic(f: dict[str, Any], prefix: str = "", depth: int = 0) -> list[R
     return rows
 
 
-TABLES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {"sip": _rows_sip, "full": _rows_full}
+TABLES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "sip": _rows_sip, "full": _rows_full, "ivr": _rows_ivr, "routing": _rows_routing, "handoff": _rows_handoff,
+    "api": _rows_api}
 
 
 def _steps_table(title: str, steps: list[dict[str, Any]]) -> list[str]:
@@ -295,6 +356,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[str]:
             ax2.bar(x, [s.get("failed_pct") or 0 for s in steps], width=max(x) * 0.03 if x else 1, alpha=0.4,
                     color="tab:red", label="failed %")
             ax2.axhline(0.1, color="tab:red", ls=":", lw=0.8)
+            ax2.set_ylim(0, max(0.2, 1.2 * max((s.get("failed_pct") or 0 for s in steps), default=0)))
             ax2.set_ylabel("failed %", color="tab:red")
             for s in steps:
                 if not s.get("clean"):
@@ -322,6 +384,7 @@ def make_plots(results: dict[str, Any], out: Path) -> list[str]:
         ax2 = ax.twinx()
         ax2.bar(list(xs), [a.get("loss_pct") or 0 for _, a in points], alpha=0.3, color="tab:gray", label="loss %")
         ax2.set_ylabel("loss %")
+        ax2.set_ylim(0, max(1.0, 1.2 * max((a.get("loss_pct") or 0 for _, a in points), default=0)))
         ax.legend(loc="upper left")
         ax.set_title("Seat audio under load (RFC 3550 jitter at sampled seats)")
         fig.tight_layout()

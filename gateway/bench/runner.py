@@ -168,6 +168,15 @@ class SippRun:
                         continue
         return out
 
+    def first_errors(self, n: int = 3) -> list[str]:
+        """SIPp's first error events (why calls failed), from its ``-trace_err`` file."""
+        out: list[str] = []
+        for f in Path(self.workdir).glob("*_errors.log"):
+            for line in f.read_text(errors="replace").splitlines():
+                if "\t" in line and len(out) < n:
+                    out.append(line.split(": ", 1)[-1][:200])
+        return out
+
     def response_times_ms(self) -> list[float]:
         """Per-call INVITE -> 200 times (whole ms)."""
         return [rt for _, rt in self.response_samples()]

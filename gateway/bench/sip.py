@@ -1,6 +1,7 @@
 """``handoff122 bench sip``: what one node holds, and the highest call rate it answers cleanly.
 
-1. Concurrency: N callers held at once (each answered, hearing the welcome prompt, recorded).
+1. Concurrency: nearly every caller slot of the node filled (2 per worker: 256 callers on 130 workers, a little room for a late BYE), each
+   answered, hearing the welcome prompt, recorded.
    CPU and RSS of every process kind of the node, and memory per held caller: the RSS of every
    process of the node (control, media workers, Kamailio) divided by the callers held.
 2. Node ramp: answer-only calls (INVITE, 200, ACK, the welcome prompt for 1 s, BYE) through the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
 import subprocess
 import tempfile
 import time
@@ -47,9 +49,10 @@ class Plan:
     workers: int
 
 
-FULL = Plan(held=128, hold_s=30, step_s=30, node_first=10, node_cap=320, ceiling_first=50, ceiling_cap=3200,
-            refine=2, workers=128)
-QUICK = Plan(held=16, hold_s=8, step_s=6, node_first=5, node_cap=10, ceiling_first=50, ceiling_cap=100,
+#: ``held`` fills nearly every caller slot (2 per worker), so memory per held caller is not inflated by idle workers.
+FULL = Plan(held=256, hold_s=30, step_s=30, node_first=10, node_cap=320, ceiling_first=50, ceiling_cap=3200,
+            refine=2, workers=130)
+QUICK = Plan(held=24, hold_s=8, step_s=6, node_first=5, node_cap=10, ceiling_first=50, ceiling_cap=100,
              refine=0, workers=12)
 
 
@@ -57,7 +60,7 @@ def _calls(port: int, rate: float, seconds: float, stay_ms: int, limit: int) -> 
     return sipp(port, SCENARIOS / "uac_122_dtmf.xml", calls=max(1, round(rate * seconds)), rate=rate, limit=limit,
                 timeout=seconds + stay_ms / 1000 + 90, subs={"service": "122", "first": str(stay_ms), "stay": "0",
                                                              "digits": ""},
-                extra=["-trace_rtt", "-rtt_freq", "1"])
+                extra=["-trace_rtt", "-rtt_freq", "1", "-trace_err"])
 
 
 def _step(port: int, seconds: float, limit: Callable[[float], int]) -> Callable[[float], Step]:
@@ -66,7 +69,8 @@ def _step(port: int, seconds: float, limit: Callable[[float], int]) -> Callable[
         step = Step(target_cps=rate, seconds=seconds, ok=r.ok_calls, failed=r.failed_calls,
                     achieved_cps=r.answered_rate(), setup_ms=r.response_times_ms())
         if r.failed_calls:
-            step.extra["sipp_tail"] = r.tail[-300:]
+            step.extra["sipp_errors"] = r.first_errors()
+        shutil.rmtree(r.workdir, ignore_errors=True)
         return step
     return run
 
@@ -94,7 +98,7 @@ def _ceiling(plan: Plan, shm_mb: int) -> tuple[list[Step], float] | None:
         return None
     uas_port, front = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="h122-ceiling-") as d:
-        uas = subprocess.Popen(["sipp", "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1", "-p",
+        uas = subprocess.Popen(["sipp", "-sf", str(SCENARIOS / "uas_answer_at_once.xml"), "-i", "127.0.0.1", "-p",
                                 str(uas_port), "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port()),
                                 "-nostdin", "-max_socket", "4096"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d)
