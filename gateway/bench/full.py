@@ -38,7 +38,7 @@ import httpx
 
 from gateway.bench.node_log import CallJourney, NodeLog
 from gateway.bench.processes import NodeSampler, memory_now
-from gateway.bench.ramp import Step, find_limit, pct, rounded
+from gateway.bench.ramp import Step, find_limit, pct, rounded, what_limits
 from gateway.bench.rtp_pcap import path_captures
 from gateway.bench.rtp_probe import RtpProbe, Stream, audio_figures
 from gateway.bench.runner import NodeProcess, SippRun, emit, say, sipp
@@ -395,10 +395,11 @@ def run(plan: Plan, *, as_json: bool = False, quick: bool = False) -> int:
                                      resolution=plan.resolution, label="  ")
             result["steps"] = [s.to_dict() for s in steps]
             result["max_clean_cps"] = best
+            result["limited_by"] = what_limits(steps, best, cap, f"the node's {plan.workers * 2} caller slots")
             top = next((s for s in steps if s.target_cps == best and s.clean), None)
             if top is not None:
                 result["at_max"] = top.to_dict()
-            say(f"highest clean rate: {best:g} calls/s")
+            say(f"highest clean rate: {best:g} calls/s; limit {result['limited_by']}")
             rate = best or plan.first_rate
             say(f"soak: {rate:g} calls/s for {plan.soak_s:g} s")
             soak = bench.run(rate, plan.soak_s, bench.caller_xml, "soak", plan.talk_s)

@@ -78,6 +78,16 @@ class Step:
                 "clean": self.clean, "why_failing": self.why_failing(), **self.extra}
 
 
+def what_limits(steps: list[Step], best: float, cap: float, cap_reason: str) -> str:
+    """Why the ramp stopped where it did: the cap, or what failed at the lowest failing rate."""
+    failing = sorted((s for s in steps if not s.clean), key=lambda s: s.target_cps)
+    if failing:
+        return f"at {failing[0].target_cps:g} calls/s: " + "; ".join(failing[0].why_failing())
+    if best >= cap:
+        return f"not reached: the ramp stopped at its cap ({cap:g} calls/s, {cap_reason})"
+    return "unknown"
+
+
 def find_limit(run_step: Callable[[float], Step], *, first: float, cap: float, refine: int = 2,
                resolution: float = 1.0, label: str = "") -> tuple[list[Step], float]:
     """Run steps from ``first``, doubling until one fails or ``cap`` is reached, then bisect

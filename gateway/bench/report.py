@@ -126,6 +126,8 @@ def _rows_sip(f: dict[str, Any]) -> list[Row]:
         ("ceiling max clean CPS", _get(f, "ceiling_ramp.max_clean_cps"),
          "same call shape and criteria, SIPp caller -> Kamailio (same shared memory) -> SIPp UAS, no media"),
         ("ratio_to_ceiling", f.get("ratio_to_ceiling"), "node max / ceiling max, both measured in this run"),
+        ("node limited by", _get(f, "node_ramp.limited_by"), "the first failing step's reasons, or the ramp's cap"),
+        ("ceiling limited by", _get(f, "ceiling_ramp.limited_by"), "the same for the ceiling ramp"),
         ("held callers ok / failed", f"{c.get('ok')} / {c.get('failed')}",
          f"{c.get('callers')} SIPp callers answered and held at once (prompt + recording)"),
         ("memory per held caller (MB)", c.get("memory_per_held_caller_mb"),
@@ -145,6 +147,7 @@ def _rows_full(f: dict[str, Any]) -> list[Row]:
         ("full-path max clean CPS", f.get("max_clean_cps"),
          "highest step with <= 0.1 % failed or unrouted, set-up p99 <= 1 s, right skills, seat audio jitter "
          f"p99 <= 20 ms and loss <= 0.5 %; calls press an IVR path, reach a SIPp seat, talk {f.get('talk_s')} s"),
+        ("limited by", f.get("limited_by"), "the first failing step's reasons, or the ramp's cap"),
         ("callers / legs at once (peak)", f"{top.get('callers_concurrent_peak')} / {top.get('legs_concurrent_peak')}",
          "at the max clean step, from the node's log (call_started..call_ended; bridged..ended adds a seat leg)"),
         ("set-up p50 / p99 (ms)", f"{_get(top, 'setup_ms.p50')} / {_get(top, 'setup_ms.p99')}",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.bench.processes import NodeSampler, memory_now
-from gateway.bench.ramp import Step, find_limit
+from gateway.bench.ramp import Step, find_limit, what_limits
 from gateway.bench.runner import NodeProcess, SippRun, emit, free_port, say, sipp
 from gateway.kamailio import Destination, Kamailio, find_kamailio
 from gateway.logs import configure_logging
@@ -153,7 +153,8 @@ def run(plan: Plan, *, as_json: bool = False, quick: bool = False) -> int:
                                  first=plan.node_first, cap=cap, refine=plan.refine,
                                  resolution=max(1.0, plan.node_first / 2), label="  node ")
         result["node_ramp"] = {"steps": [s.to_dict() for s in steps], "max_clean_cps": best,
-                               "capped_by_slots": best >= cap}
+                               "limited_by": what_limits(steps, best, cap, f"the node's {plan.workers * 2} caller slots")}
+        say(f"  node: highest clean rate {best:g} calls/s; limit {result['node_ramp']['limited_by']}")
     finally:
         node.stop()
     say(f"phase 3: ceiling ramp, Kamailio (-m {shm_mb}) in front of a SIPp UAS, same call shape")
@@ -161,7 +162,9 @@ def run(plan: Plan, *, as_json: bool = False, quick: bool = False) -> int:
     if ceiling is not None:
         c_steps, c_best = ceiling
         result["ceiling_ramp"] = {"steps": [s.to_dict() for s in c_steps], "max_clean_cps": c_best,
-                                  "kamailio_shm_mb": shm_mb}
+                                  "kamailio_shm_mb": shm_mb,
+                                  "limited_by": what_limits(c_steps, c_best, plan.ceiling_cap, "the bench's cap")}
+        say(f"  ceiling: limit {result['ceiling_ramp']['limited_by']}")
         ratio = best / c_best if c_best else 0.0
         result["ratio_to_ceiling"] = round(ratio, 3)
         say(f"highest clean rate: node {best:g} calls/s, ceiling {c_best:g} calls/s; ratio {ratio:.2f} (goal >= 0.5)")
