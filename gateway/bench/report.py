@@ -227,6 +227,9 @@ def _rows_handoff(f: dict[str, Any]) -> list[Row]:
         rows.append((f"hand-off p50 / p99 (ms), {label}", f"{r.get('p50_ms')} / {r.get('p99_ms')}",
                      f"node log: ACD offer -> seat leg INVITE -> SIPp seat's 200 -> bridged; {r.get('calls')} calls, "
                      f"concurrency {r.get('concurrency')}"))
+        rows.append((f"seat 200 -> bridged p50 / p99 (ms), {label}",
+                     f"{_get(r, 'seat_200_to_bridged_ms.p50')} / {_get(r, 'seat_200_to_bridged_ms.p99')}",
+                     "SIPp seat takes the INVITE and sends 200 (its clock) -> node log bridged (1 ms resolution)"))
         rows.append((f"lost, {label}", r.get("lost"), "callers that never reached a seat"))
     return rows
 
