@@ -214,6 +214,7 @@ class Bench:
                               if j.call_id in answers and j.bridged is not None]
         peak_callers, peak_legs = _peaks(mine)
         life = [j.ended - j.started for j in mine if j.ended and j.started]
+        talk = [j.ended - j.bridged for j in bridged if j.ended and j.bridged]  # the seat leg's life
         mean_life = statistics.fmean(life) if life else lifetime
         shutil.rmtree(run.workdir, ignore_errors=True)
         streams = self.probe.snapshot()
@@ -226,8 +227,7 @@ class Bench:
             "by_path": {name: sum(1 for j in bridged if j.skill == skill) for name, (_, skill) in PATHS.items()},
             "call_seconds_mean": round(mean_life, 2),
             "callers_concurrent_implied": round(rate * mean_life, 1),
-            "legs_concurrent_implied": round(rate * (mean_life + statistics.fmean(
-                [j.ended - j.bridged for j in bridged if j.ended]) if bridged else mean_life), 1),
+            "legs_concurrent_implied": round(rate * (mean_life + (statistics.fmean(talk) if talk else 0.0)), 1),
             "callers_concurrent_peak": peak_callers, "legs_concurrent_peak": peak_legs,
             "setup_ms": _dist(setup),
             "ivr_answer_to_routed_s": _dist(ivr_s, 2),
