@@ -169,10 +169,17 @@ class Bench:
         self.probe.reset()
         sampler = NodeSampler(self.root)
         box: dict[str, SippRun] = {}
-        t = threading.Thread(target=lambda: box.update(run=sipp(
-            self.node.sip_port, scenario, calls=calls, rate=rate, limit=int(rate * lifetime * 2) + 50,
-            timeout=seconds + lifetime + 90, extra=["-inf", str(inf), "-trace_rtt", "-rtt_freq", "1",
-                                                    "-trace_logs", "-trace_err"])))
+
+        def callers() -> None:
+            try:
+                box["run"] = sipp(self.node.sip_port, scenario, calls=calls, rate=rate,
+                                  limit=int(rate * lifetime * 2) + 50, timeout=seconds + lifetime + 90,
+                                  extra=["-inf", str(inf), "-trace_rtt", "-rtt_freq", "1", "-trace_logs",
+                                         "-trace_err"])
+            except (OSError, subprocess.SubprocessError) as e:  # SIPp hung or could not start: every call failed
+                box["run"] = SippRun(0, calls, 0.0, -1, f"sipp: {e}", workdir=tempfile.mkdtemp(prefix="h122-sipp-"))
+
+        t = threading.Thread(target=callers)
         t.start()
         started = time.monotonic()
         while t.is_alive():
