@@ -125,13 +125,16 @@ def _rows_sip(f: dict[str, Any]) -> list[Row]:
          f"answers, prompt, BYE after 1 s ({f.get('step_s')} s per step)"),
         ("ceiling max clean CPS", _get(f, "ceiling_ramp.max_clean_cps"),
          "same call shape and criteria, SIPp caller -> Kamailio (same shared memory) -> SIPp UAS, no media"),
-        ("ratio_to_ceiling", f.get("ratio_to_ceiling"), "node max / ceiling max, both measured in this run"),
+        ("ratio_to_ceiling", f.get("ratio_to_ceiling"),
+         f"node max / ceiling max, both measured in this run; {f.get('ratio_is') or ''}"),
         ("node limited by", _get(f, "node_ramp.limited_by"), "the first failing step's reasons, or the ramp's cap"),
         ("ceiling limited by", _get(f, "ceiling_ramp.limited_by"), "the same for the ceiling ramp"),
         ("held callers ok / failed", f"{c.get('ok')} / {c.get('failed')}",
          f"{c.get('callers')} SIPp callers answered and held at once (prompt + recording)"),
         ("memory per held caller (MB)", c.get("memory_per_held_caller_mb"),
          "peak RSS of every node process (control + workers + Kamailio) / held callers"),
+        ("PSS per held caller (MB)", c.get("pss_per_held_caller_mb"),
+         "the same with PSS (shared pages split among the processes sharing them), mid-hold"),
     ]
     for kind, label in (("front_door", "Kamailio"), ("workers", "media workers"), ("control", "control")):
         k = p.get(kind) or {}

@@ -19,6 +19,7 @@ import math
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,16 +79,25 @@ def _step(port: int, seconds: float, limit: Callable[[float], int]) -> Callable[
 def _held(node: NodeProcess, plan: Plan) -> dict[str, Any]:
     assert node.proc is not None
     sampler = NodeSampler(node.proc.pid)
-    held = sipp(node.sip_port, SCENARIOS / "uac_122_dtmf.xml", calls=plan.held, rate=min(20.0, plan.held),
-                limit=plan.held, timeout=plan.hold_s + 120,
-                subs={"service": "122", "first": "500", "stay": str(int(plan.hold_s * 1000)), "digits": ""},
-                extra=["-trace_rtt", "-rtt_freq", "1"])
-    # memory while all are held: sampled by the thread; PSS once, near the end of the hold
+    rate = min(20.0, plan.held)
+    box: dict[str, SippRun] = {}
+    t = threading.Thread(target=lambda: box.update(run=sipp(
+        node.sip_port, SCENARIOS / "uac_122_dtmf.xml", calls=plan.held, rate=rate, limit=plan.held,
+        timeout=plan.hold_s + 120, subs={"service": "122", "first": "500", "stay": str(int(plan.hold_s * 1000)),
+                                         "digits": ""})))
+    t.start()
+    # RSS is sampled by the sampler's thread all along; PSS once, when every caller is on the line
+    t.join(plan.held / rate + plan.hold_s / 2)
+    while_held = memory_now(node.proc.pid)
+    t.join()
+    held = box["run"]
     processes = sampler.stop()
     fail_pct = 100.0 * held.failed_calls / max(1, held.ok_calls + held.failed_calls)
     rss = processes["rss_mb_peak_total"]
     return {"callers": plan.held, "ok": held.ok_calls, "failed": held.failed_calls, "failed_pct": round(fail_pct, 3),
             "processes": processes, "memory_per_held_caller_mb": round(rss / max(1, plan.held), 2),
+            "memory_while_held": while_held,
+            "pss_per_held_caller_mb": round(while_held.get("pss_mb_total", 0) / max(1, plan.held), 2),
             "per_worker": {"cpu_core_share": processes["workers"]["cpu_core_share_per_process"],
                            "rss_mb": processes["workers"]["rss_mb_per_process"]}}
 
@@ -141,9 +151,8 @@ def run(plan: Plan, *, as_json: bool = False, quick: bool = False) -> int:
         say(f"  held {held['ok']}/{plan.held} ok, {held['failed']} failed; CPU (cores) front door "
             f"{p['front_door']['cpu_core_share']}, workers {p['workers']['cpu_core_share']}, control "
             f"{p['control']['cpu_core_share']}; per worker {held['per_worker']['rss_mb']} MB RSS; node RSS "
-            f"{p['rss_mb_peak_total']} MB = {held['memory_per_held_caller_mb']} MB per held caller")
-        assert node.proc is not None
-        result["concurrent"]["memory_idle"] = memory_now(node.proc.pid)
+            f"{p['rss_mb_peak_total']} MB = {held['memory_per_held_caller_mb']} MB per held caller (PSS: "
+            f"{held['pss_per_held_caller_mb']} MB)")
         # slots: 2 callers per worker; a call holds its slot ~STAY_MS + set-up
         slots_cap = math.floor(plan.workers * 2 * 0.9 / (STAY_MS / 1000 + 0.3))
         cap = min(plan.node_cap, slots_cap)
@@ -167,7 +176,15 @@ def run(plan: Plan, *, as_json: bool = False, quick: bool = False) -> int:
         say(f"  ceiling: limit {result['ceiling_ramp']['limited_by']}")
         ratio = best / c_best if c_best else 0.0
         result["ratio_to_ceiling"] = round(ratio, 3)
-        say(f"highest clean rate: node {best:g} calls/s, ceiling {c_best:g} calls/s; ratio {ratio:.2f} (goal >= 0.5)")
+        # a ramp that ran into its cap found no limit: the ratio is then a bound, not a measurement
+        node_capped = not any(not s.clean for s in steps)
+        ceiling_capped = not any(not s.clean for s in c_steps)
+        result["ratio_is"] = ("a measurement" if not node_capped and not ceiling_capped else
+                              "a lower bound (the node ramp hit its cap)" if not ceiling_capped else
+                              "an upper bound (the ceiling ramp hit its cap)" if not node_capped else
+                              "no measurement (both ramps hit their caps)")
+        say(f"highest clean rate: node {best:g} calls/s, ceiling {c_best:g} calls/s; ratio {ratio:.2f} (goal >= 0.5), "
+            f"{result['ratio_is']}")
     else:
         result["ceiling_ramp"] = None
         say("kamailio not found: no ceiling ramp")
