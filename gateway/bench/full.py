@@ -461,6 +461,11 @@ def _goals(r: dict[str, Any]) -> dict[str, Any]:
                                     f"loss {a.get('loss_pct')} %",
                            "goal": "256 callers, <= 20 ms, <= 0.5 %",
                            "met": bool(ok_audio and (held.get("callers_concurrent_peak") or 0) >= 256)}
+    top = r.get("at_max") or {}
+    p99 = (top.get("handoff_seat_200_to_bridged_ms") or {}).get("p99")
+    g["handoff_seat_200_to_bridged_p99_ms"] = {
+        "value": f"{p99} ms with {top.get('legs_concurrent_peak')} legs at once", "goal": "<= 5 ms",
+        "met": p99 is not None and p99 <= 5.0}
     soak = r.get("soak") or {}
     g["soak"] = {"value": f"{soak.get('lost')} lost, RSS growth {(soak.get('rss') or {}).get('growth_pct')} %",
                  "goal": "0 lost, < 5 %", "met": bool(soak.get("ok"))}
