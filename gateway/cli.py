@@ -138,6 +138,7 @@ def cmd_recordings(args: argparse.Namespace) -> int:
 
 _BENCHES: dict[str, tuple[str, str]] = {
     "sip": ("gateway.bench.sip", "main"),
+    "full": ("gateway.bench.full", "main"),
     "handoff": ("gateway.bench.handoff", "main"),
     "ivr": ("ivr.bench", "main"),
     "routing": ("routing.bench", "main"),
@@ -148,6 +149,13 @@ _BENCHES: dict[str, tuple[str, str]] = {
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
+    if args.what == "all":
+        from gateway.bench.report import run_all
+
+        if args.out is None:
+            print("handoff122 bench all: --out DIR is required (the report and plots go there)", file=sys.stderr)
+            return 2
+        return run_all(dict(_BENCHES), out=args.out, quick=args.quick, as_json=args.json)
     module, fn = _BENCHES[args.what]
     run: Callable[..., int] = getattr(importlib.import_module(module), fn)
     return run(as_json=args.json, quick=args.quick)
@@ -241,9 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recordings)
 
     p = sub.add_parser("bench", help="benchmarks; print their figures")
-    p.add_argument("what", choices=sorted(_BENCHES))
+    p.add_argument("what", choices=[*sorted(_BENCHES), "all"], help="one benchmark, or all of them (needs --out)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quick", action="store_true", help="a smaller run (smoke test)")
+    p.add_argument("--out", type=Path, help="with all: directory for report.md, the figures as JSON and the plots")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -154,16 +154,40 @@ class SippRun:
     call_rate: float = 0.0  # SIPp's own cumulative rate of calls created
     workdir: str = ""
 
-    def response_times_ms(self) -> list[float]:
-        """Per-call INVITE -> 200 times (whole ms), from SIPp's ``-trace_rtt`` files
-        (``Date_ms;response_time_ms;rtd_no``)."""
-        out: list[float] = []
+    def response_samples(self) -> list[tuple[float, float]]:
+        """Per call (when the 200 came, unix ms; INVITE -> 200 in whole ms), from SIPp's
+        ``-trace_rtt`` files (``Date_ms;response_time_ms;rtd_no``, written in SIPp's working dir)."""
+        out: list[tuple[float, float]] = []
         for f in Path(self.workdir).glob("*_rtt.csv"):
             for line in f.read_text().splitlines()[1:]:
                 parts = line.split(";")
                 if len(parts) >= 2 and parts[1].strip():
-                    out.append(float(parts[1]))
+                    try:
+                        out.append((float(parts[0]), float(parts[1])))
+                    except ValueError:
+                        continue
         return out
+
+    def first_errors(self, n: int = 3) -> list[str]:
+        """SIPp's first error events (why calls failed), from its ``-trace_err`` file."""
+        out: list[str] = []
+        for f in Path(self.workdir).glob("*_errors.log"):
+            for line in f.read_text(errors="replace").splitlines():
+                if "\t" in line and len(out) < n:
+                    out.append(line.split(": ", 1)[-1][:200])
+        return out
+
+    def response_times_ms(self) -> list[float]:
+        """Per-call INVITE -> 200 times (whole ms)."""
+        return [rt for _, rt in self.response_samples()]
+
+    def answered_rate(self) -> float:
+        """Calls answered per second while calls were being offered (first to last 200 OK): unlike
+        SIPp's cumulative rate it does not count the wait for the last calls to end."""
+        dates = sorted(d for d, _ in self.response_samples())
+        if len(dates) < 2 or dates[-1] <= dates[0]:
+            return 0.0
+        return (len(dates) - 1) / ((dates[-1] - dates[0]) / 1000)
 
     @property
     def cps(self) -> float:

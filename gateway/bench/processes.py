@@ -1,0 +1,160 @@
+"""CPU and memory of every process of a node, by kind: front door (Kamailio), media workers, control.
+
+A node is one process tree: the control process (``handoff122 serve``), its Kamailio (which forks
+its own children) and its pjsua2 workers.  A thread walks the tree once a second, so workers that
+restart are counted too, and adds up per kind the CPU time used (as a share of one core) and the
+resident memory: RSS as the kernel reports it, and PSS (shared pages divided among the processes
+that share them, so the libraries every worker maps are counted once).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+KINDS = ("front_door", "workers", "control")
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def node_processes(root: int) -> dict[int, str]:
+    """pid -> kind for the node whose control process is ``root``."""
+    kids = _children()
+    out = {root: "control"}
+    todo = list(kids.get(root, []))
+    while todo:
+        pid = todo.pop()
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "kamailio" in cmd:
+            out[pid] = "front_door"
+        elif "gateway.worker" in cmd:
+            out[pid] = "workers"
+        else:
+            out[pid] = "control"  # helpers the control process runs (none today)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def pss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def memory_now(root: int, with_pss: bool = True) -> dict[str, Any]:
+    """RSS (and PSS) summed per kind and in all, in MB, right now."""
+    procs = node_processes(root)
+    out: dict[str, Any] = {}
+    total_rss = total_pss = 0
+    for kind in KINDS:
+        pids = [p for p, k in procs.items() if k == kind]
+        rss = sum(rss_bytes(p) for p in pids)
+        pss = sum(pss_bytes(p) for p in pids) if with_pss else 0
+        total_rss += rss
+        total_pss += pss
+        out[kind] = {"processes": len(pids), "rss_mb": round(rss / 2**20, 1)}
+        if with_pss:
+            out[kind]["pss_mb"] = round(pss / 2**20, 1)
+    out["rss_mb_total"] = round(total_rss / 2**20, 1)
+    if with_pss:
+        out["pss_mb_total"] = round(total_pss / 2**20, 1)
+    return out
+
+
+class NodeSampler:
+    """Samples a node's process tree every ``interval`` seconds on a thread, until ``stop``."""
+
+    def __init__(self, root: int, interval: float = 1.0) -> None:
+        self.root = root
+        self.interval = interval
+        self.t0 = time.monotonic()
+        self.last_cpu: dict[int, float] = {}
+        self.cpu_used = dict.fromkeys(KINDS, 0.0)
+        self.rss_peak = dict.fromkeys(KINDS, 0)
+        self.procs_peak = dict.fromkeys(KINDS, 0)
+        #: (seconds since start, total RSS bytes of the node) once per sample
+        self.rss_series: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="node-sampler", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        procs = node_processes(self.root)
+        rss = dict.fromkeys(KINDS, 0)
+        count = dict.fromkeys(KINDS, 0)
+        for pid, kind in procs.items():
+            cpu = cpu_seconds(pid)
+            if cpu is None:
+                continue
+            if pid in self.last_cpu:
+                self.cpu_used[kind] += max(0.0, cpu - self.last_cpu[pid])
+            self.last_cpu[pid] = cpu
+            rss[kind] += rss_bytes(pid)
+            count[kind] += 1
+        for kind in KINDS:
+            self.rss_peak[kind] = max(self.rss_peak[kind], rss[kind])
+            self.procs_peak[kind] = max(self.procs_peak[kind], count[kind])
+        self.rss_series.append((time.monotonic() - self.t0, sum(rss.values())))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(5)
+        self._sample()
+        dt = max(1e-6, time.monotonic() - self.t0)
+        out: dict[str, Any] = {}
+        for kind in KINDS:
+            n = max(1, self.procs_peak[kind])
+            out[kind] = {"processes": self.procs_peak[kind],
+                         "cpu_core_share": round(self.cpu_used[kind] / dt, 3),
+                         "cpu_core_share_per_process": round(self.cpu_used[kind] / dt / n, 4),
+                         "rss_mb_peak": round(self.rss_peak[kind] / 2**20, 1),
+                         "rss_mb_per_process": round(self.rss_peak[kind] / n / 2**20, 1)}
+        out["cpu_core_share_total"] = round(sum(self.cpu_used.values()) / dt, 3)
+        out["rss_mb_peak_total"] = round(max((r for _, r in self.rss_series), default=0) / 2**20, 1)
+        out["seconds"] = round(dt, 1)
+        return out
