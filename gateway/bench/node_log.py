@@ -71,13 +71,14 @@ class NodeLog:
             return
         if event == "dtmf":
             call.digits.append((float(ts), str(rec.get("digit"))))
-        elif event == "ivr_done":
-            call.routed, call.skill = float(ts), str(rec.get("skill"))
-        elif event == "offer":
+        elif event == "journey" and rec.get("cause") == "ivr_routed":
+            # detail: "<skill> p<priority> (<reason>)" (journey.call.CallJourney.routed)
+            call.routed, call.skill = float(ts), str(rec.get("detail") or "").split(" ", 1)[0]
+        elif event == "journey" and rec.get("cause") == "offered":
             call.offers += 1
         elif event == "bridged":
             call.bridged = float(ts)
             ms = rec.get("handoff_ms")
             call.handoff_ms = float(ms) if isinstance(ms, int | float) else None
         elif event == "call_ended":
-            call.ended, call.end_state, call.outcome = float(ts), str(rec.get("state")), str(rec.get("outcome"))
+            call.ended, call.end_state, call.outcome = float(ts), str(rec.get("ended_by")), str(rec.get("outcome"))
