@@ -54,8 +54,12 @@ class CallRecordings:
         if opening is not None:
             await opening
         started_at = self.started.pop(call_id, None)
-        if error or not partial_path or started_at is None:
+        if not partial_path or started_at is None:
             return call_id
+        # With an error too: a media worker that died cannot seal its own file, so the control
+        # process does (``finalize`` repairs the header the worker never wrote).  A recorder that
+        # never started already has a failed row, which ``close_recording`` leaves as it is.
+        _ = error
         row = await close_recording(self.catalog, call_id, call_id, started_at, time.time())
         if row.status is RecordingStatus.FAILED:
             await self.calls.set_flags(call_id, recording_failed=row.error or "not sealed")

@@ -118,7 +118,10 @@ class Node:
         self.catalog = Catalog(self.engine, s.recordings_dir)
         self.catalog.layout.prepare()
         self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id)
-        await self.routing.start(seats)
+        # issue 13: what the store shows in progress but is not alive is closed as lost, not restored
+        from gateway.reconcile import live_calls
+
+        await self.routing.start(seats, live_calls=live_calls(self.pool))
         recovered = await recover_unclosed(self.catalog, [], time.time())
         if recovered:
             log.warning("recordings_recovered", extra={"count": len(recovered)})
@@ -225,6 +228,9 @@ class Node:
             log.warning("worker_dialogs_ended", extra={"worker_id": spec.worker_id, "dialogs": ended})
         self.worker_stats.pop(spec.worker_id, None)
         if self.director is not None:
+            from gateway.reconcile import worker_lost
+
+            worker_lost(self.director, self.routing, call_ids)  # issue 13: lost with a callback, seat freed
             self.director.worker_lost(call_ids)
         self.run_dir.joinpath(f"worker-{spec.worker_id}.pid").unlink(missing_ok=True)
         asyncio.get_running_loop().call_later(2.0, self._write_pids)
