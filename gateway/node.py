@@ -104,7 +104,6 @@ class Node:
         # 2. storage and routing
         from gateway.schema import upgrade_schema
         from recordings.catalog import Catalog
-        from recordings.closing import recover_unclosed
         from routing.service import RoutingService
         from routing.store.calls import CallRecords
         from routing.store.database import make_engine
@@ -115,14 +114,14 @@ class Node:
         except Exception as e:
             raise ConfigError(f"database {_safe_url(s.database_url)}: {str(e).splitlines()[0][:200]}") from None
         self.calls = CallRecords(self.engine)
-        self.catalog = Catalog(self.engine, s.recordings_dir)
+        self.catalog = Catalog(self.engine, s.recordings_dir, node_id=self.node_id)  # issue 13: owner of its recordings
         self.catalog.layout.prepare()
         self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id)
         # issue 13: what the store shows in progress but is not alive is closed as lost, not restored
-        from gateway.reconcile import live_calls
+        from gateway.reconcile import live_calls, seal_after_crash
 
         await self.routing.start(seats, live_calls=live_calls(self.pool))
-        recovered = await recover_unclosed(self.catalog, [], time.time())
+        recovered = await seal_after_crash(self.catalog, self.calls, time.time())
         if recovered:
             log.warning("recordings_recovered", extra={"count": len(recovered)})
         self._retention = asyncio.create_task(self._retention_job(), name="recordings-retention")

@@ -64,4 +64,23 @@ def worker_lost(director: Any, routing: Any, call_ids: Iterable[str]) -> list[st
     return done
 
 
-__all__ = ["live_calls", "worker_lost"]
+
+
+async def seal_after_crash(catalog: Any, calls: Any, now: float) -> list[Any]:
+    """At start, before any worker records: seal what this node's crash left unsealed (only its
+    own recordings: another node's live ones are not touched) and link each to its call record,
+    which the lost call's ``CALLEND`` could not do."""
+    from recordings.catalog import RecordingStatus
+    from recordings.closing import recover_unclosed
+
+    rows = await recover_unclosed(catalog, [], now)
+    for row in rows:
+        if row.status is RecordingStatus.CLOSED:
+            try:
+                await calls.upsert_call(row.call_id, recording_id=row.id)
+            except Exception:
+                log.exception("recording_link_failed", extra={"call_id": row.call_id})
+    return rows
+
+
+__all__ = ["live_calls", "seal_after_crash", "worker_lost"]

@@ -7,6 +7,7 @@ pjsua2 caller, a pjsua2 seat phone that reports every INVITE it receives.
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,14 @@ def test_whole_node_kill_closes_the_waiting_call_and_calls_the_caller_back(tmp_p
         assert cb["caller"] == before["caller"] and cb["status"] == "pending"
         assert cb["info"]["lost"] == "lost_node_failure"
         assert cb["info"]["ivr"]["answers"], cb  # the key the caller pressed travels with the callback
+        # the recording the dead worker left unsealed is sealed by the restarted node, once
+        assert rec["recording_id"] == call_id
+        wav = restarted.get(f"/api/v1/recordings/{call_id}")
+        assert wav.status_code == 200 and wav.content[:4] == b"RIFF"
+        assert not list((restarted.data_dir / "recordings" / ".partial").glob("*.wav"))
+        verify = subprocess.run([sys.executable, "-m", "gateway.cli", "recordings", "verify", "--data-dir",
+                                 str(restarted.data_dir)], capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
 
         # the only seat becomes available: nothing is offered to it (no ghost) ...
         r = api(restarted, "PUT", "/api/v1/seats/s1/status", json={"status": "available"})

@@ -1,0 +1,32 @@
+"""crash safety (issue 13): the node that owns each recording
+
+A restarting node seals only the unclosed recordings of its own node id: the live recordings of
+other nodes sharing the database are not touched.  Rows from before this revision have no owner
+and are recovered by any node, as before.
+
+Revision ID: 0003_crash_safety
+Revises: 0001
+Create Date: 2026-11-30 04:40:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003_crash_safety"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("recordings", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("node_id", sa.String(length=64), nullable=True))
+        batch_op.create_index(batch_op.f("ix_recordings_node_id"), ["node_id"], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("recordings", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_recordings_node_id"))
+        batch_op.drop_column("node_id")
