@@ -457,3 +457,35 @@ async def test_reconcile_closes_only_this_nodes_lost_calls_and_frees_their_seats
     finally:
         await third.stop()
         await engine.dispose()
+
+
+async def test_a_hostile_caller_id_is_bounded_and_costs_no_event_of_its_batch(db_url: str) -> None:
+    """300 characters, a NUL, a lone surrogate and a right-to-left override in a caller id: on
+    PostgreSQL each would fail the whole batch.  Normalised and cut to the column, nothing is lost,
+    not even the first attempt (no retry)."""
+    engine = await fresh_engine(db_url)
+    writer = EventWriter(engine, "node-h", batch_window_s=0.05)
+    await writer.start()
+    hostile = "\u202e" + "8" * 300 + "\x00\ud800 "
+    try:
+        writer.append([
+            Event(K.CALLSTART, 1.0, call_id="evil", data={"caller": hostile, "callee": "122\x00", "node_id": "node-h"}),
+            Event(K.IVRDONE, 1.5, call_id="evil", skill="rescue",
+                  data={"record": {"answers": ["1", "\x00"], "outcome": "x" * 500}, "priority": 2}),
+            enqueue("evil", "rescue", 2, 2.0, caller=hostile),
+            Event(K.CALLSTART, 1.0, call_id="fine", data={"caller": "13800000000", "node_id": "node-h"}),
+            enqueue("fine", "rescue", 3, 2.1),
+        ])
+        await writer.flush()
+        stats = writer.stats()
+        assert stats["failures"] == 0 and stats["poisoned"] == 0 and stats["events_written"] == 5
+        records = CallRecords(engine)
+        evil = await records.get("evil")
+        assert evil["caller"] == "8" * 200 and evil["callee"] == "122"
+        assert evil["ivr"]["answers"] == ["1", ""] and len(evil["ivr"]["outcome"]) <= 2000
+        _, waiting = await load_state(engine)
+        assert [(e.call_id, e.caller) for e in waiting] == [("evil", "8" * 200), ("fine", "13800000000")]
+        assert (await records.get("fine"))["caller"] == "13800000000"
+    finally:
+        await writer.stop()
+        await engine.dispose()
