@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import get_ctx, principal
 from api.context import ApiContext
+from api.errors import install_database_outage_handler
 from api.routes import admin, callbacks, calls, events_ws, health, metrics, queues, recordings, seats
 from api.schemas import Me
 from api.tokens import Principal
@@ -67,6 +68,7 @@ def create_app(ctx: ApiContext, ingress: Iterable[APIRouter] = ()) -> FastAPI:
                   redoc_url=None, openapi_url="/openapi.json")
     app.state.ctx = ctx
     _install_error_handlers(app)
+    install_database_outage_handler(app)  # issue 13: 503 + Retry-After while the database is away
     for module in (health, seats, queues, calls, recordings, callbacks, admin, events_ws, metrics):
         app.include_router(module.router)
     for router in ingress:

@@ -108,7 +108,7 @@ class Node:
         from routing.store.calls import CallRecords
         from routing.store.database import make_engine
 
-        self.engine = make_engine(s.database_url)
+        self.engine = make_engine(s.database_url, sqlite_synchronous=s.sqlite_synchronous)
         try:
             await upgrade_schema(self.engine)
         except Exception as e:

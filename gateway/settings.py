@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     recordings_retention_days: int = Field(180, ge=1, le=36500)
     caller_id_header: str = Field("from+pai", description="how the caller's number reaches a seat: from | pai | from+pai")
 
+    # durability (issue 13)
+    sqlite_synchronous: str = Field("full", description="SQLite fsync policy: full (every commit survives a "
+                                    "power cut) | normal (a power cut may lose the last commits); docs/DURABILITY.md")
+
     # Twilio ingress
     twilio_auth_token: str | None = None
     public_base_url: str | None = None
@@ -95,6 +99,14 @@ class Settings(BaseSettings):
         for n in v:
             if not n.replace("+", "").isalnum():
                 raise ValueError(f"{n!r} is not a dialable number")
+        return v
+
+    @field_validator("sqlite_synchronous")
+    @classmethod
+    def _synchronous(cls, v: str) -> str:
+        v = v.lower()
+        if v not in {"normal", "full"}:
+            raise ValueError("must be normal or full")
         return v
 
     @field_validator("log_level")

@@ -58,8 +58,9 @@ def boot(tmp: Path, ports: NodePorts, *, name: str = "node", workers: int = 2, s
     if proc.poll() is not None:
         raise AssertionError("node did not start:\n" + log_path.read_text(errors="replace")[-3000:])
     if not token:
+        db = ["--db-url", args[args.index("--db-url") + 1]] if args and "--db-url" in args else []
         out = subprocess.run([sys.executable, "-m", "gateway.cli", "token", "create", "--role", "supervisor",
-                              "--data-dir", str(data)], capture_output=True, text=True, check=True)
+                              "--data-dir", str(data), *db], capture_output=True, text=True, check=True)
         node.token = out.stdout.strip().splitlines()[-1]
     return node
 
