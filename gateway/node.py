@@ -89,6 +89,9 @@ class Node:
         if s.kamailio not in ("auto", "off") and binary is None:
             raise ConfigError(f"kamailio binary {s.kamailio!r} is not executable")
         self.direct_mode = binary is None
+        from gateway.reconcile import clear_leftovers
+
+        clear_leftovers(self.run_dir)  # issue 13: what a crashed control of this node left holding its ports
         _check_port_free(s.sip_host, s.sip_port, True, "SIP")
         if s.api_port:
             _check_port_free(s.api_host, s.api_port, False, "API")
@@ -158,6 +161,8 @@ class Node:
                 await self.kamailio.start()
             except (RuntimeError, FileNotFoundError) as e:
                 raise ConfigError(str(e)) from None
+            if self.kamailio.proc is not None:  # issue 13: found and ended by the next start after a crash
+                (self.run_dir / "kamailio.pid").write_text(str(self.kamailio.proc.pid))
 
         # 5. the API, on its own thread and loop
         if s.api_port:

@@ -14,7 +14,11 @@ service's (``RoutingService.start(live_calls=...)``, ``RoutingService.call_lost`
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from routing.store.reconcile import LOST_WORKER_FAILURE
@@ -83,4 +87,64 @@ async def seal_after_crash(catalog: Any, calls: Any, now: float) -> list[Any]:
     return rows
 
 
-__all__ = ["live_calls", "seal_after_crash", "worker_lost"]
+# -- leftovers of a crashed control process ----------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def clear_leftovers(run_dir: Path, wait_s: float = 5.0) -> list[int]:
+    """Before a node starts on ``run_dir``: end what a crashed control process of the *same* node
+    left running (its Kamailio runs in its own session and keeps the SIP port; a media worker may
+    not have noticed yet).  Nothing is touched while the process that wrote ``node.pid`` is alive
+    (another node on this data dir: the port check then says so), and only processes whose pid
+    file is in ``run_dir`` and whose command line names ``run_dir`` are ended, so a reused pid is
+    never killed.  Returns the ids ended.
+    """
+    if not run_dir.is_dir():
+        return []
+    node_pid = _read_pid(run_dir / "node.pid")
+    if node_pid and node_pid != os.getpid() and _alive(node_pid):
+        return []
+    killed: list[int] = []
+    markers = {str(run_dir), str(run_dir.resolve())}
+    for pid_file in [run_dir / "kamailio.pid", *sorted(run_dir.glob("worker-*.pid"))]:
+        pid = _read_pid(pid_file)
+        if pid and _alive(pid) and any(m in _cmdline(pid) for m in markers):
+            try:
+                if pid_file.name == "kamailio.pid":
+                    os.killpg(pid, signal.SIGKILL)  # Kamailio and its children: one process group
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            killed.append(pid)
+        pid_file.unlink(missing_ok=True)
+    deadline = time.monotonic() + wait_s
+    while any(_alive(p) for p in killed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if killed:
+        log.warning("leftover_processes_ended", extra={"pids": killed, "run_dir": str(run_dir)})
+    return killed
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["clear_leftovers", "live_calls", "seal_after_crash", "worker_lost"]
