@@ -20,6 +20,7 @@ from api.server import ApiServer, ApiServerError, ControlLoopBridge
 from api.tokens import TokenStore
 from api.twilio import TwilioCalls, TwilioContext, twilio_router
 from gateway.settings import ConfigError
+from routing.store.journeys import JourneyStore
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def twilio_context(node: Any, bridge: ControlLoopBridge) -> TwilioContext:
     s = node.settings
     return TwilioContext(routing=node.routing, flow=lambda: node.flow, auth_token=s.twilio_auth_token,
                          public_base_url=s.public_base_url or f"http://{s.api_host}:{s.api_port}",
-                         node_id=node.node_id, on_control=bridge.run, ring_timeout_s=float(s.ring_timeout))
+                         node_id=node.node_id, on_control=bridge.run, ring_timeout_s=float(s.ring_timeout),
+                         journeys=JourneyStore(node.engine))  # issue 13: Twilio calls survive a restart
 
 
 async def build_api(node: Any) -> RunningApi:

@@ -121,9 +121,9 @@ class Node:
         self.catalog.layout.prepare()
         self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id)
         # issue 13: what the store shows in progress but is not alive is closed as lost, not restored
-        from gateway.reconcile import live_calls, seal_after_crash
+        from gateway.reconcile import live_calls_at_start, seal_after_crash
 
-        await self.routing.start(seats, live_calls=live_calls(self.pool))
+        await self.routing.start(seats, live_calls=await live_calls_at_start(self.pool, self.engine, self.node_id))
         recovered = await seal_after_crash(self.catalog, self.calls, time.time())
         if recovered:
             log.warning("recordings_recovered", extra={"count": len(recovered)})

@@ -38,6 +38,19 @@ def live_calls(pool: Any) -> set[str]:
     return set(getattr(pool, "call_worker", {}) or {})
 
 
+async def live_calls_at_start(pool: Any, engine: Any, node_id: str) -> set[str]:
+    """``live_calls`` plus the Twilio calls still in progress: their media is at Twilio, and their
+    next webhook continues them on the restarted node (``routing.store.journeys``)."""
+    from routing.store.journeys import JourneyStore
+
+    alive = live_calls(pool)
+    try:
+        alive |= await JourneyStore(engine).in_progress(node_id, time.time())
+    except Exception:  # no journeys to keep: they are reconciled as lost, with a callback
+        log.exception("journeys_unreadable")
+    return alive
+
+
 def worker_lost(director: Any, routing: Any, call_ids: Iterable[str]) -> list[str]:
     """Record every call of a dead media worker as lost, with a callback, before the call flow
     forgets it; returns the call ids handled.  Calls that were in the IVR, waiting, ringing a seat
@@ -147,4 +160,4 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-__all__ = ["clear_leftovers", "live_calls", "seal_after_crash", "worker_lost"]
+__all__ = ["clear_leftovers", "live_calls", "live_calls_at_start", "seal_after_crash", "worker_lost"]

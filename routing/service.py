@@ -133,7 +133,7 @@ class RoutingService:
         lost = progress.lost(live) if live is not None else set()
         lost_entries = {e.call_id: e for e in waiting if e.call_id in lost}
         waiting = [e for e in waiting if e.call_id not in lost]
-        seats, released = _release_lost_seats(seats, progress, lost, now)
+        seats, released = _release_lost_seats(seats, progress, lost, live or frozenset(), now)
         events = self.acd.restore(seats, waiting, now)
         for entry in waiting:
             self._pop_info[entry.call_id] = {"caller": entry.caller, "info": entry.info}
@@ -394,20 +394,23 @@ class RoutingService:
                 await asyncio.sleep(0.05)
 
 
-def _release_lost_seats(seats: list[RestoredSeat], progress: InProgress, lost: set[str],
+def _release_lost_seats(seats: list[RestoredSeat], progress: InProgress, lost: set[str], alive: frozenset[str],
                         now: float) -> tuple[list[RestoredSeat], list[Event]]:
     """Seats busy with a lost call come back free, with no penalty: reserved -> available,
-    on a call -> wrap-up (the agent's notes, then available).  Seats busy with another node's
-    call, or one still alive, are left to the ACD's own restore rule."""
+    on a call -> wrap-up (the agent's notes, then available).  A seat reserved for a call still
+    alive (a Twilio caller waiting at Twilio) is free too: the call waits again and is offered
+    anew.  Seats busy with another node's call are left to the ACD's own restore rule."""
     out: list[RestoredSeat] = []
     events: list[Event] = []
     for rs in seats:
         call_id = progress.seat_calls.get(rs.spec.id)
-        if rs.status in (SeatStatus.RESERVED, SeatStatus.ON_CALL) and call_id in lost:
+        if (rs.status in (SeatStatus.RESERVED, SeatStatus.ON_CALL) and call_id in lost) or \
+                (rs.status is SeatStatus.RESERVED and call_id in alive and call_id in progress.queued):
             target = SeatStatus.AVAILABLE if rs.status is SeatStatus.RESERVED else SeatStatus.WRAP_UP
             out.append(RestoredSeat(spec=rs.spec, status=target, reason=None, since=now))
             events.append(Event(EventKind.SEATSTATUS, now, call_id=call_id, seat_id=rs.spec.id, data={
-                "status": target.value, "previous": rs.status.value, "reason": None, "lost": LOST_NODE_FAILURE}))
+                "status": target.value, "previous": rs.status.value, "reason": None,
+                "lost": LOST_NODE_FAILURE if call_id in lost else None}))
         else:
             out.append(rs)
     return out, events

@@ -147,6 +147,7 @@ class TwilioCalls:
         self.live: dict[str, TwilioCall] = {}
         self.ended: OrderedDict[str, TwilioCall] = OrderedDict()
         self._by_call_id: dict[str, TwilioCall] = {}
+        self.journeys = getattr(ctx, "journeys", None)  # issue 13: journeys kept across a restart
 
     def listen(self) -> None:
         """Follow the routing service's decisions (OFFER, RONA by its own timer, escalation)."""
@@ -157,6 +158,22 @@ class TwilioCalls:
         if call is None:
             raise UnknownTwilioCall(sid)
         return call
+
+    async def _get(self, sid: str) -> TwilioCall:
+        """``get``, or the call as the node saved it before a restart (issue 13, ``api.twilio.store``)."""
+        from api.twilio.store import adopt
+
+        call = self.live.get(sid) or self.ended.get(sid) or await adopt(self, sid)
+        if call is None:
+            raise UnknownTwilioCall(sid)
+        return call
+
+    async def _keep(self, call: TwilioCall, key: tuple[str, int], answer: str) -> None:
+        """Remember an answer for replays, and save the journey before the answer goes out."""
+        from api.twilio.store import save
+
+        call.answers[key] = answer
+        await save(self, call)
 
     # ---- webhooks -----------------------------------------------------------------------------
 
@@ -177,13 +194,13 @@ class TwilioCalls:
                     "caller": caller, "callee": callee, "ingress": "twilio", "node_id": self.ctx.node_id,
                     "answered_at": now, "twilio_call_sid": sid})]))
                 answer = await self._after_ivr(call, call.feed("start", now), now)
-                call.answers[("voice", 0)] = answer
+                await self._keep(call, ("voice", 0), answer)
                 return answer
         async with call.lock:
             return call.answers[("voice", 0)]
 
     async def gather_result(self, sid: str, step: int, digits: str) -> str:
-        call = self.get(sid)
+        call = await self._get(sid)
         async with call.lock:
             replay = call.answers.get(("gather", step))
             if replay is not None:
@@ -193,11 +210,11 @@ class TwilioCalls:
             now = self.ctx.clock()
             actions = self._translate_gather(call, call.gather, digits, now)
             answer = await self._after_ivr(call, actions, now)
-            call.answers[("gather", step)] = answer
+            await self._keep(call, ("gather", step), answer)
             return answer
 
     async def hold_poll(self, sid: str, step: int) -> str:
-        call = self.get(sid)
+        call = await self._get(sid)
         async with call.lock:
             replay = call.answers.get(("hold", step))
             if replay is not None:
@@ -205,12 +222,12 @@ class TwilioCalls:
             if call.phase not in (Phase.QUEUED, Phase.RINGING) or step != call.step:
                 raise StaleStep(f"hold step {step} of {call.call_id} is not current")
             answer = self._next_while_waiting(call, self.ctx.clock())
-            call.answers[("hold", step)] = answer
+            await self._keep(call, ("hold", step), answer)
             return answer
 
     async def seat_status(self, sid: str, step: int, seat_id: str, status: str) -> str:
         """The ``<Sip>`` leg's status callback: ``answered`` is the moment the seat is bridged."""
-        call = self.get(sid)
+        call = await self._get(sid)
         async with call.lock:
             replay = call.answers.get(("seat-status", step))
             if replay is not None:
@@ -220,12 +237,12 @@ class TwilioCalls:
             if status in ("in-progress", "answered") and call.phase is Phase.RINGING and call.dialed_seat == seat_id:
                 await self._seat_answered(call, seat_id)
             answer = self.twiml.empty()
-            call.answers[("seat-status", step)] = answer
+            await self._keep(call, ("seat-status", step), answer)
             return answer
 
     async def dial_result(self, sid: str, step: int, seat_id: str, dial_status: str) -> str:
         """The ``<Dial>`` ended: the seat talked and hung up, or never took the call (RONA)."""
-        call = self.get(sid)
+        call = await self._get(sid)
         async with call.lock:
             replay = call.answers.get(("dial-status", step))
             if replay is not None:
@@ -243,13 +260,18 @@ class TwilioCalls:
                 answer = self.twiml.hangup()
             else:
                 answer = await self._seat_not_taken(call, seat_id, dial_status, now)
-            call.answers[("dial-status", step)] = answer
+            await self._keep(call, ("dial-status", step), answer)
             return answer
 
     async def call_status(self, sid: str, status: str) -> str:
         """The number's status callback: the caller's leg ended (hung up, or failed)."""
-        call = self.live.get(sid)
-        if call is None or status not in TERMINAL_STATUSES:
+        if status not in TERMINAL_STATUSES:
+            return self.twiml.empty()
+        try:
+            call: TwilioCall | None = await self._get(sid)
+        except UnknownTwilioCall:
+            call = None
+        if call is None or call.phase is Phase.ENDED:
             return self.twiml.empty()
         async with call.lock:
             if call.phase is Phase.ENDED:
@@ -428,3 +450,6 @@ class TwilioCalls:
         self.ended[call.sid] = call
         while len(self.ended) > ENDED_KEPT:
             self.ended.popitem(last=False)
+        from api.twilio.store import save
+
+        await save(self, call)  # issue 13: an ended journey is not adopted as alive

@@ -54,3 +54,6 @@ class TwilioContext:
     #: Seconds of ringing asked of Twilio when an OFFER names none; Twilio gives up slightly before
     #: the ACD's own ring timer so that the no-answer report usually wins the race.
     ring_timeout_s: float = 20.0
+    #: Issue 13: where each call stands, saved before every answer (``routing.store.journeys``);
+    #: None keeps journeys in memory only.
+    journeys: Any = None
