@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -112,16 +114,21 @@ class Catalog:
         self.engine = engine
         self.layout = RecordingLayout(root)
         self.node_id = node_id
-        self._sealing: dict[str, asyncio.Lock] = {}
+        self._sealing: dict[str, list[Any]] = {}  # recording id -> [lock, callers using it]
 
-    def seal_lock(self, recording_id: str) -> asyncio.Lock:
-        """One seal at a time per recording in this process (a call end and a recovery may race)."""
-        return self._sealing.setdefault(recording_id, asyncio.Lock())
-
-    def release_seal_lock(self, recording_id: str) -> None:
-        lock = self._sealing.get(recording_id)
-        if lock is not None and not lock.locked():
-            self._sealing.pop(recording_id, None)
+    @contextlib.asynccontextmanager
+    async def sealing_turn(self, recording_id: str) -> AsyncIterator[None]:
+        """One seal at a time per recording in this process (a call end and a recovery may race);
+        the lock is forgotten once nobody holds or waits for it."""
+        entry = self._sealing.setdefault(recording_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._sealing.pop(recording_id, None)
 
     async def create_schema(self) -> None:
         """Create the table if missing (tests, the single-node default); deployments use Alembic."""

@@ -37,11 +37,8 @@ async def close_recording(catalog: Catalog, recording_id: str, call_id: str, sta
     be created here if ``opened`` never reached the database (it was down when the call was
     answered): the recording is still catalogued.
     """
-    lock = catalog.seal_lock(recording_id)
-    async with lock:
-        row = await _seal(catalog, recording_id, call_id, started_at, now)
-    catalog.release_seal_lock(recording_id)
-    return row
+    async with catalog.sealing_turn(recording_id):
+        return await _seal(catalog, recording_id, call_id, started_at, now)
 
 
 async def _seal(catalog: Catalog, recording_id: str, call_id: str, started_at: float, now: float) -> RecordingRow:
