@@ -98,3 +98,40 @@ def test_whole_node_kill_closes_the_waiting_call_and_calls_the_caller_back(tmp_p
             node.stop()
         if restarted is not None:
             restarted.stop()
+
+
+def test_whole_node_kill_while_a_seat_rings_frees_the_seat_without_penalty(tmp_path: Path) -> None:
+    p1 = free_port()
+    ports = NodePorts.pick(workers=2)
+    seats = seats_yaml(("s1", "intake_guidance", p1, "available"))
+    node = boot(tmp_path, ports, name="before", seats_yaml=seats)
+    seat_sim = start_seat_sim(tmp_path, "s1", p1, "--answer-after", "never")
+    caller = start_caller(node, HUMAN, stay=120, gap=0.5)
+    restarted = None
+    try:
+        node.wait_for(lambda: seat(node, "s1")["status"] == "reserved", timeout=40)   # the seat rings
+        call_id = node.wait_for(lambda: next((c["id"] for c in node.calls() if c["queued_at"]), None))
+        node.wait_for(lambda: "OFFER" in [e["kind"] for e in node.call(call_id)["events"]])
+        crash(node)
+        caller.kill()
+        caller.wait(10)
+
+        restarted = boot(tmp_path, ports, name="after", seats_yaml=seats, token=node.token)
+        # not "not_ready (no answer)" nor "not_ready (restart)": the seat did nothing wrong
+        s1 = seat(restarted, "s1")
+        assert s1["status"] == "available", s1
+        assert restarted.call(call_id)["end_reason"] == "lost_node_failure"
+        assert callbacks(restarted)[call_id]["info"]["lost"] == "lost_node_failure"
+        assert queue(restarted, "intake_guidance")["waiting"] == 0
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+        seat_sim.terminate()
+        try:
+            seat_sim.wait(5)
+        except subprocess.TimeoutExpired:
+            seat_sim.kill()
+        if node.proc.poll() is None:
+            node.stop()
+        if restarted is not None:
+            restarted.stop()
