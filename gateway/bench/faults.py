@@ -11,7 +11,8 @@ one fault, waits until every call has ended, then counts from the node's own rec
 to a seat nor on the callback list nor hung up by the caller.  The goal is 0 everywhere.
 
 Cases: ``worker_kill`` (``kill -9`` of one media worker under load), ``node_kill`` (``kill -9`` of
-every process of a node while callers wait, restart on the same data), ``database_restart`` (the
+every process of a node while callers wait, restart on the same data), ``control_kill`` (``kill
+-9`` of the control process alone under load, restart), ``database_restart`` (the
 node's own PostgreSQL crashed and started again under load; skipped when PostgreSQL's binaries are
 missing) and ``broker_restart`` (the node's own Mosquitto killed and started again under load).
 The machine's shared PostgreSQL and Mosquitto are never touched.
@@ -264,6 +265,33 @@ def case_node_kill(root: Path, quick: bool) -> dict[str, Any]:
         uas.terminate()
 
 
+def case_control_kill(root: Path, quick: bool) -> dict[str, Any]:
+    """``kill -9`` of the control process alone under load: the workers hang up when its socket
+    closes (conversations do not survive it yet), Kamailio is left running; the restart ends the
+    leftovers and closes every call it had with a reason and a callback."""
+    uas_port = free_port()
+    uas = _uas(uas_port, str(root))
+    node = FaultNode(root, workers=3, seats_yaml=_seats(2, uas_port)).start()
+    try:
+        calls = 8 if quick else 30
+        load = _callers(node, calls, rate=4, limit=4, stay_ms=15_000)
+        node.wait(lambda: sum(1 for c in node.get("/api/v1/calls?limit=500") if c["queued_at"]) >= 3, timeout=40)
+        time.sleep(0.3)  # one writer window
+        assert node.proc is not None
+        node.proc.kill()
+        node.proc.wait(10)
+        load.join()  # the callers were hung up on; later ones met a node that was not there (503/timeout)
+        restarted_at = time.time()
+        node.start()
+        calls_now = _settled(node)
+        ghosts = sum(1 for c in calls_now for e in node.get(f"/api/v1/calls/{c['id']}")["events"]
+                     if e["kind"] == "OFFER" and e["at"] >= restarted_at)
+        return _count(node, calls_now, load, ghost_offers=ghosts)
+    finally:
+        node.stop()
+        uas.terminate()
+
+
 def _pg_bin(name: str) -> str | None:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found[-1] if found else None
@@ -330,7 +358,7 @@ def case_broker_restart(root: Path, quick: bool) -> dict[str, Any] | None:
 
 
 CASES: dict[str, Callable[[Path, bool], dict[str, Any] | None]] = {
-    "worker_kill": case_worker_kill, "node_kill": case_node_kill,
+    "worker_kill": case_worker_kill, "node_kill": case_node_kill, "control_kill": case_control_kill,
     "database_restart": case_database_restart, "broker_restart": case_broker_restart,
 }
 
