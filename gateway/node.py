@@ -61,6 +61,7 @@ class Node:
         self.flow: Any = None
         self.worker_stats: dict[int, Any] = {}
         self._retention: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,7 +124,8 @@ class Node:
         # issue 13: what the store shows in progress but is not alive is closed as lost, not restored
         from gateway.reconcile import live_calls_at_start, seal_after_crash
 
-        await self.routing.start(seats, live_calls=await live_calls_at_start(self.pool, self.engine, self.node_id))
+        kept = await live_calls_at_start(self.pool, self.engine, self.node_id)
+        await self.routing.start(seats, live_calls=kept)
         recovered = await seal_after_crash(self.catalog, self.calls, time.time())
         if recovered:
             log.warning("recordings_recovered", extra={"count": len(recovered)})
@@ -167,6 +169,12 @@ class Node:
         # 5. the API, on its own thread and loop
         if s.api_port:
             self.api = await self._start_api()
+            if kept:  # issue 13: Twilio callers kept at start who never come back are closed as lost
+                from gateway.reconcile import expire_unclaimed
+
+                self._expiry = asyncio.create_task(expire_unclaimed(
+                    self.routing, getattr(self.api, "twilio", None), self.engine, self.node_id, kept,
+                    s.twilio_reclaim_s), name="twilio-expiry")
         log.info("node_ready", extra={"node_id": self.node_id, "sip": f"{s.sip_host}:{s.sip_port}",
                                       "api": f"http://{s.api_host}:{s.api_port}" if s.api_port else None,
                                       "workers": len(specs), "front_door": "kamailio" if self.kamailio else "none",
@@ -255,6 +263,8 @@ class Node:
             log.info("node_stopping", extra={"node_id": self.node_id})
         if self._retention is not None:
             self._retention.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self.api is not None:
             with contextlib.suppress(Exception):
                 await self.api.stop()

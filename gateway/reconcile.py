@@ -13,6 +13,7 @@ service's (``RoutingService.start(live_calls=...)``, ``RoutingService.call_lost`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -160,4 +161,45 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-__all__ = ["clear_leftovers", "live_calls", "live_calls_at_start", "seal_after_crash", "worker_lost"]
+async def expire_unclaimed(routing: Any, twilio: Any, engine: Any, node_id: str, call_ids: Iterable[str],
+                           after_s: float) -> list[str]:
+    """Twilio calls kept alive at start whose caller never came back: closed as lost.
+
+    A Twilio caller who hung up while the node was down is still "in progress" in the store (the
+    status callback met the dead node).  Kept in the queue, it would be offered to seat after seat
+    and never dialled: a ghost.  A caller in the IVR or the queue makes a webhook every few
+    seconds, so one not heard from ``after_s`` after the start is gone: it is closed
+    ``lost_node_failure`` with a callback.  (Should it call after all, its journey is adopted and
+    queued again at the head.)  Bridged calls make no webhook until the conversation ends and are
+    left alone.
+    """
+    from routing.events import Event, EventKind
+    from routing.store.journeys import JourneyStore
+    from routing.store.reconcile import LOST_NODE_FAILURE
+
+    await asyncio.sleep(after_s)
+    journeys = JourneyStore(engine)
+    claimed = {c.call_id for c in [*getattr(twilio, "live", {}).values(), *getattr(twilio, "ended", {}).values()]}
+    expired: list[str] = []
+    for call_id in sorted(set(call_ids) - claimed):
+        try:
+            state = await journeys.load(call_id)
+            if state is None or state.get("phase") not in ("ivr", "queued", "ringing"):
+                continue
+            ivr = routing.acd.call_view(call_id)
+            routing.call_lost(call_id, LOST_NODE_FAILURE, caller=state.get("caller"),
+                              info={"lost_in": state.get("phase"), "ingress": "twilio"},
+                              enqueued_at=(ivr or {}).get("enqueued_at", state.get("started_at")))
+            routing.record([Event(EventKind.CALLEND, time.time(), call_id=call_id, data={
+                "reason": LOST_NODE_FAILURE, "ended_by": "node_failure"})])
+            await journeys.save(call_id, node_id, "twilio", state, ended=True)
+        except Exception:
+            log.exception("twilio_expiry_failed", extra={"call_id": call_id})
+            continue
+        log.warning("call_lost", extra={"call_id": call_id, "reason": LOST_NODE_FAILURE, "ingress": "twilio"})
+        expired.append(call_id)
+    return expired
+
+
+__all__ = ["clear_leftovers", "expire_unclaimed", "live_calls", "live_calls_at_start", "seal_after_crash",
+           "worker_lost"]

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     # durability (issue 13)
     sqlite_synchronous: str = Field("full", description="SQLite fsync policy: full (every commit survives a "
                                     "power cut) | normal (a power cut may lose the last commits); docs/DURABILITY.md")
+    twilio_reclaim_s: float = Field(15.0, gt=0, le=600, description="after a restart, a Twilio caller in the IVR "
+                                    "or queue not heard from within this is closed as lost (with a callback)")
 
     # Twilio ingress
     twilio_auth_token: str | None = None

@@ -24,29 +24,38 @@ IMMOBILE = "1 2 2"  # -> rescue
 async def test_twilio_caller_in_queue_keeps_the_place_across_a_node_restart(tmp_path: Path) -> None:
     ports = NodePorts.pick(workers=1)
     seats = seats_yaml(("s1", "rescue", free_port(), "not_ready"))
-    env = {"HANDOFF_TWILIO_AUTH_TOKEN": TOKEN, "HANDOFF_PUBLIC_BASE_URL": PUBLIC, "HANDOFF_WRAP_UP_S": "0"}
+    env = {"HANDOFF_TWILIO_AUTH_TOKEN": TOKEN, "HANDOFF_PUBLIC_BASE_URL": PUBLIC, "HANDOFF_WRAP_UP_S": "0",
+           "HANDOFF_TWILIO_RECLAIM_S": "3"}
     node = boot(tmp_path, ports, name="before", seats_yaml=seats, env=env)
     restarted = None
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.api}", timeout=10) as http:
             phone = TwilioPhone(http, "CA" + "5" * 32, "+8613800000055")
-            await phone.dial_in()
-            await phone.keys(IMMOBILE)
-            await phone.hold_poll()
-            assert phone.doc is not None and phone.doc.find("Redirect") is not None
-            node.wait_for(lambda: queue(node, "rescue")["waiting"] == 1)
-            node.wait_for(lambda: "ENTERQUEUE" in [e["kind"] for e in node.call(phone.call_id)["events"]])
+            gone = TwilioPhone(http, "CA" + "6" * 32, "+8613800000066")  # hangs up while the node is down
+            for p in (phone, gone):
+                await p.dial_in()
+                await p.keys(IMMOBILE)
+                await p.hold_poll()
+                assert p.doc is not None and p.doc.find("Redirect") is not None
+                node.wait_for(lambda p=p: "ENTERQUEUE" in [e["kind"] for e in node.call(p.call_id)["events"]])
+            node.wait_for(lambda: queue(node, "rescue")["waiting"] == 2)
 
             crash(node)
             restarted = boot(tmp_path, ports, name="after", seats_yaml=seats, env=env, token=node.token)
-            # the caller is still waiting: not closed as lost, still in the queue, no callback
-            assert queue(restarted, "rescue")["waiting"] == 1
+            # the callers are still waiting: not closed as lost, still in the queue, no callback
+            assert queue(restarted, "rescue")["waiting"] == 2
             rec = restarted.call(phone.call_id)
             assert rec["ended_at"] is None, rec
             assert phone.call_id not in callbacks(restarted)
 
             await phone.hold_poll()                 # the next webhook continues (no 404)
             assert phone.doc is not None and phone.doc.find("Redirect") is not None
+            # the caller who never came back is closed as lost, with a callback: no ghost in the queue
+            lost = restarted.wait_for(lambda: (c := restarted.call(gone.call_id))["end_reason"] and c, timeout=20)
+            assert lost["end_reason"] == "lost_node_failure", lost
+            assert callbacks(restarted)[gone.call_id]["caller"] == "+8613800000066"
+            assert queue(restarted, "rescue")["waiting"] == 1
+            assert restarted.call(phone.call_id)["ended_at"] is None
             assert api(restarted, "PUT", "/api/v1/seats/s1/status", json={"status": "available"}).status_code == 200
             dial = await phone.hold_until_dial()
             assert dial.find("Sip") is not None and "s1" in (dial.find("Sip").text or "")
