@@ -399,7 +399,8 @@ def _release_lost_seats(seats: list[RestoredSeat], progress: InProgress, lost: s
     """Seats busy with a lost call come back free, with no penalty: reserved -> available,
     on a call -> wrap-up (the agent's notes, then available).  A seat reserved for a call still
     alive (a Twilio caller waiting at Twilio) is free too: the call waits again and is offered
-    anew.  Seats busy with another node's call are left to the ACD's own restore rule."""
+    anew.  A seat busy with another node's open call is kept out of this node's offers
+    (``not_ready`` here) without a word to the store, where the other node's status stands."""
     out: list[RestoredSeat] = []
     events: list[Event] = []
     for rs in seats:
@@ -411,6 +412,10 @@ def _release_lost_seats(seats: list[RestoredSeat], progress: InProgress, lost: s
             events.append(Event(EventKind.SEATSTATUS, now, call_id=call_id, seat_id=rs.spec.id, data={
                 "status": target.value, "previous": rs.status.value, "reason": None,
                 "lost": LOST_NODE_FAILURE if call_id in lost else None}))
+        elif rs.status in (SeatStatus.RESERVED, SeatStatus.ON_CALL) and rs.spec.id in progress.foreign:
+            # busy with another node's live call: not ours to offer, nor to rewrite in the store
+            out.append(RestoredSeat(spec=rs.spec, status=SeatStatus.NOT_READY,
+                                    reason=f"busy on {progress.foreign[rs.spec.id]}"[:200], since=rs.since))
         else:
             out.append(rs)
     return out, events

@@ -45,6 +45,7 @@ class InProgress:
     open_calls: dict[str, OpenCall] = field(default_factory=dict)
     queued: set[str] = field(default_factory=set)              # call ids with a queue entry of ours
     seat_calls: dict[str, str] = field(default_factory=dict)   # reserved/on_call seat -> the call it was for
+    foreign: dict[str, str] = field(default_factory=dict)      # seat busy with another node's open call -> that node
 
     def lost(self, alive: set[str] | frozenset[str]) -> set[str]:
         """Every call in progress here whose media is not among ``alive``."""
@@ -79,6 +80,10 @@ async def in_progress(engine: AsyncEngine, node_id: str) -> InProgress:
                 .order_by(events.c.seq.desc()).limit(1))).scalar()
             if last:
                 out.seat_calls[seat_id] = last
+                owner = (await conn.execute(select(calls.c.node_id).where(
+                    calls.c.id == last, calls.c.ended_at.is_(None)))).scalar()
+                if owner and owner != node_id:
+                    out.foreign[seat_id] = owner
     return out
 
 

@@ -396,7 +396,7 @@ async def test_a_refused_event_does_not_stop_the_log(db_url: str, caplog: pytest
 async def test_reconcile_closes_only_this_nodes_lost_calls_and_frees_their_seats(db_url: str, tmp_path) -> None:
     """Two nodes on one database; n1 restarts with nothing alive.  Its waiting, ringing and IVR
     calls are closed ``lost_node_failure`` with callbacks, its reserved seat is free without
-    penalty; n2's waiting call is not touched."""
+    penalty; n2's waiting call and the seat ringing for it are not touched."""
     from gateway.settings import Settings
     from routing.service import RoutingService
 
@@ -438,7 +438,9 @@ async def test_reconcile_closes_only_this_nodes_lost_calls_and_frees_their_seats
             rec = await records.get(cid)
             assert rec["end_reason"] == "lost_node_failure" and rec["ended_at"] == 2000.0, rec
         other = await records.get("other")
-        assert other["ended_at"] is None  # n2's call: not ours to reconcile
+        assert other["ended_at"] is None  # n2's call: not ours to reconcile ...
+        assert {s["id"]: s for s in await records.list_seats()}["s2"]["status"] == "reserved"  # ... nor its seat
+        assert again.acd.seat_view("s2", t[0])["status"] == "not_ready"  # and n1 does not offer it
         _, waiting = await load_state(engine)
         assert [e.call_id for e in waiting] == ["other"]
         stored = {r["call_id"]: r for r in await load_callbacks(engine)}
