@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.auth import get_ctx, principal
 from api.body_limit import BodySizeLimit, BodyTooLarge, reraise_body_too_large
 from api.context import ApiContext
+from api.errors import install_database_outage_handler
 from api.routes import admin, audit, callbacks, calls, events_ws, health, metrics, queues, recordings, seats
 from api.schemas import Me
 from api.throttle import BadTokenThrottle
@@ -72,6 +73,7 @@ def create_app(ctx: ApiContext, ingress: Iterable[APIRouter] = ()) -> FastAPI:
     app.state.ctx = ctx
     app.state.bad_tokens = BadTokenThrottle(ctx.limits.auth_failures, ctx.limits.auth_window_s)
     _install_error_handlers(app)
+    install_database_outage_handler(app)  # issue 13: 503 + Retry-After while the database is away
     # Outside the routes and their dependencies: a body over the limit is refused before anything
     # (authentication included) reads it.
     app.add_middleware(BodySizeLimit, limit_for=ctx.limits.body_limit_for)

@@ -24,6 +24,7 @@ from api.signin import OneTimeSignIn, first_sign_in, signin_router
 from api.tokens import TokenStore
 from api.twilio import TwilioCalls, TwilioContext, twilio_router
 from ivr.flow import Flow
+from routing.store.journeys import JourneyStore
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ def twilio_context(node: ApiHost, bridge: ControlLoopBridge) -> TwilioContext:
     return TwilioContext(routing=node.routing, flow=lambda: node.flow, auth_token=s.twilio_auth_token,
                          public_base_url=s.public_base_url or f"http://{s.api_host}:{s.api_port}",
                          node_id=node.node_id, on_control=bridge.run, ring_timeout_s=float(s.ring_timeout),
-                         announce_every_s=float(s.hold_announce_interval))
+                         announce_every_s=float(s.hold_announce_interval),
+                         journeys=JourneyStore(node.engine))  # issue 13: Twilio calls survive a restart
 
 
 async def build_api(node: ApiHost) -> RunningApi:

@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from recordings.catalog import Catalog, RecordingStatus
+from recordings.catalog import Catalog, RecordingRow, RecordingStatus
 from recordings.closing import close_recording
 from routing.store.calls import CallRecords
 
@@ -26,6 +26,7 @@ class CallRecordings:
         self.calls = calls
         self.started: dict[str, float] = {}
         self._opening: dict[str, asyncio.Task[None]] = {}
+        self._retrying: set[asyncio.Task[None]] = set()
 
     @property
     def partial_dir(self) -> Path:
@@ -54,12 +55,39 @@ class CallRecordings:
         if opening is not None:
             await opening
         started_at = self.started.pop(call_id, None)
-        if error or not partial_path or started_at is None:
+        if not partial_path or started_at is None:
             return call_id
-        row = await close_recording(self.catalog, call_id, call_id, started_at, time.time())
+        # With an error too: a media worker that died cannot seal its own file, so the control
+        # process does (``finalize`` repairs the header the worker never wrote).  A recorder that
+        # never started already has a failed row, which ``close_recording`` leaves as it is.
+        _ = error
+        try:
+            row = await close_recording(self.catalog, call_id, call_id, started_at, time.time())
+        except Exception as e:  # the database is away: the file waits in .partial, sealed when it is back
+            log.error("recording_seal_deferred", extra={"call_id": call_id, "error": str(e)[:300]})
+            task = asyncio.ensure_future(self._seal_when_back(call_id, started_at))
+            self._retrying.add(task)
+            task.add_done_callback(self._retrying.discard)
+            return call_id
+        await self._report(call_id, row)
+        return call_id
+
+    async def _seal_when_back(self, call_id: str, started_at: float, give_up_after_s: float = 86400) -> None:
+        """Retry a seal the database refused (an outage), with backoff; a restart also finds it."""
+        delay, deadline = 0.5, time.monotonic() + give_up_after_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            try:
+                row = await close_recording(self.catalog, call_id, call_id, started_at, time.time())
+            except Exception:
+                continue
+            await self._report(call_id, row)
+            return
+
+    async def _report(self, call_id: str, row: RecordingRow) -> None:
         if row.status is RecordingStatus.FAILED:
             await self.calls.set_flags(call_id, recording_failed=row.error or "not sealed")
         else:
             log.info("recording_sealed", extra={"call_id": call_id, "size": row.size,
                                                 "duration_s": row.duration_s, "sha256": row.sha256})
-        return call_id

@@ -143,6 +143,7 @@ _BENCHES: dict[str, tuple[str, str]] = {
     "ivr": ("ivr.bench", "main"),
     "routing": ("routing.bench", "main"),
     "api": ("gateway.bench.api", "main"),
+    "faults": ("gateway.bench.faults", "main"),
 }
 
 

@@ -66,6 +66,7 @@ class Node:
         self.queues: dict[str, Any] = {}
         self.worker_stats: dict[int, Any] = {}
         self._retention: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +108,9 @@ class Node:
         if s.kamailio not in ("auto", "off") and binary is None:
             raise ConfigError(f"kamailio binary {s.kamailio!r} is not executable")
         self.direct_mode = binary is None
+        from gateway.reconcile import clear_leftovers
+
+        clear_leftovers(self.run_dir)  # issue 13: what a crashed control of this node left holding its ports
         _check_port_free(s.sip_host, s.sip_port, True, "SIP")
         if s.api_port:
             _check_port_free(s.api_host, s.api_port, False, "API")
@@ -124,22 +128,25 @@ class Node:
         # 2. storage and routing
         from gateway.schema import upgrade_schema
         from recordings.catalog import Catalog
-        from recordings.closing import recover_unclosed
         from routing.service import RoutingService
         from routing.store.calls import CallRecords
         from routing.store.database import make_engine
 
-        self.engine = make_engine(s.database_url)
+        self.engine = make_engine(s.database_url, sqlite_synchronous=s.sqlite_synchronous)
         try:
             await upgrade_schema(self.engine)
         except Exception as e:
             raise ConfigError(f"database {_safe_url(s.database_url)}: {str(e).splitlines()[0][:200]}") from None
         self.calls = CallRecords(self.engine)
-        self.catalog = Catalog(self.engine, s.recordings_dir)
+        self.catalog = Catalog(self.engine, s.recordings_dir, node_id=self.node_id)  # issue 13: owner of its recordings
         self.catalog.layout.prepare()
         self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id, queues=self.queues)
-        await self.routing.start(seats)
-        recovered = await recover_unclosed(self.catalog, [], time.time())
+        # issue 13: what the store shows in progress but is not alive is closed as lost, not restored
+        from gateway.reconcile import live_calls_at_start, seal_after_crash
+
+        kept = await live_calls_at_start(self.pool, self.engine, self.node_id)
+        await self.routing.start(seats, live_calls=kept)
+        recovered = await seal_after_crash(self.catalog, self.calls, time.time())
         if recovered:
             log.warning("recordings_recovered", extra={"count": len(recovered)})
         self._retention = asyncio.create_task(self._retention_job(), name="recordings-retention")
@@ -177,10 +184,18 @@ class Node:
                 await self.kamailio.start()
             except (RuntimeError, FileNotFoundError) as e:
                 raise ConfigError(str(e)) from None
+            if self.kamailio.proc is not None:  # issue 13: found and ended by the next start after a crash
+                (self.run_dir / "kamailio.pid").write_text(str(self.kamailio.proc.pid))
 
         # 5. the API, on its own thread and loop
         if s.api_port:
             self.api = await self._start_api()
+            if kept:  # issue 13: Twilio callers kept at start who never come back are closed as lost
+                from gateway.reconcile import expire_unclaimed
+
+                self._expiry = asyncio.create_task(expire_unclaimed(
+                    self.routing, getattr(self.api, "twilio", None), self.engine, self.node_id, kept,
+                    s.twilio_reclaim_s), name="twilio-expiry")
         if not self.routing.acd.seats_view(time.time()):
             log.info("no_seats", extra={"hint": no_seats_hint()})
         signin = getattr(self.api, "signin_url", None)
@@ -290,6 +305,9 @@ class Node:
             log.warning("worker_dialogs_ended", extra={"worker_id": spec.worker_id, "dialogs": ended})
         self.worker_stats.pop(spec.worker_id, None)
         if self.director is not None:
+            from gateway.reconcile import worker_lost
+
+            worker_lost(self.director, self.routing, call_ids)  # issue 13: lost with a callback, seat freed
             self.director.worker_lost(call_ids)
         self.run_dir.joinpath(f"worker-{spec.worker_id}.pid").unlink(missing_ok=True)
         asyncio.get_running_loop().call_later(2.0, self._write_pids)
@@ -310,6 +328,8 @@ class Node:
             log.info("node_stopping", extra={"node_id": self.node_id})
         if self._retention is not None:
             self._retention.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self.api is not None:
             try:
                 await self.api.stop()

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     api_auth_window_s: float = Field(60.0, gt=0, le=3600)
     api_ws_auth_timeout_s: float = Field(5.0, gt=0, le=60, description="a WebSocket must authenticate within this")
 
+    # durability (issue 13)
+    sqlite_synchronous: str = Field("full", description="SQLite fsync policy: full (every commit survives a "
+                                    "power cut) | normal (a power cut may lose the last commits); docs/DURABILITY.md")
+    twilio_reclaim_s: float = Field(15.0, gt=0, le=600, description="after a restart, a Twilio caller in the IVR "
+                                    "or queue not heard from within this is closed as lost (with a callback)")
+
     # Twilio ingress
     twilio_auth_token: str | None = Field(None, description="Twilio auth token: enables /twilio/* (signed webhooks)")
     public_base_url: str | None = Field(None, description="the URL Twilio calls (signatures are checked against it)")
@@ -189,6 +195,14 @@ class Settings(BaseSettings):
         # Every path the node hands to a child process must be absolute: Kamailio changes its
         # working directory, so a relative RPC socket or dispatcher list breaks it at start.
         return None if v is None else v.expanduser().resolve()
+
+    @field_validator("sqlite_synchronous")
+    @classmethod
+    def _synchronous(cls, v: str) -> str:
+        v = v.lower()
+        if v not in {"normal", "full"}:
+            raise ValueError("must be normal or full")
+        return v
 
     @field_validator("log_level")
     @classmethod

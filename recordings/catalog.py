@@ -11,12 +11,15 @@ what existed and when it was deleted).  Times are unix seconds, like the routing
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -29,6 +32,7 @@ from sqlalchemy import (
     Table,
     Text,
     inspect,
+    or_,
     select,
     update,
 )
@@ -70,6 +74,7 @@ recordings_table = Table(
     Column("status", String(16), nullable=False, index=True),
     Column("error", Text),
     Column("purged_at", Float),
+    Column("node_id", String(64), index=True),  # the node that records it: a restart recovers only its own
     CheckConstraint("status IN ('recording', 'closed', 'failed', 'purged')", name="status"),
 )
 
@@ -89,6 +94,13 @@ class RecordingRow:
     closed_at: float | None = None
     error: str | None = None
     purged_at: float | None = None
+    node_id: str | None = None
+
+    @property
+    def sealing(self) -> bool:
+        """The seal (hash) is written but the file may not have been moved yet: a crash between
+        the two leaves this, and recovery finishes it."""
+        return self.status is not RecordingStatus.CLOSED and self.sha256 is not None
 
 
 def _row(m: object) -> RecordingRow:
@@ -98,9 +110,25 @@ def _row(m: object) -> RecordingRow:
 
 
 class Catalog:
-    def __init__(self, engine: AsyncEngine, root: Path) -> None:
+    def __init__(self, engine: AsyncEngine, root: Path, node_id: str | None = None) -> None:
         self.engine = engine
         self.layout = RecordingLayout(root)
+        self.node_id = node_id
+        self._sealing: dict[str, list[Any]] = {}  # recording id -> [lock, callers using it]
+
+    @contextlib.asynccontextmanager
+    async def sealing_turn(self, recording_id: str) -> AsyncIterator[None]:
+        """One seal at a time per recording in this process (a call end and a recovery may race);
+        the lock is forgotten once nobody holds or waits for it."""
+        entry = self._sealing.setdefault(recording_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._sealing.pop(recording_id, None)
 
     async def create_schema(self) -> None:
         """Create the table if missing (tests, the single-node default); deployments use Alembic."""
@@ -120,8 +148,22 @@ class Catalog:
         async with self.engine.begin() as conn:
             await conn.execute(recordings_table.insert().values(
                 id=recording_id, call_id=call_id, path=path, started_at=started_at,
-                status=RecordingStatus.RECORDING.value,
+                status=RecordingStatus.RECORDING.value, node_id=self.node_id,
             ))
+
+    async def sealing(self, recording_id: str, info: RecordingInfo) -> None:
+        """The seal's intent, written *before* the file moves to its final name: size, duration
+        and SHA-256 of the repaired partial file.  The status does not change; recovery of a row
+        with a hash and no ``closed`` status looks for the file at both names and finishes."""
+        t = recordings_table
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(t).where(
+                t.c.id == recording_id,
+                t.c.status.in_([RecordingStatus.RECORDING.value, RecordingStatus.FAILED.value])).values(
+                size=info.size, duration_s=info.duration_s, sha256=info.sha256, sample_rate=info.sample_rate,
+                channels=info.channels))
+        if result.rowcount != 1:
+            raise RecordingError(f"recording {recording_id} cannot be sealed (not open in the catalog)")
 
     async def closed(self, recording_id: str, info: RecordingInfo, final_path: Path,
                      at: float | None = None) -> None:
@@ -137,7 +179,7 @@ class Catalog:
         """The recording could not be finalised; the row keeps pointing at the partial file."""
         values = dict(error=error[:4000], closed_at=time.time() if at is None else at,
                       status=RecordingStatus.FAILED.value)
-        await self._transition(recording_id, values, allowed=(RecordingStatus.RECORDING,))
+        await self._transition(recording_id, values, allowed=(RecordingStatus.RECORDING, RecordingStatus.FAILED))
 
     async def mark_purged(self, recording_id: str, at: float) -> None:
         """The file is gone by retention; the row, path and hash stay as the audit trail."""
@@ -173,6 +215,7 @@ class Catalog:
         started_before: float | None = None,
         after_id: str | None = None,
         limit: int | None = None,
+        owned_by: str | None = None,
     ) -> builtins.list[RecordingRow]:
         """Rows in id order; page with ``after_id`` = the last id of the previous page."""
         t = recordings_table
@@ -186,6 +229,8 @@ class Catalog:
             q = q.where(t.c.started_at < started_before)
         if after_id is not None:
             q = q.where(t.c.id > after_id)
+        if owned_by is not None:  # a node's own rows, and the rows of before owners were recorded
+            q = q.where(or_(t.c.node_id == owned_by, t.c.node_id.is_(None)))
         if limit is not None:
             q = q.limit(limit)
         async with self.engine.connect() as conn:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from recordings.catalog import Catalog
-from recordings.integrity import verify
+from recordings.integrity import ProblemKind, verify
 from recordings.retention import purge
 
 DEFAULT_RETENTION_DAYS = 180
@@ -62,11 +62,12 @@ async def _verify(data_dir: Path, db_url: str) -> int:
         await catalog.engine.dispose()
     for problem in report.problems:
         print(problem.line())
+    bad_seals = len(report.problems) - len(report.files_without_rows) - len(report.unsealed)
     print(
-        f"verified {report.checked} recordings: {report.checked - len(report.problems)} ok, "
+        f"verified {report.checked} recordings: {report.checked - bad_seals} ok, "
         f"{len(report.mismatches)} sha256 mismatches, {len(report.size_changed)} size changes, "
-        f"{len(report.missing)} missing, "
-        f"{len(report.problems) - len(report.mismatches) - len(report.size_changed) - len(report.missing)} unreadable"
+        f"{len(report.missing)} missing, {len(report.of_kind(ProblemKind.UNREADABLE))} unreadable, "
+        f"{len(report.files_without_rows)} files without rows, {len(report.unsealed)} unsealed"
     )
     return 0 if report.ok else 1
 

@@ -50,13 +50,24 @@ def finalize(partial: Path, final: Path) -> RecordingInfo:
     A worker killed mid-call leaves the header's RIFF and data lengths wrong (pjmedia fixes them
     only on close); they are rebuilt from the file size, dropping a trailing half sample frame.
     ``final`` is never overwritten.  Every failure raises ``RecordingError``, leaving the partial
-    file where it was so nothing recorded is lost.
+    file where it was so nothing recorded is lost.  ``prepare`` and ``place`` are its two halves,
+    for a caller that writes the seal between them (``recordings.closing``).
     """
     partial, final = Path(partial), Path(final)
-    if not partial.is_file():
-        raise RecordingError(f"recording {partial} is missing: the media worker never wrote it or it was moved")
     if final.exists():
         raise RecordingError(f"cannot finalise {partial}: {final} already exists (recordings are never overwritten)")
+    info = prepare(partial)
+    place(partial, final)
+    log.info("recording finalised", extra={"path": str(final), "size": info.size, "sha256": info.sha256,
+                                           "duration_s": round(info.duration_s, 3), "repaired": info.repaired})
+    return info
+
+
+def prepare(partial: Path) -> RecordingInfo:
+    """Repair the header, fsync and hash the partial file in place (blocking); the seal to write."""
+    partial = Path(partial)
+    if not partial.is_file():
+        raise RecordingError(f"recording {partial} is missing: the media worker never wrote it or it was moved")
     try:
         with open(partial, "r+b") as f:
             try:
@@ -83,21 +94,31 @@ def finalize(partial: Path, final: Path) -> RecordingInfo:
             f.flush()
             os.fsync(f.fileno())
         sha256, size = sha256_file(partial)
+    except RecordingError:
+        raise
+    except OSError as e:
+        raise RecordingError(f"cannot finalise recording {partial}: {_reason(e)}") from e
+    return RecordingInfo(size=size, duration_s=header.duration_s, sha256=sha256,
+                         sample_rate=header.sample_rate, channels=header.channels, repaired=repaired)
+
+
+def place(partial: Path, final: Path) -> None:
+    """Move the prepared file to its final name, durably (blocking); never overwrites ``final``."""
+    partial, final = Path(partial), Path(final)
+    if final.exists():
+        raise RecordingError(f"cannot finalise {partial}: {final} already exists (recordings are never overwritten)")
+    try:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, final)
         _fsync_dir(final.parent)
         if partial.parent != final.parent:
             _fsync_dir(partial.parent)
-    except RecordingError:
-        raise
     except OSError as e:
-        reason = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-        raise RecordingError(f"cannot finalise recording {partial} -> {final}: {reason}") from e
-    info = RecordingInfo(size=size, duration_s=header.duration_s, sha256=sha256,
-                         sample_rate=header.sample_rate, channels=header.channels, repaired=repaired)
-    log.info("recording finalised", extra={"path": str(final), "size": size, "sha256": sha256,
-                                           "duration_s": round(info.duration_s, 3), "repaired": repaired})
-    return info
+        raise RecordingError(f"cannot finalise recording {partial} -> {final}: {_reason(e)}") from e
+
+
+def _reason(e: OSError) -> str:
+    return "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
 
 
 def sha256_file(path: Path) -> tuple[str, int]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path, PurePosixPath
 
-from recordings.catalog import Catalog, RecordingStatus
+from recordings.catalog import Catalog, RecordingRow, RecordingStatus
 from recordings.finalize import sha256_file
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,8 @@ class ProblemKind(StrEnum):
     SIZE_CHANGED = "size_changed"    # bytes were added or cut
     SHA256_MISMATCH = "sha256_mismatch"  # same size, different content
     UNREADABLE = "unreadable"        # exists but cannot be read (permissions, I/O error)
+    FILE_WITHOUT_ROW = "file_without_row"  # a recording on disk the catalog does not know (or says purged)
+    UNSEALED = "unsealed"            # the catalog says recording/failed but the file sits at its final name
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +68,54 @@ class VerifyReport:
     def size_changed(self) -> list[Problem]:
         return self.of_kind(ProblemKind.SIZE_CHANGED)
 
+    @property
+    def files_without_rows(self) -> list[Problem]:
+        return self.of_kind(ProblemKind.FILE_WITHOUT_ROW)
+
+    @property
+    def unsealed(self) -> list[Problem]:
+        return self.of_kind(ProblemKind.UNSEALED)
+
+
+def _files_on_disk(root: Path) -> dict[str, str]:
+    """Every ``*.wav`` under the recordings root (partial ones too): id -> path relative to root."""
+    out: dict[str, str] = {}
+    if not root.is_dir():
+        return out
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.endswith(".wav"):
+                full = Path(dirpath) / name
+                out[full.stem] = PurePosixPath(*full.relative_to(root).parts).as_posix()
+    return out
+
+
+async def _compare_disk_and_catalog(catalog: Catalog, report: VerifyReport) -> None:
+    """Files without rows (or whose row says purged), and rows whose seal never finished."""
+    on_disk = await asyncio.to_thread(_files_on_disk, catalog.layout.root)
+    after: str | None = None
+    known: dict[str, RecordingRow] = {}
+    while True:
+        page = await catalog.list(after_id=after, limit=PAGE)
+        if not page:
+            break
+        known.update((r.id, r) for r in page)
+        after = page[-1].id
+    for rid, rel in sorted(on_disk.items()):
+        row = known.get(rid)
+        if row is None or row.status is RecordingStatus.PURGED:
+            report.problems.append(Problem(rid, ProblemKind.FILE_WITHOUT_ROW, rel,
+                                           actual="purged" if row is not None else ""))
+        elif row.status in (RecordingStatus.RECORDING, RecordingStatus.FAILED) and not rel.startswith(".partial/"):
+            report.problems.append(Problem(rid, ProblemKind.UNSEALED, rel, expected=row.status.value))
+
 
 async def verify(catalog: Catalog, progress_every: int = 100) -> VerifyReport:
-    """Recompute the SHA-256 of every closed recording and report each one that differs."""
+    """Recompute the SHA-256 of every closed recording and report each one that differs; then
+    report the files on disk the catalog does not know (or says it purged) and the recordings
+    left unsealed at their final name (the rows without files are the ``missing`` ones)."""
     report = VerifyReport()
+    await _compare_disk_and_catalog(catalog, report)
     after: str | None = None
     while True:
         page = await catalog.list(status=RecordingStatus.CLOSED, after_id=after, limit=PAGE)

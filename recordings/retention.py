@@ -61,6 +61,21 @@ def _delete(path: Path) -> int | None:
     return size
 
 
+def _delete_everywhere(paths: list[Path]) -> int | None:
+    """Delete the recording at every name it may have (the row's path, and the partial and final
+    names: a seal interrupted by a crash leaves the file at the other one); None if none was there.
+    Raises if any is still on disk afterwards, so nothing on disk is ever marked purged."""
+    freed: int | None = None
+    for path in dict.fromkeys(paths):
+        got = _delete(path)
+        if got is not None:
+            freed = (freed or 0) + got
+    left = [str(p) for p in paths if p.exists()]
+    if left:
+        raise OSError(f"still on disk after delete: {', '.join(left)}")
+    return freed
+
+
 async def purge(catalog: Catalog, now: float, retention_days: int, open_call_ids: Iterable[str]) -> PurgeReport:
     """Delete the files ``select_for_purge`` picks and mark their rows purged."""
     report = PurgeReport()
@@ -69,9 +84,9 @@ async def purge(catalog: Catalog, now: float, retention_days: int, open_call_ids
     candidates = {r.id: r for r in await catalog.list(status=PURGEABLE, started_before=cutoff)}
     for rid in select_for_purge(candidates.values(), now, retention_days, open_calls):
         row = candidates[rid]
-        path = catalog.file_of(row)
+        paths = [catalog.file_of(row), catalog.layout.partial_path(rid), catalog.layout.final_path(rid, row.started_at)]
         try:
-            freed = await asyncio.to_thread(_delete, path)
+            freed = await asyncio.to_thread(_delete_everywhere, paths)
             await catalog.mark_purged(rid, now)
         except (OSError, RecordingError) as e:
             report.errors[rid] = str(e)

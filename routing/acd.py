@@ -397,6 +397,56 @@ class Acd:
         return self._done([Event(EventKind.CALLBACK, now, call_id=entry.call_id, seat_id=entry.seat_id,
                                  skill=entry.skill, data={"action": "completed", "callback_id": entry.id})])
 
+    # -- lost calls (issue 13) ---------------------------------------------------------------------
+    def call_lost(self, call_id: str, now: float, reason: str, caller: str | None = None,
+                  info: dict[str, Any] | None = None, enqueued_at: float | None = None,
+                  skill: str | None = None, priority: int | None = None) -> list[Event]:
+        """A call whose media died (a media worker or the whole node): the caller is no longer on
+        the line, through no fault of theirs or of a seat.
+
+        It leaves the queue without counting as abandoned, a seat ringing for it goes straight back
+        to available (no ring-no-answer penalty), a seat talking to it goes to wrap-up, and the
+        caller always joins the callback list (whatever the wait), with ``reason`` in its info.  A
+        call the ACD never saw (lost during the IVR) gets its callback from ``caller``/``info``.
+        """
+        out: list[Event] = []
+        call = self._calls.pop(call_id, None)
+        skill = skill if skill in SKILLS else INTAKE_SKILL
+        priority = 3 if priority is None else int(priority)
+        if call is not None:
+            skill, priority, caller = call.skill, call.priority, call.caller if call.caller is not None else caller
+            enqueued_at = call.enqueued_at
+            info = {**call.info, **(info or {})}
+            seat = self._seats.get(call.seat_id) if call.seat_id else None
+            state = call.state
+            call.state = EntryState.CONNECTED  # gone: any timer left for it is stale
+            if state is EntryState.WAITING:
+                self._queues[call.skill].remove(call)
+            elif state is EntryState.RINGING and seat is not None:
+                self._ringing[call.skill] -= 1
+                out.append(seat.move(S.AVAILABLE, now, call_id=call.id, skill=call.skill, lost=reason))
+                seat.call_id = None
+                self._make_offerable(seat, now, out)
+            elif state is EntryState.CONNECTED and seat is not None:
+                talk_s = now - (call.answered_at or now)
+                wrap_s = self.policy(call.skill).wrap_up_s
+                out.append(seat.move(S.WRAP_UP, now, call_id=call.id, skill=call.skill, wrap_up_s=wrap_s, lost=reason))
+                seat.wrap_skill, seat.wrap_talk_s, seat.call_ended_at = call.skill, talk_s, now
+                if wrap_s <= 0:
+                    self._end_wrap(seat, now, S.AVAILABLE, None, out)
+                else:
+                    self._arm(now + wrap_s, _WRAP, seat.id, seat.version)
+        cb_id = f"cb-{call_id}"
+        if not any(e.id == cb_id for e in self.callbacks.active()):
+            enq = now if enqueued_at is None else enqueued_at
+            cb_info = {**(info or {}), "lost": reason}
+            entry = self.callbacks.add(call_id, caller, skill, priority, enq, now, cb_info, cb_id)
+            out.insert(0, Event(EventKind.CALLBACK, now, call_id=call_id, skill=skill,
+                                data={"action": "queued", "callback_id": entry.id, "caller": caller,
+                                      "wait_s": now - enq, "enqueued_at": enq, "for_skill": INTAKE_SKILL,
+                                      "reason": reason, "info": cb_info}))
+        return self._done(out)
+
     # -- time ----------------------------------------------------------------------------------
     def tick(self, now: float) -> list[Event]:
         out: list[Event] = []

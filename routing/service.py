@@ -31,11 +31,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from routing.acd import Acd, AcdConfig, RoutingError, SeatSpec, SkillPolicy
+from routing.acd import Acd, AcdConfig, RestoredEntry, RestoredSeat, RoutingError, SeatSpec, SkillPolicy
 from routing.bus import EventBus
 from routing.events import Event, EventKind
 from routing.skills import SKILLS
 from routing.status import SeatStatus
+from routing.store.reconcile import LOST_NODE_FAILURE, InProgress, in_progress
 from routing.store.restore import load_callbacks, load_recent_events, load_state
 from routing.store.writer import EventWriter
 
@@ -102,13 +103,19 @@ class RoutingService:
         return cls(Acd(config), writer=writer, bus=bus, engine=engine, clock=clock, node_id=node_id)
 
     # -- lifecycle ------------------------------------------------------------------------------
-    async def start(self, seats: Iterable[SeatSpec] | None = None) -> None:
-        """Restore from the store, merge the seats file, then start writer, bus and timer."""
+    async def start(self, seats: Iterable[SeatSpec] | None = None,
+                    live_calls: Iterable[str] | None = None) -> None:
+        """Restore from the store, merge the seats file, then start writer, bus and timer.
+
+        ``live_calls`` are the calls whose media is really alive (none after a whole-node restart):
+        everything else this node had in progress is closed as lost (``_close_lost``).  ``None``
+        trusts the store as it is (a routing service without media of its own, e.g. tests).
+        """
         now = self.clock()
         if self.writer is not None:
             await self.writer.start()
         if self.engine is not None:
-            await self._restore(now)
+            await self._restore(now, None if live_calls is None else frozenset(live_calls))
         for spec in seats or ():
             self._merge_file_seat(spec, now)
         if self.bus is not None:
@@ -117,12 +124,17 @@ class RoutingService:
         self._timer = asyncio.create_task(self._run_timers(), name="acd-timers")
         self._mark_all_queues()
 
-    async def _restore(self, now: float) -> None:
+    async def _restore(self, now: float, live: frozenset[str] | None = None) -> None:
         assert self.engine is not None
         m = self.acd.metrics
         recent = await load_recent_events(self.engine, since=now - m.interval_s * m.keep_intervals)
         m.observe_all(recent)  # cumulative and interval metrics survive the restart
         seats, waiting = await load_state(self.engine, node_id=self.node_id)
+        progress = await in_progress(self.engine, self.node_id) if live is not None else InProgress()
+        lost = progress.lost(live) if live is not None else set()
+        lost_entries = {e.call_id: e for e in waiting if e.call_id in lost}
+        waiting = [e for e in waiting if e.call_id not in lost]
+        seats, released = _release_lost_seats(seats, progress, lost, live or frozenset(), now)
         events = self.acd.restore(seats, waiting, now)
         for entry in waiting:
             self._pop_info[entry.call_id] = {"caller": entry.caller, "info": entry.info}
@@ -134,9 +146,33 @@ class RoutingService:
                                        int(row["priority"] or 3), float(row["enqueued_at"]),
                                        float(row["abandoned_at"]), row["info"] or {}, row["callback_id"])
                 restored_callbacks += 1
+        closing = self._close_lost(lost, progress, lost_entries, now)
         log.info("routing state restored", extra={"seats": len(seats), "waiting": len(waiting),
-                                                  "callbacks": restored_callbacks, "log_events": len(recent)})
-        self._emit(events)
+                                                  "callbacks": restored_callbacks, "log_events": len(recent),
+                                                  "lost": len(lost), "seats_released": len(released)})
+        self._emit(released + closing + events)
+
+    def _close_lost(self, lost: set[str], progress: InProgress, entries: dict[str, RestoredEntry],
+                    now: float) -> list[Event]:
+        """Close every call whose media died with the node: its record ends with
+        ``lost_node_failure`` and the caller joins the callback list with the IVR's answers."""
+        out: list[Event] = []
+        for call_id in sorted(lost):
+            entry = entries.get(call_id)
+            row = progress.open_calls.get(call_id)
+            caller = entry.caller if entry is not None and entry.caller else (row.caller if row else None)
+            info: dict[str, Any] = dict(entry.info) if entry is not None else {}
+            if row is not None and row.ivr and "ivr" not in info:
+                info["ivr"] = row.ivr
+            enq = entry.enqueued_at if entry is not None else (row.queued_at or row.started_at if row else None)
+            skill = entry.skill if entry is not None else (row.skill if row else None)
+            priority = entry.priority if entry is not None else (row.priority if row else None)
+            out += self.acd.call_lost(call_id, now, LOST_NODE_FAILURE, caller=caller, info=info, enqueued_at=enq,
+                                      skill=skill, priority=priority)
+            out.append(Event(EventKind.CALLEND, now, call_id=call_id, skill=skill,
+                             data={"reason": LOST_NODE_FAILURE, "ended_by": "node_failure"}))
+            log.warning("call_lost", extra={"call_id": call_id, "reason": LOST_NODE_FAILURE, "caller": caller})
+        return out
 
     def _merge_file_seat(self, spec: SeatSpec, now: float) -> None:
         try:
@@ -208,6 +244,12 @@ class RoutingService:
 
     def call_completed(self, call_id: str, ended_by: str) -> Emitted:
         return self._emit(self.acd.call_completed(call_id, self.clock(), ended_by))
+
+    def call_lost(self, call_id: str, reason: str, caller: str | None = None,
+                  info: dict[str, Any] | None = None, enqueued_at: float | None = None) -> Emitted:
+        """The call's media died (``lost_worker_failure``): out of the queue, seat freed, callback."""
+        return self._emit(self.acd.call_lost(call_id, self.clock(), reason, caller=caller, info=info,
+                                             enqueued_at=enqueued_at))
 
     def take_callback(self, seat_id: str) -> Emitted:
         return self._emit(self.acd.take_callback(seat_id, self.clock()))
@@ -355,3 +397,30 @@ class RoutingService:
             except Exception:  # a failing tick must not stop every later timer
                 log.exception("ACD tick failed")
                 await asyncio.sleep(0.05)
+
+
+def _release_lost_seats(seats: list[RestoredSeat], progress: InProgress, lost: set[str], alive: frozenset[str],
+                        now: float) -> tuple[list[RestoredSeat], list[Event]]:
+    """Seats busy with a lost call come back free, with no penalty: reserved -> available,
+    on a call -> wrap-up (the agent's notes, then available).  A seat reserved for a call still
+    alive (a Twilio caller waiting at Twilio) is free too: the call waits again and is offered
+    anew.  A seat busy with another node's open call is kept out of this node's offers
+    (``not_ready`` here) without a word to the store, where the other node's status stands."""
+    out: list[RestoredSeat] = []
+    events: list[Event] = []
+    for rs in seats:
+        call_id = progress.seat_calls.get(rs.spec.id)
+        if (rs.status in (SeatStatus.RESERVED, SeatStatus.ON_CALL) and call_id in lost) or \
+                (rs.status is SeatStatus.RESERVED and call_id in alive and call_id in progress.queued):
+            target = SeatStatus.AVAILABLE if rs.status is SeatStatus.RESERVED else SeatStatus.WRAP_UP
+            out.append(RestoredSeat(spec=rs.spec, status=target, reason=None, since=now))
+            events.append(Event(EventKind.SEATSTATUS, now, call_id=call_id, seat_id=rs.spec.id, data={
+                "status": target.value, "previous": rs.status.value, "reason": None,
+                "lost": LOST_NODE_FAILURE if call_id in lost else None}))
+        elif rs.status in (SeatStatus.RESERVED, SeatStatus.ON_CALL) and rs.spec.id in progress.foreign:
+            # busy with another node's live call: not ours to offer, nor to rewrite in the store
+            out.append(RestoredSeat(spec=rs.spec, status=SeatStatus.NOT_READY,
+                                    reason=f"busy on {progress.foreign[rs.spec.id]}"[:200], since=rs.since))
+        else:
+            out.append(rs)
+    return out, events

@@ -123,6 +123,7 @@ class TwilioCalls:
         self.live: dict[str, TwilioCall] = {}
         self.ended: OrderedDict[str, TwilioCall] = OrderedDict()
         self._by_call_id: dict[str, TwilioCall] = {}
+        self.journeys = getattr(ctx, "journeys", None)  # issue 13: journeys kept across a restart
 
     def listen(self) -> None:
         """Follow the routing service's decisions (OFFER, RONA by its own timer, escalation)."""
@@ -133,6 +134,25 @@ class TwilioCalls:
         if call is None:
             raise UnknownTwilioCall(sid)
         return call
+
+    async def _get(self, sid: str) -> TwilioCall:
+        """``get``, or the call as the node saved it before a restart (issue 13, ``api.twilio.store``)."""
+        from api.twilio.store import adopt
+
+        call = self.live.get(sid) or self.ended.get(sid) or await adopt(self, sid)
+        if call is None:
+            raise UnknownTwilioCall(sid)
+        return call
+
+    async def _keep(self, call: TwilioCall, key: tuple[str, int], answer: str) -> None:
+        """Remember an answer for replays, and save the journey before the answer goes out."""
+        call.answers[key] = answer
+        await self._save(call)
+
+    async def _save(self, call: TwilioCall) -> None:
+        from api.twilio.store import save
+
+        await save(self, call)
 
     # ---- webhooks -----------------------------------------------------------------------------
 
@@ -151,13 +171,13 @@ class TwilioCalls:
             async with call.lock:
                 journey.answered(now, callee, twilio_call_sid=sid)
                 answer = self._after_ivr(call, call.feed("start", now), now)
-                call.answers[("voice", 0)] = answer
+                await self._keep(call, ("voice", 0), answer)
                 return answer
         async with call.lock:
             return call.answers[("voice", 0)]
 
     async def gather_result(self, sid: str, step: int, digits: str) -> str:
-        call = self.get(sid)
+        call = await self._get(sid)
         async with call.lock:
             replay = call.answers.get(("gather", step))
             if replay is not None:
@@ -167,11 +187,11 @@ class TwilioCalls:
             now = self.ctx.clock()
             actions = self._translate_gather(call, call.gather, digits, now)
             answer = self._after_ivr(call, actions, now)
-            call.answers[("gather", step)] = answer
+            await self._keep(call, ("gather", step), answer)
             return answer
 
     async def hold_poll(self, sid: str, step: int) -> str:
-        call = self.get(sid)
+        call = await self._get(sid)
         async with call.lock:
             replay = call.answers.get(("hold", step))
             if replay is not None:
@@ -179,12 +199,12 @@ class TwilioCalls:
             if not call.journey.waiting or step != call.step:
                 raise StaleStep(f"hold step {step} of {call.call_id} is not current")
             answer = self._next_while_waiting(call, self.ctx.clock())
-            call.answers[("hold", step)] = answer
+            await self._keep(call, ("hold", step), answer)
             return answer
 
     async def seat_status(self, sid: str, step: int, seat_id: str, status: str) -> str:
         """The ``<Sip>`` leg's status callback: ``answered`` is the moment the seat is bridged."""
-        call = self.get(sid)
+        call = await self._get(sid)
         async with call.lock:
             replay = call.answers.get(("seat-status", step))
             if replay is not None:
@@ -195,12 +215,12 @@ class TwilioCalls:
                     and call.dialed_seat == seat_id:
                 self._seat_answered(call, seat_id)
             answer = self.twiml.empty()
-            call.answers[("seat-status", step)] = answer
+            await self._keep(call, ("seat-status", step), answer)
             return answer
 
     async def dial_result(self, sid: str, step: int, seat_id: str, dial_status: str) -> str:
         """The ``<Dial>`` ended: the seat talked and hung up, or never took the call (RONA)."""
-        call = self.get(sid)
+        call = await self._get(sid)
         async with call.lock:
             replay = call.answers.get(("dial-status", step))
             if replay is not None:
@@ -222,17 +242,23 @@ class TwilioCalls:
                     call.journey.seat_not_taken(seat_id, from_twilio(dial_status), now)
                 call.dialed_seat = None
                 answer = self._next_while_waiting(call, now)
-            call.answers[("dial-status", step)] = answer
+            await self._keep(call, ("dial-status", step), answer)
             return answer
 
     async def call_status(self, sid: str, status: str) -> str:
         """The number's status callback: the caller's leg ended (hung up, or failed)."""
-        call = self.live.get(sid)
-        if call is None or status not in TERMINAL_STATUSES:
+        if status not in TERMINAL_STATUSES:
+            return self.twiml.empty()
+        try:
+            call: TwilioCall | None = await self._get(sid)
+        except UnknownTwilioCall:
+            call = None
+        if call is None or not call.journey.live:
             return self.twiml.empty()
         async with call.lock:
             if call.journey.live:
                 self._finish(call, "caller")
+                await self._save(call)  # issue 13: an ended journey is never adopted as alive
             return self.twiml.empty()
 
     # ---- routing decisions --------------------------------------------------------------------

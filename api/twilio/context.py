@@ -52,3 +52,6 @@ class TwilioContext:
     #: How often a waiting caller hears their queue position (``hold_announce_interval``; a queue's
     #: own ``announce_every_s`` wins).
     announce_every_s: float = 15.0
+    #: Issue 13: where each call stands, saved before every answer (``routing.store.journeys``);
+    #: None keeps journeys in memory only.
+    journeys: Any = None

@@ -38,8 +38,8 @@ def _pct(values: list[int], q: float) -> float:
 
 
 async def _run(url: str, evs: list[Event], batch_window_s: float, max_batch: int,
-               rate: float | None) -> dict[str, Any]:
-    engine = make_engine(url)
+               rate: float | None, sqlite_synchronous: str = "full") -> dict[str, Any]:
+    engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
     try:
         await create_schema(engine)
         async with engine.connect() as conn:
@@ -90,7 +90,8 @@ async def _pg_admin(url: str, sql: str) -> None:
 
 
 async def persistence_bench(events: list[Event], url: str, batch_window_s: float = 0.05,
-                            max_batch: int = 500, paced_rate: float | None = None) -> dict[str, Any]:
+                            max_batch: int = 500, paced_rate: float | None = None,
+                            sqlite_synchronous: str = "full") -> dict[str, Any]:
     """End-to-end events/s through ``EventWriter`` on ``url``, and the measured crash-loss window."""
     u = make_url(url)
     admin_url = url
@@ -100,10 +101,10 @@ async def persistence_bench(events: list[Event], url: str, batch_window_s: float
         await _pg_admin(admin_url, f'CREATE DATABASE "{scratch}"')
         url = u.set(database=scratch).render_as_string(hide_password=False)
     try:
-        full = await _run(url, events, batch_window_s, max_batch, None)
+        full = await _run(url, events, batch_window_s, max_batch, None, sqlite_synchronous)
         rate = paced_rate or max(500.0, min(5000.0, full["events_per_s"] * 0.5))
         sample = events[: int(rate * 2)]  # two seconds of steady traffic
-        paced = await _run(url, sample, batch_window_s, max_batch, rate)
+        paced = await _run(url, sample, batch_window_s, max_batch, rate, sqlite_synchronous)
     finally:
         if scratch is not None:
             await _pg_admin(admin_url, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')

@@ -14,6 +14,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from routing.acd import SeatSpec
+from routing.store.bounds import bounded
 from routing.store.models import callbacks, calls, events, seats
 from routing.store.projection import dialect_insert
 
@@ -93,7 +94,7 @@ class CallRecords:
         unknown = set(fields) - CALL_COLUMNS
         if unknown:
             raise ValueError(f"unknown call fields: {sorted(unknown)}")
-        row = {"id": call_id, **fields, "updated_at": time.time()}
+        row = bounded(calls, {"id": call_id, **fields, "updated_at": time.time()})
         async with self.engine.begin() as conn:
             ins = dialect_insert(conn, calls)
             await conn.execute(ins.on_conflict_do_update(

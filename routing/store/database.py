@@ -11,8 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from routing.store.models import metadata
 
 
-def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def make_engine(url: str, *, sqlite_synchronous: str = "full", **kwargs: Any) -> AsyncEngine:
     """An async engine; SQLite gets WAL (readers never block the writer) and a busy timeout.
+
+    ``sqlite_synchronous``: ``full`` fsyncs the WAL at every commit (a committed batch survives a
+    power cut), ``normal`` only at checkpoints (a process crash loses nothing, a power cut may lose
+    the last commits).  The measured cost of each is in docs/DURABILITY.md.
 
     PostgreSQL connections are pre-pinged so that, after the database went away and came back,
     the first statement runs on a fresh connection instead of failing on a dead one.
@@ -25,6 +29,7 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         connect_args = {"isolation_level": None, **kwargs.pop("connect_args", {})}
         engine = create_async_engine(url, connect_args=connect_args, **kwargs)
         in_memory = u.database in (None, "", ":memory:")
+        synchronous = {"full": "FULL", "normal": "NORMAL"}[sqlite_synchronous.lower()]
 
         @event.listens_for(engine.sync_engine, "begin")
         def _begin_immediate(conn: Any) -> None:
@@ -35,7 +40,7 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cur = dbapi_conn.cursor()
             if not in_memory:
                 cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA busy_timeout=5000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()

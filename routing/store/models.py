@@ -118,3 +118,17 @@ events = Table(
     Index("ix_events_call_id", "call_id"),
     Index("ix_events_at", "at"),
 )
+
+journeys = Table(
+    "journeys",
+    metadata,
+    # Issue 13: where a call driven by webhooks (Twilio) stands, so that a restarted node continues
+    # it at its next webhook.  ``state`` is the ingress's own snapshot (journey state + replay cache).
+    Column("call_id", String(64), primary_key=True),
+    Column("node_id", String(64)),
+    Column("ingress", String(16)),
+    Column("state", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Index("ix_journeys_node_id", "node_id"),
+)

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from routing.events import Event, EventKind
+from routing.store.bounds import bounded, bounded_rows
 from routing.store.models import callbacks, calls, events, queue_entries, seats
 
 #: Call columns that keep their first value: a later event never rewrites when the call started,
@@ -185,8 +186,21 @@ def _group_by_keys(rows: list[dict[str, Any]]) -> dict[frozenset[str], list[dict
     return groups
 
 
+def _bounded(ch: BatchChanges) -> BatchChanges:
+    """Every text bound for a column normalised and cut to its length (``routing.store.bounds``):
+    a caller id of 300 characters must not fail the batch it rides in."""
+    return BatchChanges(
+        event_rows=bounded_rows(events, ch.event_rows),
+        seats=ch.seats,  # bounded below, with their ids
+        calls=ch.calls,
+        queue={cid: QueueChange(c.op, bounded(queue_entries, c.row)) for cid, c in ch.queue.items()},
+        callbacks=[(action, bounded(callbacks, row)) for action, row in ch.callbacks],
+    )
+
+
 async def apply(conn: AsyncConnection, ch: BatchChanges, now: float) -> None:
     """Write the log rows and the net projection changes inside the caller's transaction."""
+    ch = _bounded(ch)
     if ch.event_rows:
         await conn.execute(events.insert(), ch.event_rows)
 
@@ -194,14 +208,15 @@ async def apply(conn: AsyncConnection, ch: BatchChanges, now: float) -> None:
     removed = [sid for sid, row in ch.seats.items() if row is None]
     if removed:
         await conn.execute(delete(seats).where(seats.c.id.in_(removed)))
-    seat_rows = [{"id": sid, **row, "updated_at": now} for sid, row in ch.seats.items() if row is not None]
+    seat_rows = bounded_rows(seats, [{"id": sid, **row, "updated_at": now} for sid, row in ch.seats.items()
+                                     if row is not None])
     for keys, rows in _group_by_keys(seat_rows).items():
         ins = dialect_insert(conn, seats)
         set_ = {k: ins.excluded[k] for k in keys if k != "id"}
         await conn.execute(ins.on_conflict_do_update(index_elements=["id"], set_=set_), rows)
 
     # calls: one upsert per shape of change; first-wins columns only fill a NULL
-    call_rows = [{"id": cid, **row} for cid, row in ch.calls.items()]
+    call_rows = bounded_rows(calls, [{"id": cid, **row} for cid, row in ch.calls.items()])
     for keys, rows in _group_by_keys(call_rows).items():
         ins = dialect_insert(conn, calls)
         set_: dict[str, Any] = {}

@@ -76,12 +76,17 @@ async def load_callbacks(engine: AsyncEngine) -> list[dict[str, Any]]:
         ids = [r["call_id"] for r in rows]
         infos: dict[str, dict[str, Any]] = {}
         if ids:
-            for cid, data in (await conn.execute(
-                select(events.c.call_id, events.c.data)
-                .where(events.c.call_id.in_(ids), events.c.kind == EventKind.ENTERQUEUE.value)
-                .order_by(events.c.seq.desc())
+            # the info the call was queued with; a callback of a lost call carries its own (the
+            # IVR's answers and the reason), which wins
+            for cid, kind, data in (await conn.execute(
+                select(events.c.call_id, events.c.kind, events.c.data)
+                .where(events.c.call_id.in_(ids),
+                       events.c.kind.in_([EventKind.ENTERQUEUE.value, EventKind.CALLBACK.value]))
+                .order_by(events.c.seq)
             )).all():
-                infos[cid] = dict((data or {}).get("info") or {})
+                info = (data or {}).get("info")
+                if info and (kind == EventKind.ENTERQUEUE.value or (data or {}).get("action") == "queued"):
+                    infos[cid] = dict(info)
     return [{**dict(r), "callback_id": f"cb-{r['call_id']}", "info": infos.get(r["call_id"], {})} for r in rows]
 
 

@@ -187,7 +187,7 @@ class EventWriter:
                           extra={"count": self.buffered, "retry_in_s": round(delay, 3),
                                  "error": f"{e.__class__.__name__}: {str(e)[:200]}"})
                 # the database answers but refuses this batch: one bad event must not stop the log
-                if (failures >= POISON_AFTER and await self._database_reachable()
+                if ((failures >= POISON_AFTER or refused_data(e)) and await self._database_reachable()
                         and await self._salvage(self._inflight)):
                     self._down_since = None
                     return
@@ -253,4 +253,16 @@ class EventWriter:
         s.max_batch_latency_s = max(s.max_batch_latency_s, done - batch[0][0])
 
 
-__all__ = ["EventWriter", "WriterStats"]
+def refused_data(e: BaseException) -> bool:
+    """The database (or the fold) refused this batch's *content*, as opposed to being away: no
+    point retrying it whole, salvage it event by event at once so the good events are not delayed."""
+    from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+
+    if isinstance(e, OperationalError | InterfaceError | DisconnectionError | OSError | TimeoutError):
+        return False
+    if isinstance(e, DBAPIError):
+        return not e.connection_invalidated
+    return isinstance(e, ValueError | TypeError | KeyError)
+
+
+__all__ = ["EventWriter", "WriterStats", "refused_data"]

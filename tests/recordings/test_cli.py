@@ -43,7 +43,8 @@ async def test_verify_exit_codes(tmp_path: Path):
     clean = run("verify", "--data-dir", str(data))
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert clean.stdout.strip().splitlines() == [
-        "verified 3 recordings: 3 ok, 0 sha256 mismatches, 0 size changes, 0 missing, 0 unreadable"]
+        "verified 3 recordings: 3 ok, 0 sha256 mismatches, 0 size changes, 0 missing, 0 unreadable, "
+        "0 files without rows, 0 unsealed"]
 
     path = catalog.file_of(await catalog.get(ids[1]))
     raw = bytearray(path.read_bytes())

@@ -57,3 +57,20 @@ async def test_a_flipped_byte_a_cut_and_a_missing_file_are_each_reported(catalog
     assert row is not None and mismatch.expected == row.sha256 and mismatch.actual != row.sha256
     (size,) = report.size_changed
     assert int(size.expected) - int(size.actual) == 2
+
+
+async def test_verify_reports_files_without_rows_and_unsealed_recordings(catalog: Catalog):
+    from recordings.finalize import place
+    from recordings.integrity import ProblemKind
+    from tests.recordings.conftest import tone, write_wav
+
+    t0 = 1_714_550_400.0
+    stray = write_wav(catalog.layout.final_path("stray-0001", t0), tone(440, 0.1))
+    rid = catalog.layout.new_recording_id("half")
+    await catalog.opened(rid, "half", t0)
+    place(write_wav(catalog.layout.partial_path(rid), tone(440, 0.1)), catalog.layout.final_path(rid, t0))
+    report = await verify(catalog)
+    kinds = {(p.kind, p.recording_id) for p in report.problems}
+    assert (ProblemKind.FILE_WITHOUT_ROW, "stray-0001") in kinds
+    assert (ProblemKind.UNSEALED, rid) in kinds
+    assert stray.exists()

@@ -96,3 +96,21 @@ async def test_purge_of_an_already_missing_file_is_reported(catalog: Catalog):
     report = await purge(catalog, NOW, DAYS, open_call_ids=set())
     assert report.purged == [rid] and report.already_missing == [rid] and report.bytes_freed == 0
     assert (await catalog.get(rid)).status is RecordingStatus.PURGED
+
+
+async def test_nothing_still_on_disk_is_marked_purged(catalog: Catalog):
+    """A failed row that still points at the partial name while the file sits at its final name
+    (a seal interrupted after the rename): the purge deletes the file where it really is."""
+    from recordings.finalize import place
+    from tests.recordings.conftest import tone, write_wav
+
+    t0 = 1_600_000_000.0
+    rid = catalog.layout.new_recording_id("old")
+    await catalog.opened(rid, "old", t0)
+    partial = write_wav(catalog.layout.partial_path(rid), tone(440, 0.2))
+    await catalog.failed(rid, "catalog write failed after the rename", at=t0 + 1)
+    place(partial, catalog.layout.final_path(rid, t0))
+
+    report = await purge(catalog, t0 + 400 * 86400, 180, set())
+    assert report.purged == [rid] and report.bytes_freed > 0
+    assert not catalog.layout.final_path(rid, t0).exists() and not partial.exists()

@@ -391,3 +391,103 @@ async def test_a_refused_event_does_not_stop_the_log(db_url: str, caplog: pytest
     finally:
         await writer.stop()
         await engine.dispose()
+
+
+async def test_reconcile_closes_only_this_nodes_lost_calls_and_frees_their_seats(db_url: str, tmp_path) -> None:
+    """Two nodes on one database; n1 restarts with nothing alive.  Its waiting, ringing and IVR
+    calls are closed ``lost_node_failure`` with callbacks, its reserved seat is free without
+    penalty; n2's waiting call and the seat ringing for it are not touched."""
+    from gateway.settings import Settings
+    from routing.service import RoutingService
+
+    engine = await fresh_engine(db_url)
+    settings = Settings(data_dir=tmp_path, db_url=db_url)
+    t = [1000.0]
+    specs = [SeatSpec("s1", "sip:s1@127.0.0.1:5091", {"rescue": 0}, status=SeatStatus.AVAILABLE)]
+    other_specs = [SeatSpec("s2", "sip:s2@127.0.0.1:5092", {"police_dispatch": 0}, status=SeatStatus.AVAILABLE)]
+    n1 = RoutingService.from_settings(settings, engine, node_id="n1", clock=lambda: t[0])
+    await n1.start(specs)
+    n2 = RoutingService.from_settings(settings, engine, node_id="n2", clock=lambda: t[0])
+    await n2.start(other_specs, live_calls=set())
+    n1.record([Event(K.CALLSTART, 999.0, call_id="ivr-1", data={"caller": "13900000001", "node_id": "n1"})])
+    n1.record([Event(K.CALLSTART, 999.0, call_id="ring-1", data={"caller": "13900000002", "node_id": "n1"})])
+    n1.enqueue("ring-1", "rescue", 2, caller="13900000002", info={"ivr": {"answers": ["1", "2", "2"]}})
+    n1.record([Event(K.CALLSTART, 999.0, call_id="wait-1", data={"caller": "13900000003", "node_id": "n1"})])
+    n1.enqueue("wait-1", "rescue", 2, caller="13900000003", info={"ivr": {"answers": ["1", "2", "2"]}})
+    assert n1.acd.seat_view("s1", t[0])["status"] == "reserved"
+    n2.record([Event(K.CALLSTART, 999.0, call_id="other", data={"caller": "13900000009", "node_id": "n2"})])
+    n2.enqueue("other", "police_dispatch", 1, caller="13900000009")
+    assert n2.acd.seat_view("s2", t[0])["status"] == "reserved"
+    await n1.stop()
+    await n2.stop()
+
+    t[0] = 2000.0
+    again = RoutingService.from_settings(settings, engine, node_id="n1", clock=lambda: t[0])
+    await again.start(specs, live_calls=set())
+    try:
+        assert again.acd.seat_view("s1", t[0])["status"] == "available"  # no "no answer" penalty
+        assert again.acd.call_view("ring-1") is None and again.acd.call_view("wait-1") is None
+        pending = {c.call_id: c for c in again.acd.callbacks.pending()}
+        assert set(pending) == {"ivr-1", "ring-1", "wait-1"}
+        assert pending["wait-1"].caller == "13900000003" and pending["wait-1"].enqueued_at == 1000.0
+        assert pending["wait-1"].info["ivr"]["answers"] == ["1", "2", "2"]
+        assert pending["ivr-1"].info["lost"] == "lost_node_failure"
+        await again.writer.flush()
+        records = CallRecords(engine)
+        for cid in ("ivr-1", "ring-1", "wait-1"):
+            rec = await records.get(cid)
+            assert rec["end_reason"] == "lost_node_failure" and rec["ended_at"] == 2000.0, rec
+        other = await records.get("other")
+        assert other["ended_at"] is None  # n2's call: not ours to reconcile ...
+        assert {s["id"]: s for s in await records.list_seats()}["s2"]["status"] == "reserved"  # ... nor its seat
+        assert again.acd.seat_view("s2", t[0])["status"] == "not_ready"  # and n1 does not offer it
+        _, waiting = await load_state(engine)
+        assert [e.call_id for e in waiting] == ["other"]
+        stored = {r["call_id"]: r for r in await load_callbacks(engine)}
+        assert set(stored) == {"ivr-1", "ring-1", "wait-1"} and stored["ring-1"]["caller"] == "13900000002"
+        assert stored["ring-1"]["info"]["ivr"]["answers"] == ["1", "2", "2"]
+    finally:
+        await again.stop()
+    # a second restart changes nothing: reconciling is idempotent
+    t[0] = 3000.0
+    third = RoutingService.from_settings(settings, engine, node_id="n1", clock=lambda: t[0])
+    await third.start(specs, live_calls=set())
+    try:
+        assert {c.call_id for c in third.acd.callbacks.pending()} == {"ivr-1", "ring-1", "wait-1"}
+        rec = await CallRecords(engine).get("wait-1")
+        assert rec["ended_at"] == 2000.0
+    finally:
+        await third.stop()
+        await engine.dispose()
+
+
+async def test_a_hostile_caller_id_is_bounded_and_costs_no_event_of_its_batch(db_url: str) -> None:
+    """300 characters, a NUL, a lone surrogate and a right-to-left override in a caller id: on
+    PostgreSQL each would fail the whole batch.  Normalised and cut to the column, nothing is lost,
+    not even the first attempt (no retry)."""
+    engine = await fresh_engine(db_url)
+    writer = EventWriter(engine, "node-h", batch_window_s=0.05)
+    await writer.start()
+    hostile = "\u202e" + "8" * 300 + "\x00\ud800 "
+    try:
+        writer.append([
+            Event(K.CALLSTART, 1.0, call_id="evil", data={"caller": hostile, "callee": "122\x00", "node_id": "node-h"}),
+            Event(K.IVRDONE, 1.5, call_id="evil", skill="rescue",
+                  data={"record": {"answers": ["1", "\x00"], "outcome": "x" * 500}, "priority": 2}),
+            enqueue("evil", "rescue", 2, 2.0, caller=hostile),
+            Event(K.CALLSTART, 1.0, call_id="fine", data={"caller": "13800000000", "node_id": "node-h"}),
+            enqueue("fine", "rescue", 3, 2.1),
+        ])
+        await writer.flush()
+        stats = writer.stats()
+        assert stats["failures"] == 0 and stats["poisoned"] == 0 and stats["events_written"] == 5
+        records = CallRecords(engine)
+        evil = await records.get("evil")
+        assert evil["caller"] == "8" * 200 and evil["callee"] == "122"
+        assert evil["ivr"]["answers"] == ["1", ""] and len(evil["ivr"]["outcome"]) <= 2000
+        _, waiting = await load_state(engine)
+        assert [(e.call_id, e.caller) for e in waiting] == [("evil", "8" * 200), ("fine", "13800000000")]
+        assert (await records.get("fine"))["caller"] == "13800000000"
+    finally:
+        await writer.stop()
+        await engine.dispose()

@@ -1,0 +1,205 @@
+"""Matching what the store says is in progress with what is really alive (issue 13).
+
+Two moments lose calls: a whole node stops (every media worker with it), and one media worker
+dies while the node runs.  In both the callers' SIP legs are gone, so nothing may stay queued for
+them (a ghost offered to a seat would ring nobody and penalise the seat): each such call is closed
+with a reason (``lost_node_failure`` / ``lost_worker_failure``), the seat it held is freed without
+a ring-no-answer penalty, and the caller joins the callback list with the IVR's answers.
+
+The node calls ``live_calls`` before the routing service restores its state and
+``worker_lost`` when the pool reports a dead worker; the decisions themselves are the routing
+service's (``RoutingService.start(live_calls=...)``, ``RoutingService.call_lost``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from routing.store.reconcile import LOST_WORKER_FAILURE
+
+log = logging.getLogger("gateway.reconcile")
+
+
+def live_calls(pool: Any) -> set[str]:
+    """The calls whose media is alive on this node's workers right now.
+
+    At a whole-node start the workers are started after routing, so this is empty: every call the
+    store still shows in progress for this node is lost.  A control process that re-adopts running
+    workers (a future control-only restart) passes their calls here and they keep their place.
+    """
+    if pool is None:
+        return set()
+    return set(getattr(pool, "call_worker", {}) or {})
+
+
+async def live_calls_at_start(pool: Any, engine: Any, node_id: str) -> set[str]:
+    """``live_calls`` plus the Twilio calls still in progress: their media is at Twilio, and their
+    next webhook continues them on the restarted node (``routing.store.journeys``)."""
+    from routing.store.journeys import JourneyStore
+
+    alive = live_calls(pool)
+    try:
+        alive |= await JourneyStore(engine).in_progress(node_id, time.time())
+    except Exception:  # no journeys to keep: they are reconciled as lost, with a callback
+        log.exception("journeys_unreadable")
+    return alive
+
+
+def worker_lost(director: Any, routing: Any, call_ids: Iterable[str]) -> list[str]:
+    """Record every call of a dead media worker as lost, with a callback, before the call flow
+    forgets it; returns the call ids handled.  Calls that were in the IVR, waiting, ringing a seat
+    or talking to one are all called back: the caller did not choose to hang up."""
+    done: list[str] = []
+    calls = getattr(director, "calls", {}) if director is not None else {}
+    for call_id in sorted(call_ids):
+        flow = calls.get(call_id)
+        caller = getattr(flow, "caller", None)
+        info: dict[str, Any] = {}
+        state = getattr(getattr(flow, "state", None), "value", None)
+        if state:
+            info["lost_in"] = state
+        ivr = getattr(flow, "ivr", None)
+        if ivr is not None:
+            try:
+                info["ivr"] = ivr.record.to_dict()
+            except Exception:  # the answers are a courtesy for the seat calling back
+                log.exception("ivr_record_unreadable", extra={"call_id": call_id})
+        try:
+            routing.call_lost(call_id, LOST_WORKER_FAILURE, caller=caller, info=info,
+                              enqueued_at=getattr(flow, "started_at", None))
+        except Exception:
+            log.exception("call_lost_failed", extra={"call_id": call_id})
+            continue
+        log.warning("call_lost", extra={"call_id": call_id, "reason": LOST_WORKER_FAILURE, "state": state})
+        done.append(call_id)
+    return done
+
+
+
+
+async def seal_after_crash(catalog: Any, calls: Any, now: float) -> list[Any]:
+    """At start, before any worker records: seal what this node's crash left unsealed (only its
+    own recordings: another node's live ones are not touched) and link each to its call record,
+    which the lost call's ``CALLEND`` could not do."""
+    from recordings.catalog import RecordingStatus
+    from recordings.closing import recover_unclosed
+
+    rows = await recover_unclosed(catalog, [], now)
+    for row in rows:
+        if row.status is RecordingStatus.CLOSED:
+            try:
+                await calls.upsert_call(row.call_id, recording_id=row.id)
+            except Exception:
+                log.exception("recording_link_failed", extra={"call_id": row.call_id})
+    return rows
+
+
+# -- leftovers of a crashed control process ----------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def clear_leftovers(run_dir: Path, wait_s: float = 5.0) -> list[int]:
+    """Before a node starts on ``run_dir``: end what a crashed control process of the *same* node
+    left running (its Kamailio runs in its own session and keeps the SIP port; a media worker may
+    not have noticed yet).  Nothing is touched while the process that wrote ``node.pid`` is alive
+    (another node on this data dir: the port check then says so), and only processes whose pid
+    file is in ``run_dir`` and whose command line names ``run_dir`` are ended, so a reused pid is
+    never killed.  Returns the ids ended.
+    """
+    if not run_dir.is_dir():
+        return []
+    node_pid = _read_pid(run_dir / "node.pid")
+    if node_pid and node_pid != os.getpid() and _alive(node_pid):
+        return []
+    killed: list[int] = []
+    markers = {str(run_dir), str(run_dir.resolve())}
+    for pid_file in [run_dir / "kamailio.pid", *sorted(run_dir.glob("worker-*.pid"))]:
+        pid = _read_pid(pid_file)
+        if pid and _alive(pid) and any(m in _cmdline(pid) for m in markers):
+            try:
+                if pid_file.name == "kamailio.pid":
+                    os.killpg(pid, signal.SIGKILL)  # Kamailio and its children: one process group
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            killed.append(pid)
+        pid_file.unlink(missing_ok=True)
+    deadline = time.monotonic() + wait_s
+    while any(_alive(p) for p in killed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if killed:
+        log.warning("leftover_processes_ended", extra={"pids": killed, "run_dir": str(run_dir)})
+    return killed
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+async def expire_unclaimed(routing: Any, twilio: Any, engine: Any, node_id: str, call_ids: Iterable[str],
+                           after_s: float) -> list[str]:
+    """Twilio calls kept alive at start whose caller never came back: closed as lost.
+
+    A Twilio caller who hung up while the node was down is still "in progress" in the store (the
+    status callback met the dead node).  Kept in the queue, it would be offered to seat after seat
+    and never dialled: a ghost.  A caller in the IVR or the queue makes a webhook every few
+    seconds, so one not heard from ``after_s`` after the start is gone: it is closed
+    ``lost_node_failure`` with a callback.  (Should it call after all, its journey is adopted and
+    queued again at the head.)  Bridged calls make no webhook until the conversation ends and are
+    left alone.
+    """
+    from routing.events import Event, EventKind
+    from routing.store.journeys import JourneyStore
+    from routing.store.reconcile import LOST_NODE_FAILURE
+
+    await asyncio.sleep(after_s)
+    journeys = JourneyStore(engine)
+    claimed = {c.call_id for c in [*getattr(twilio, "live", {}).values(), *getattr(twilio, "ended", {}).values()]}
+    expired: list[str] = []
+    for call_id in sorted(set(call_ids) - claimed):
+        try:
+            state = await journeys.load(call_id)
+            if state is None or state.get("phase") not in ("ivr", "queued", "ringing"):
+                continue
+            ivr = routing.acd.call_view(call_id)
+            routing.call_lost(call_id, LOST_NODE_FAILURE, caller=state.get("caller"),
+                              info={"lost_in": state.get("phase"), "ingress": "twilio"},
+                              enqueued_at=(ivr or {}).get("enqueued_at", state.get("started_at")))
+            routing.record([Event(EventKind.CALLEND, time.time(), call_id=call_id, data={
+                "reason": LOST_NODE_FAILURE, "ended_by": "node_failure"})])
+            await journeys.save(call_id, node_id, "twilio", state, ended=True)
+        except Exception:
+            log.exception("twilio_expiry_failed", extra={"call_id": call_id})
+            continue
+        log.warning("call_lost", extra={"call_id": call_id, "reason": LOST_NODE_FAILURE, "ingress": "twilio"})
+        expired.append(call_id)
+    return expired
+
+
+__all__ = ["clear_leftovers", "expire_unclaimed", "live_calls", "live_calls_at_start", "seal_after_crash",
+           "worker_lost"]
