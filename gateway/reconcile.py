@@ -22,9 +22,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from journey.stages import WAITING, Stage
 from routing.store.reconcile import LOST_WORKER_FAILURE
 
 log = logging.getLogger("gateway.reconcile")
+
+#: Where a Twilio caller makes a webhook every few seconds (``api.twilio.store`` saves ``stage``):
+#: one not heard from after a restart is gone.  A bridged caller makes none until the end.
+UNCLAIMED_STAGES = frozenset(s.value for s in (Stage.ANSWERED, Stage.IN_IVR, *WAITING))
 
 
 def live_calls(pool: Any) -> set[str]:
@@ -184,12 +189,14 @@ async def expire_unclaimed(routing: Any, twilio: Any, engine: Any, node_id: str,
     for call_id in sorted(set(call_ids) - claimed):
         try:
             state = await journeys.load(call_id)
-            if state is None or state.get("phase") not in ("ivr", "queued", "ringing"):
+            if state is None or state.get("stage") not in UNCLAIMED_STAGES:
                 continue
-            ivr = routing.acd.call_view(call_id)
-            routing.call_lost(call_id, LOST_NODE_FAILURE, caller=state.get("caller"),
-                              info={"lost_in": state.get("phase"), "ingress": "twilio"},
-                              enqueued_at=(ivr or {}).get("enqueued_at", state.get("started_at")))
+            entry = routing.acd.call_view(call_id)
+            info: dict[str, Any] = {"lost_in": state["stage"], "ingress": "twilio"}
+            if state.get("ivr"):
+                info["ivr"] = state["ivr"]
+            routing.call_lost(call_id, LOST_NODE_FAILURE, caller=state.get("caller"), info=info,
+                              enqueued_at=(entry or {}).get("enqueued_at", state.get("started_at")))
             routing.record([Event(EventKind.CALLEND, time.time(), call_id=call_id, data={
                 "reason": LOST_NODE_FAILURE, "ended_by": "node_failure"})])
             await journeys.save(call_id, node_id, "twilio", state, ended=True)

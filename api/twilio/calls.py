@@ -123,11 +123,19 @@ class TwilioCalls:
         self.live: dict[str, TwilioCall] = {}
         self.ended: OrderedDict[str, TwilioCall] = OrderedDict()
         self._by_call_id: dict[str, TwilioCall] = {}
-        self.journeys = getattr(ctx, "journeys", None)  # issue 13: journeys kept across a restart
+        self.journeys = ctx.journeys  # issue 13: journeys kept across a restart (``api.twilio.store``)
 
     def listen(self) -> None:
         """Follow the routing service's decisions (OFFER, RONA by its own timer, escalation)."""
         self.routing.on_event(self.routing_event)
+
+    def register(self, call: TwilioCall) -> None:
+        """Keep ``call`` for its webhooks: live ones also follow the routing service's decisions."""
+        if call.journey.live:
+            self.live[call.sid] = call
+            self._by_call_id[call.call_id] = call
+        else:
+            self.ended[call.sid] = call
 
     def get(self, sid: str) -> TwilioCall:
         call = self.live.get(sid) or self.ended.get(sid)
@@ -166,8 +174,7 @@ class TwilioCalls:
             journey = CallJourney(call_id=call_id, caller=caller, ingress="twilio", node_id=self.ctx.node_id,
                                   started_at=now, routing=self.routing, notifier=self.notifier)
             call = TwilioCall(journey=journey, sid=sid, callee=callee, flow=flow, session=IvrSession(flow, call_id))
-            self.live[sid] = call
-            self._by_call_id[call_id] = call
+            self.register(call)
             async with call.lock:
                 journey.answered(now, callee, twilio_call_sid=sid)
                 answer = self._after_ivr(call, call.feed("start", now), now)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from ivr.flow import Flow
 from journey.call import RoutingPort
 from routing.events import Event
+from routing.store.journeys import JourneyStore
 
 
 class TwilioRouting(RoutingPort, Protocol):
@@ -54,4 +55,4 @@ class TwilioContext:
     announce_every_s: float = 15.0
     #: Issue 13: where each call stands, saved before every answer (``routing.store.journeys``);
     #: None keeps journeys in memory only.
-    journeys: Any = None
+    journeys: JourneyStore | None = None

@@ -2,8 +2,8 @@
 
 A Twilio call's media lives at Twilio, not in our media workers: when the node restarts, the
 caller is still on the line and Twilio's next webhook arrives at the restarted node.  The ingress
-saves its journey snapshot (phase, step, the IVR's inputs, the pending seat offer and the replay
-cache of TwiML answers) here before it answers each webhook, and loads it back for a CallSid it
+saves its journey snapshot (stage, step, the IVR's inputs, the pending seat offer and the replay
+cache of TwiML answers; ``api.twilio.store``) here before it answers each webhook, and loads it back for a CallSid it
 does not know.  A journey not ended and heard from recently counts as alive at start
 (``in_progress``), so reconciliation keeps its queue place instead of closing it as lost.
 """
@@ -52,7 +52,7 @@ class JourneyStore:
                 journeys.c.updated_at >= now - max(waiting_s, talking_s)))).all()
         alive = set()
         for call_id, state, updated_at in rows:
-            window = talking_s if (state or {}).get("phase") == "talking" else waiting_s
+            window = talking_s if (state or {}).get("stage") == "talking" else waiting_s
             if float(updated_at) >= now - window:
                 alive.add(call_id)
         return alive
