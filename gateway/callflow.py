@@ -276,10 +276,10 @@ class CallDirector:
     # ------------------------------------------------------------------------------------------
     # end of a call
     # ------------------------------------------------------------------------------------------
-    def _call_ended(self, call: CallFlow, ended_by: str, recording_error: str | None, lost: bool = False) -> None:
+    def _call_ended(self, call: CallFlow, ended_by: str, recording_error: str | None) -> None:
         self.calls.pop(call.call_id, None)
         self._cancel_timers(call)
-        outcome = call.journey.hung_up(ended_by, self.clock(), record=call.ivr.record.to_dict(), lost=lost)
+        outcome = call.journey.hung_up(ended_by, self.clock(), record=call.ivr.record.to_dict())
         log.info("call_ended", extra={"call_id": call.call_id, "ended_by": ended_by, "outcome": outcome})
         self._spawn(self._finish(call, recording_error))
 
@@ -292,12 +292,20 @@ class CallDirector:
                 log.exception("recording_finish_failed", extra={"call_id": call.call_id})
         call.journey.closed(self.clock(), recording_id)
 
-    def worker_lost(self, call_ids: set[str]) -> None:
-        """A media worker died: its calls are gone; record them as lost, free their seats."""
-        for call_id in call_ids:
-            call = self.calls.get(call_id)
-            if call is not None:
-                self._call_ended(call, "error", "worker died", lost=True)
+    def line_lost(self, call_id: str, reason: str) -> bool:
+        """The media worker carrying ``call_id`` died: the journey ends ``reason`` (the ACD frees
+        the seat and queues a callback with the caller's number and IVR answers), the recording is
+        sealed by this process.  False when this director does not know the call."""
+        call = self.calls.pop(call_id, None)
+        if call is None:
+            return False
+        self._cancel_timers(call)
+        stage = call.stage
+        outcome = call.journey.line_lost(reason, self.clock(), record=call.ivr.record.to_dict())
+        log.warning("call_lost", extra={"call_id": call_id, "reason": reason, "stage": stage.value,
+                                        "outcome": outcome})
+        self._spawn(self._finish(call, "worker died"))
+        return True
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.ensure_future(coro)

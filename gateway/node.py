@@ -308,7 +308,6 @@ class Node:
             from gateway.reconcile import worker_lost
 
             worker_lost(self.director, self.routing, call_ids)  # issue 13: lost with a callback, seat freed
-            self.director.worker_lost(call_ids)
         self.run_dir.joinpath(f"worker-{spec.worker_id}.pid").unlink(missing_ok=True)
         asyncio.get_running_loop().call_later(2.0, self._write_pids)
 

@@ -20,10 +20,13 @@ import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from journey.stages import WAITING, Stage
 from routing.store.reconcile import LOST_WORKER_FAILURE
+
+if TYPE_CHECKING:
+    from gateway.callflow import CallDirector
 
 log = logging.getLogger("gateway.reconcile")
 
@@ -57,36 +60,25 @@ async def live_calls_at_start(pool: Any, engine: Any, node_id: str) -> set[str]:
     return alive
 
 
-def worker_lost(director: Any, routing: Any, call_ids: Iterable[str]) -> list[str]:
-    """Record every call of a dead media worker as lost, with a callback, before the call flow
-    forgets it; returns the call ids handled.  Calls that were in the IVR, waiting, ringing a seat
-    or talking to one are all called back: the caller did not choose to hang up."""
+def worker_lost(director: CallDirector | None, routing: Any, call_ids: Iterable[str]) -> list[str]:
+    """Record every call of a dead media worker as lost, with a callback; returns the call ids
+    handled.  Calls that were in the IVR, waiting, ringing a seat or talking to one are all called
+    back: the caller did not choose to hang up.  A call the director knows ends through its journey
+    (``CallJourney.line_lost``: the callback carries the caller's number, the IVR's answers and
+    the stage it was lost in); one it does not know (its start never reached the control process)
+    still leaves the ACD with a callback."""
     done: list[str] = []
-    calls = getattr(director, "calls", {}) if director is not None else {}
     for call_id in sorted(call_ids):
-        flow = calls.get(call_id)
-        caller = getattr(flow, "caller", None)
-        info: dict[str, Any] = {}
-        state = getattr(getattr(flow, "state", None), "value", None)
-        if state:
-            info["lost_in"] = state
-        ivr = getattr(flow, "ivr", None)
-        if ivr is not None:
-            try:
-                info["ivr"] = ivr.record.to_dict()
-            except Exception:  # the answers are a courtesy for the seat calling back
-                log.exception("ivr_record_unreadable", extra={"call_id": call_id})
         try:
-            routing.call_lost(call_id, LOST_WORKER_FAILURE, caller=caller, info=info,
-                              enqueued_at=getattr(flow, "started_at", None))
+            if director is None or not director.line_lost(call_id, LOST_WORKER_FAILURE):
+                routing.call_lost(call_id, LOST_WORKER_FAILURE)
+                log.warning("call_lost", extra={"call_id": call_id, "reason": LOST_WORKER_FAILURE,
+                                                "stage": None})
         except Exception:
             log.exception("call_lost_failed", extra={"call_id": call_id})
             continue
-        log.warning("call_lost", extra={"call_id": call_id, "reason": LOST_WORKER_FAILURE, "state": state})
         done.append(call_id)
     return done
-
-
 
 
 async def seal_after_crash(catalog: Any, calls: Any, now: float) -> list[Any]:

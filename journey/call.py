@@ -48,6 +48,8 @@ class RoutingPort(Protocol):
     def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None) -> Any: ...
     def caller_abandoned(self, call_id: str) -> Any: ...
     def call_completed(self, call_id: str, ended_by: str) -> Any: ...
+    def call_lost(self, call_id: str, reason: str, caller: str | None = None,
+                  info: dict[str, Any] | None = None, enqueued_at: float | None = None) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -233,24 +235,17 @@ class CallJourney:
             metrics.observe_ring_time(now - self.offer.offered_at, self.offer.skill or self.skill or "", kind)
 
     # -- the end --------------------------------------------------------------------------------
-    def hung_up(self, by: str, now: float, record: dict[str, Any] | None = None, lost: bool = False) -> str | None:
+    def hung_up(self, by: str, now: float, record: dict[str, Any] | None = None) -> str | None:
         """The line closed (``by`` caller | seat | gateway | error).  Tells the ACD, returns the end
         reason; ``record`` is the IVR's decision record, written when the call ends in the IVR."""
         stage = self.stage
-        if lost:
-            cause = Cause.LINE_LOST
-        elif by == "seat" and stage is Stage.TALKING:
-            cause = Cause.SEAT_HUNG_UP
-        else:
-            cause = Cause.CALLER_HUNG_UP
+        cause = Cause.SEAT_HUNG_UP if by == "seat" and stage is Stage.TALKING else Cause.CALLER_HUNG_UP
         if not self._move(cause, now, f"by {by}"):
             return None
         self.ended_by = by
         if stage in (Stage.ANSWERED, Stage.IN_IVR):
-            outcome = "lost_worker_failure" if lost else "caller_hangup_in_ivr"
-            metrics.count_ivr_outcome("", "line_lost" if lost else "caller_hangup")
-            self.notifier.record([Event(EventKind.IVRDONE, now, call_id=self.call_id,
-                                        data={"record": record or {}, "reason": outcome})])
+            outcome = "caller_hangup_in_ivr"
+            self._ivr_ended(now, outcome, "caller_hangup", record)
         elif stage in WAITING:
             outcome = "abandoned"
             if self.offer is not None:
@@ -260,8 +255,42 @@ class CallJourney:
             outcome = "completed"
             self._report("call_completed", by)
         self.offer = None
-        self.outcome = "lost_worker_failure" if lost else outcome
-        return self.outcome
+        self.outcome = outcome
+        return outcome
+
+    def line_lost(self, reason: str, now: float, record: dict[str, Any] | None = None) -> str | None:
+        """The media carrying the caller died (``reason``: ``lost_worker_failure``): neither the
+        caller's choice nor a seat's fault, and the caller may not be lost with it.
+
+        The ACD is told ``call_lost``: the call leaves the queue without counting as abandoned, a
+        seat being rung goes straight back to available (no ring-no-answer penalty), a seat
+        talking to it goes to wrap-up, and the caller joins the callback list with their number,
+        the IVR's answers (``record``: the interpreter's record, partial while in the IVR) and the
+        stage the line was lost in.  Returns the end reason (None if the call had already ended).
+        """
+        stage = self.stage
+        if not self._move(Cause.LINE_LOST, now, reason):
+            return None
+        self.ended_by = "error"
+        record = record or self.ivr_record
+        if stage in (Stage.ANSWERED, Stage.IN_IVR):
+            self._ivr_ended(now, reason, "line_lost", record)
+        elif self.offer is not None:
+            self._count_ring(now, "line_lost")
+        info: dict[str, Any] = {**self.queue_info, "caller": self.caller, "lost_in": stage.value,
+                                "ingress": self.ingress, "node_id": self.node_id}
+        if record:
+            info["ivr"] = record
+        self._report("call_lost", reason, caller=self.caller, info=info, enqueued_at=self.started_at)
+        self.offer = None
+        self.outcome = reason
+        return reason
+
+    def _ivr_ended(self, now: float, outcome: str, counted_as: str, record: dict[str, Any] | None) -> None:
+        """The call ended before the IVR decided: its (partial) record is still written."""
+        metrics.count_ivr_outcome("", counted_as)
+        self.notifier.record([Event(EventKind.IVRDONE, now, call_id=self.call_id,
+                                    data={"record": record or {}, "reason": outcome})])
 
     def closed(self, now: float, recording_id: str | None = None) -> bool:
         """The record is sealed: CALLEND is the call's last event."""

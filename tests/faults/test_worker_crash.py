@@ -72,7 +72,7 @@ def test_worker_kill_loses_only_its_calls_each_with_a_callback_and_a_sealed_reco
         assert rec["ended_at"] is not None
         cb = node.wait_for(lambda: callbacks(node).get(v_id))
         assert cb["caller"] == rec["caller"] and cb["info"]["lost"] == "lost_worker_failure", cb
-        assert cb["info"]["lost_in"] == {"ivr": "ivr", "queue": "queued", "talk": "talking"}[phase]
+        assert cb["info"]["lost_in"] == {"ivr": "in_ivr", "queue": "queued", "talk": "talking"}[phase]  # journey stages
         assert cb["info"]["ivr"]["answers"], cb
         # the recording of the dead worker's call is sealed by the control process
         rid = node.wait_for(lambda: node.call(v_id)["recording_id"])
