@@ -152,3 +152,44 @@ def test_sip_and_twilio_failures_share_kinds() -> None:
     assert from_sip(0, "local_error: dial failed").kind == "local_error"
     assert not from_sip(0, "local_error: dial failed").is_sip_error
     assert from_sip(603, "Decline").is_sip_error
+
+
+@pytest.mark.parametrize("lost_in", [Stage.IN_IVR, Stage.QUEUED, Stage.RINGING_SEAT, Stage.TALKING])
+async def test_a_lost_line_is_called_back_with_the_callers_number_and_answers(lost_in: Stage) -> None:
+    """``line_lost`` (a media worker died): out of the ACD without counting as abandoned, the seat
+    rung goes back to available unpenalised, and the callback carries what the seat needs."""
+    routing, q = await started(seat("s1", "rescue"))
+    try:
+        j = journey(routing)
+        j.answered(0.0, "122")
+        answers = {"answers": [{"node": "welcome", "digit": "1", "at": 0.5}]}
+        if lost_in is Stage.QUEUED:
+            assert j.routed("online_review", 3, "facility", answers, 1.0)  # no seat of that skill: waits
+            assert routing.acd.queue_position("c-1") == 1
+        elif lost_in is not Stage.IN_IVR:
+            assert j.routed("rescue", 2, "immobile", answers, 1.0)
+            offer = next(e for e in drained(q) if e.kind is EventKind.OFFER)
+            assert j.routing_event(offer, 1.0) is not None and j.seat_ringing("s1", 1.2)
+            if lost_in is Stage.TALKING:
+                assert j.seat_answered("s1", 2.0, 2.05)
+        assert j.stage is lost_in
+        drained(q)
+        assert j.line_lost("lost_worker_failure", 5.0, record=answers) == "lost_worker_failure"
+        assert j.stage is Stage.WRAP_UP and not j.line_lost("lost_worker_failure", 5.1)
+        assert j.closed(5.2)
+        events = drained(q)
+        assert [e for e in events if e.kind.value == "ABANDON"] == []
+        (cb,) = routing.acd.callbacks.active()
+        assert cb.call_id == "c-1" and cb.caller == "13800000001", cb
+        assert cb.info["lost"] == "lost_worker_failure" and cb.info["lost_in"] == lost_in.value
+        assert cb.info["ivr"]["answers"] == answers["answers"]
+        assert routing.acd.call_view("c-1") is None
+        seat_after = routing.acd.seat_view("s1", 5.3)
+        if lost_in is Stage.TALKING:
+            assert seat_after["status"] == "wrap_up"
+        else:
+            assert seat_after["status"] == "available"
+        end = [e for e in events if e.kind is EventKind.CALLEND]
+        assert [(e.data["reason"], e.data["ended_by"]) for e in end] == [("lost_worker_failure", "error")]
+    finally:
+        await routing.stop()
