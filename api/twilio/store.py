@@ -28,6 +28,7 @@ from journey.call import REQUEUE_PRIORITY, CallJourney, Offer, RoutingPort
 from journey.notifier import JourneyNotifier
 from journey.stages import WAITING, Cause, Stage
 from routing.errors import RoutingError
+from routing.events import Event, EventKind
 
 log = logging.getLogger("api.twilio.store")
 
@@ -123,8 +124,8 @@ def _match_routing(calls: TwilioCalls, call: TwilioCall) -> None:
     The ACD restores a waiting or ringing call as waiting in its old place; it may have offered
     it a seat since (that ``OFFER`` found no journey to follow it).  So: a caller whose place was
     not kept (the restart took longer than their webhooks wait, or the expiry closed them) is
-    queued again at the head; a seat being offered becomes the journey's offer, dialled by the
-    next hold poll; otherwise the caller is queued.  A ``<Dial>`` still out for the very seat the
+    queued again at the head; a seat being offered is followed as that ``OFFER`` (the journey's
+    ``queued -> offered``, dialled by the next hold poll); otherwise the caller is queued.  A ``<Dial>`` still out for the very seat the
     ACD still rings for this call is kept: its status callback continues the call.
     """
     j = call.journey
@@ -142,15 +143,16 @@ def _match_routing(calls: TwilioCalls, call: TwilioCall) -> None:
     if ringing and j.stage is Stage.RINGING_SEAT and j.offer is not None and j.offer.seat_id == view["seat_id"] \
             and call.dialed_seat == view["seat_id"]:
         return  # the <Dial> that went out before the restart is still the one the ACD waits for
+    # the ACD put it back in its queue at the restart (not a move of the journey: no event)
     j.offer, call.dialed_seat, j.stage = None, None, Stage.QUEUED
     if view is not None:
         j.skill = view["skill"]
     if ringing:
+        # the OFFER made since the restart, which found no journey: followed now, through the table
         seat = acd.seat_view(view["seat_id"], now)
-        j.offer = Offer(seat_id=view["seat_id"], contact=str(seat["contact"]), skill=view["skill"],
-                        ring_timeout_s=calls.ctx.ring_timeout_s, attempt=int(view.get("attempt") or 0),
-                        offered_at=float(view.get("offered_at") or now))
-        j.stage = Stage.OFFERED
+        j.routing_event(Event(EventKind.OFFER, now, call_id=j.call_id, seat_id=view["seat_id"], skill=view["skill"],
+                              data={"contact": seat["contact"], "attempt": view.get("attempt") or 0,
+                                    "ring_timeout_s": calls.ctx.ring_timeout_s}), now)
 
 
 async def adopt(calls: TwilioCalls, sid: str) -> TwilioCall | None:

@@ -31,6 +31,7 @@ from routing.service import RoutingService
 from routing.status import SeatStatus
 from routing.store.calls import CallRecords
 from routing.store.database import create_schema
+from routing.store.journeys import JourneyStore
 from tests.api.scratch import scratch_engine
 
 TOKEN = "test-twilio-auth-token"
@@ -175,7 +176,8 @@ class TwilioPhone:
 
 
 async def start_centre(db_url: str, tmp_path: Path, seats: list[SeatSpec],
-                       flow: Flow | None = None, clock: Callable[[], float] | None = None) -> Centre:
+                       flow: Flow | None = None, clock: Callable[[], float] | None = None,
+                       keep_journeys: bool = False) -> Centre:
     tables = AsyncExitStack()
     engine = await tables.enter_async_context(scratch_engine(db_url))
     await create_schema(engine)
@@ -184,7 +186,8 @@ async def start_centre(db_url: str, tmp_path: Path, seats: list[SeatSpec],
     await routing.start(seats)
     flow = flow or load_flow(DEFAULT_FLOW_PATH)
     ctx = TwilioContext(routing=routing, flow=lambda: flow, auth_token=TOKEN, public_base_url=PUBLIC,
-                        node_id="test-node", **({"clock": clock} if clock else {}))
+                        node_id="test-node", journeys=JourneyStore(engine) if keep_journeys else None,
+                        **({"clock": clock} if clock else {}))
     calls = TwilioCalls(ctx)
     calls.listen()
     app = FastAPI()
