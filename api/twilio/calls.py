@@ -30,15 +30,13 @@ callback is the caller hanging up.  Every end writes ``CALLEND`` (``CallJourney.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
 
 from api.twilio.context import TwilioContext
+from api.twilio.inflight import GatherStep, TwilioCall, call_id_for
+from api.twilio.store import adopt, save
 from api.twilio.twiml import Prompt, TwimlBuilder, flow_texts, queue_position_ids, shipped_prompt
-from ivr.flow import Flow
 from ivr.interpreter import Action, IvrSession, Play, Route, StartTimer
 from ivr.screen_pop import describe
 from journey.call import CallJourney, Offer
@@ -66,50 +64,6 @@ class UnknownTwilioCall(LookupError):
 
 class StaleStep(ValueError):
     """A step that was never issued or is already superseded (not a replay of an answered one)."""
-
-
-@dataclass(slots=True)
-class GatherStep:
-    """What one ``<Gather>`` plays (the interpreter's ``Play`` actions, in order) and when it went out."""
-
-    plays: list[Play]
-    issued_at: float
-
-
-@dataclass
-class TwilioCall:
-    """One Twilio call: its journey, plus what only the webhook conversation needs."""
-
-    journey: CallJourney
-    sid: str
-    callee: str
-    flow: Flow
-    session: IvrSession
-    step: int = 0
-    gather: GatherStep | None = None
-    dialed_seat: str | None = None
-    last_position_at: float = 0.0
-    #: Every event the interpreter was given, to rebuild a look-ahead copy by replaying them.
-    journal: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
-    #: (webhook, step) -> the TwiML answered, for replays.
-    answers: dict[tuple[str, int], str] = field(default_factory=dict)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def call_id(self) -> str:
-        return self.journey.call_id
-
-    @property
-    def stage(self) -> Stage:
-        return self.journey.stage
-
-    def feed(self, event: str, *args: Any) -> list[Action]:
-        self.journal.append((event, args))
-        return getattr(self.session, event)(*args)
-
-
-def call_id_for(sid: str) -> str:
-    return f"t-{sid}"
 
 
 class TwilioCalls:
@@ -145,8 +99,6 @@ class TwilioCalls:
 
     async def _get(self, sid: str) -> TwilioCall:
         """``get``, or the call as the node saved it before a restart (issue 13, ``api.twilio.store``)."""
-        from api.twilio.store import adopt
-
         call = self.live.get(sid) or self.ended.get(sid) or await adopt(self, sid)
         if call is None:
             raise UnknownTwilioCall(sid)
@@ -158,8 +110,6 @@ class TwilioCalls:
         await self._save(call)
 
     async def _save(self, call: TwilioCall) -> None:
-        from api.twilio.store import save
-
         await save(self, call)
 
     # ---- webhooks -----------------------------------------------------------------------------

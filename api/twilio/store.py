@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from api.twilio.calls import GatherStep, TwilioCall, TwilioCalls, call_id_for
+from api.twilio.context import TwilioContext
+from api.twilio.inflight import GatherStep, TwilioCall, call_id_for
 from ivr.flow import Flow
 from ivr.interpreter import IvrSession, Play
 from journey.call import REQUEUE_PRIORITY, CallJourney, Offer, RoutingPort
@@ -29,6 +30,7 @@ from journey.notifier import JourneyNotifier
 from journey.stages import WAITING, Cause, Stage
 from routing.errors import RoutingError
 from routing.events import Event, EventKind
+from routing.store.journeys import JourneyStore
 
 log = logging.getLogger("api.twilio.store")
 
@@ -39,6 +41,17 @@ HISTORY_KEPT = 64
 #: 2: the journey (``journey.call.CallJourney``); 1 was the pre-journey ``phase`` shape, never
 #: released, and is not adopted.
 VERSION = 2
+
+
+class CallRegistry(Protocol):
+    """What saving and adopting need of the webhook handler (``api.twilio.calls.TwilioCalls``)."""
+
+    ctx: TwilioContext
+    routing: Any
+    notifier: JourneyNotifier
+    journeys: JourneyStore | None
+
+    def register(self, call: TwilioCall) -> None: ...
 
 
 class SnapshotError(ValueError):
@@ -118,7 +131,7 @@ def restore(state: dict[str, Any], flow: Flow, routing: RoutingPort, notifier: J
         raise SnapshotError(f"snapshot of {state.get('call_id')!r} unreadable: {e!r}") from e
 
 
-def _match_routing(calls: TwilioCalls, call: TwilioCall) -> None:
+def _match_routing(calls: CallRegistry, call: TwilioCall) -> None:
     """Make a waiting journey agree with the routing service restored by this node.
 
     The ACD restores a waiting or ringing call as waiting in its old place; it may have offered
@@ -155,7 +168,7 @@ def _match_routing(calls: TwilioCalls, call: TwilioCall) -> None:
                                     "ring_timeout_s": calls.ctx.ring_timeout_s}), now)
 
 
-async def adopt(calls: TwilioCalls, sid: str) -> TwilioCall | None:
+async def adopt(calls: CallRegistry, sid: str) -> TwilioCall | None:
     """A CallSid this node does not know: the call as the node before a restart saved it, matched
     with what the routing service restored (its queue place, or a seat it is being offered), and
     registered in ``calls``.  None if nothing (readable) was saved for it."""
@@ -181,7 +194,7 @@ async def adopt(calls: TwilioCalls, sid: str) -> TwilioCall | None:
     return call
 
 
-async def save(calls: TwilioCalls, call: TwilioCall) -> None:
+async def save(calls: CallRegistry, call: TwilioCall) -> None:
     """Keep the journey before its answer goes out; a failure is logged, never raised to Twilio."""
     journeys = calls.journeys
     if journeys is None:
@@ -192,4 +205,4 @@ async def save(calls: TwilioCalls, call: TwilioCall) -> None:
         log.error("twilio_journey_not_saved", extra={"call_id": call.call_id, "error": str(e)[:200]})
 
 
-__all__ = ["VERSION", "SnapshotError", "adopt", "restore", "save", "snapshot"]
+__all__ = ["VERSION", "CallRegistry", "SnapshotError", "adopt", "restore", "save", "snapshot"]
