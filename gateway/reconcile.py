@@ -26,6 +26,7 @@ from journey.stages import WAITING, Stage
 from routing.store.reconcile import LOST_WORKER_FAILURE
 
 if TYPE_CHECKING:
+    from api.twilio.calls import TwilioCalls
     from gateway.callflow import CallDirector
 
 log = logging.getLogger("gateway.reconcile")
@@ -158,7 +159,7 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-async def expire_unclaimed(routing: Any, twilio: Any, engine: Any, node_id: str, call_ids: Iterable[str],
+async def expire_unclaimed(routing: Any, twilio: TwilioCalls | None, engine: Any, node_id: str, call_ids: Iterable[str],
                            after_s: float) -> list[str]:
     """Twilio calls kept alive at start whose caller never came back: closed as lost.
 
@@ -176,7 +177,7 @@ async def expire_unclaimed(routing: Any, twilio: Any, engine: Any, node_id: str,
 
     await asyncio.sleep(after_s)
     journeys = JourneyStore(engine)
-    claimed = {c.call_id for c in [*getattr(twilio, "live", {}).values(), *getattr(twilio, "ended", {}).values()]}
+    claimed = set() if twilio is None else {c.call_id for c in [*twilio.live.values(), *twilio.ended.values()]}
     expired: list[str] = []
     for call_id in sorted(set(call_ids) - claimed):
         try:
