@@ -39,6 +39,19 @@ def free_port(kind: int = socket.SOCK_DGRAM, also_tcp: bool = True) -> int:
     raise RuntimeError("no free port")
 
 
+def serve_port_args(sip_port: int | None = None, workers: int = 2) -> list[str]:
+    """``serve`` flags that put a test node's SIP, worker and RTP ports on free loopback ports.
+
+    A random SIP port is often above 55535, where the default RTP base (sip_port + 10000) would
+    run past 65535 and the node refuses to start: every test node names its ranges.
+    """
+    from gateway.bench.runner import free_block, rtp_base_below_ephemeral
+
+    sip = sip_port or free_port()
+    return ["--sip-port", str(sip), "--workers", str(workers), "--worker-base-port", str(free_block(workers + 1)),
+            "--rtp-base-port", str(rtp_base_below_ephemeral(sip, (workers + 1) * 40))]
+
+
 async def _pg_admin(sql: str) -> None:
     import asyncpg
 

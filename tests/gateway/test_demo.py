@@ -9,18 +9,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.bench.runner import free_block
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_port_args
 
 pytestmark = pytest.mark.sip
 
 
 def test_demo_runs_callers_through_seats_and_stops_cleanly(tmp_path: Path) -> None:
     api = free_port()
-    cmd = [sys.executable, "-m", "gateway.cli", "demo", "--callers", "3", "--sip-port", str(free_port()),
-           "--api-port", str(api), "--data-dir", str(tmp_path / "var"), "--workers", "3"]
-    env = {"HANDOFF_WORKER_BASE_PORT": str(free_block(4))}
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**__import__("os").environ, **env})
+    cmd = [sys.executable, "-m", "gateway.cli", "demo", "--callers", "3", *serve_port_args(workers=3),
+           "--api-port", str(api), "--data-dir", str(tmp_path / "var")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     lines = dict(line.split(": ", 1) for line in p.stdout.splitlines() if ": " in line)
     assert lines["dashboard"] == f"http://127.0.0.1:{api}/"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.local_sockets import unix_socket_path
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_port_args
 from tests.gateway.test_edge_flood import kamailio_pids
 from tests.node_harness import RunningNode, start_node
 from tests.sipp_driver import run_sipp
@@ -80,7 +80,8 @@ def test_a_held_sip_port_is_named_with_its_holder(tmp_path: Path) -> None:
     listening.listen()
     try:
         p = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path / "v"),
-                            "--sip-port", str(port), "--api-port", "0"], capture_output=True, text=True, timeout=60)
+                            *serve_port_args(port, workers=1), "--api-port", "0"],
+                           capture_output=True, text=True, timeout=60)
     finally:
         busy.close()
         listening.close()

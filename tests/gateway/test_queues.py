@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_port_args
 from tests.node_harness import caller_result, seat_reports, start_caller, start_node, start_seat
 
 IMMOBILE = "1 2 2"   # -> rescue p2
@@ -60,7 +60,7 @@ def test_a_bad_queues_section_stops_serve_naming_each_problem(tmp_path: Path, se
     seats = tmp_path / "seats.yaml"
     seats.write_text("seats:\n  - id: s1\n    contact: sip:s1@127.0.0.1:5091\n    skills: [rescue]\n" + section)
     p = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path / "v"),
-                        "--seats", str(seats), "--sip-port", str(free_port()), "--api-port", "0"],
+                        "--seats", str(seats), *serve_port_args(), "--api-port", "0"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from recordings.wav import read_pcm16, rms
-from tests.conftest import ROOT
+from tests.conftest import ROOT, serve_port_args
 from tests.node_harness import RunningNode, run_caller, start_node
 from tests.sipp_driver import digits_xml, run_sipp
 
@@ -270,7 +270,7 @@ def test_bad_configuration_exits_with_one_line(tmp_path: Path) -> None:
     busy.bind(("127.0.0.1", 0))
     port = busy.getsockname()[1]
     try:
-        p = _serve(["--sip-port", str(port), "--api-port", "0"], tmp_path)
+        p = _serve([*serve_port_args(port), "--api-port", "0"], tmp_path)
         assert p.returncode == 2 and "already in use" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     finally:
         busy.close()

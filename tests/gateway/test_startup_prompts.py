@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from ivr.flow import DEFAULT_FLOW_PATH, DEFAULT_PROMPTS_DIR
-from tests.conftest import free_port
+from tests.conftest import serve_port_args
 
 
 def flow_copy(tmp_path: Path) -> Path:
@@ -26,7 +26,7 @@ def flow_copy(tmp_path: Path) -> Path:
 
 def serve(tmp_path: Path, flow: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path / "v"),
-                           "--flow", str(flow), "--sip-port", str(free_port()), "--api-port", "0"],
+                           "--flow", str(flow), *serve_port_args(), "--api-port", "0"],
                           capture_output=True, text=True, timeout=60)
 
 
