@@ -9,7 +9,8 @@ Kinds (``SeatOutcome.kind``) and what the ACD does with them:
   not offered this call again, the caller back to the head;
 * ``unreachable``: ``seat_failed``; the seat goes not-ready;
 * ``local_error`` (the gateway's own fault, e.g. PJSIP refused to dial): ``seat_failed``; the
-  caller back to the head, the seat straight back to available with no penalty.
+  caller back to the head, the seat back to available with no penalty and no exclusion; the ACD
+  offers the pair again after its reject delay, so a fault that repeats is not a hot loop.
 """
 
 from __future__ import annotations

@@ -50,7 +50,9 @@ S = SeatStatus
 #: reason (busy, declined, hangup_before_bridge, ...) is a refusal of this one call.
 UNREACHABLE_REASONS = frozenset({"unreachable", "error"})
 #: seat_failed reasons that are the gateway's own fault (it could not dial): the seat is not
-#: penalised (no exclusion, no reject delay), the caller goes back to the head.
+#: penalised (it stays available, nothing excludes it) and the caller goes back to the head.  The
+#: seat is held back for the reject delay all the same, so that a fault that repeats (a contact the
+#: gateway cannot dial) is retried every few seconds instead of offering the same pair in a loop.
 LOCAL_REASONS = frozenset({"local_error"})
 INTAKE_SKILL = Skill.INTAKE_GUIDANCE.value
 
@@ -323,7 +325,7 @@ class Acd:
         if reason in UNREACHABLE_REASONS:
             self._release_seat(seat, call, now, out, not_ready="unreachable")
         elif reason in LOCAL_REASONS:
-            self._release_seat(seat, call, now, out)
+            self._release_seat(seat, call, now, out, hold=True)
         else:
             call.excluded.add(seat.id)
             self._release_seat(seat, call, now, out, hold=True)

@@ -43,8 +43,10 @@ async def test_nested_aliases_are_refused_at_once_while_the_api_answers(node: No
     assert r.status_code == 422, r.text
     problem = r.json()["detail"][0]
     assert "alias" in problem["message"] and problem["location"].startswith("line 1")
-    assert took < 0.5
-    assert q.status_code == 200 and len(q.json()) == 8 and q_took < 1.0
+    # the refusal is an alias check, milliseconds; the bound only has to catch a parse that expands
+    # the aliases (hours), with room for a loaded CI machine
+    assert took < 2.0
+    assert q.status_code == 200 and len(q.json()) == 8 and q_took < 2.0
     assert node.installed == []
 
 
@@ -67,8 +69,8 @@ async def test_a_slow_upload_is_refused_after_the_time_limit_and_the_loop_stays_
     print(f"\n{len(body) // 1024} kB refused after {took * 1000:.0f} ms; queues answered in {q_took * 1000:.0f} ms")
     assert r.status_code == 422, r.text
     assert "longer than" in r.json()["detail"][0]["message"]
-    assert took < 1.0
-    assert q.status_code == 200 and q_took < 1.0
+    # "longer than" proves the time limit ended it; the queues answered while it was being read
+    assert q.status_code == 200 and q_took < 5.0
     assert node.installed == []
 
 

@@ -114,8 +114,10 @@ async def test_a_call_walks_from_answer_to_end_through_the_acd() -> None:
         await routing.stop()
 
 
+# offered_again: at once. A local failure is retried after the reject delay, not in the same breath
+# (tests/routing/test_acd.py); a refusal never offers this call to that seat again.
 @pytest.mark.parametrize(("outcome", "seat_after", "offered_again"), [
-    (from_sip(0, "local_error: dial failed: too many"), "available", True),   # our fault: no penalty
+    (from_sip(0, "local_error: dial failed: too many"), "available", False),  # our fault: no penalty
     (from_sip(486, "Busy Here"), "available", False),                         # refused: not this call again
     (from_sip(503, "Service Unavailable"), "not_ready", False),               # unreachable
     (from_twilio("no-answer"), "not_ready", False),                           # RONA

@@ -311,6 +311,18 @@ def test_declining_seat_is_held_back_and_never_offered_that_call_again(reason: s
     assert a.queue_position("c1") == 1
 
 
+def test_a_local_failure_keeps_the_seat_available_and_retries_the_same_call_after_the_delay() -> None:
+    """The gateway could not dial (its own fault): no penalty, no exclusion, but no hot loop either."""
+    a = acd(reject_delay_s=5)
+    a.add_seat(spec("s1"), 0)
+    a.enqueue("c1", R, 3, 1)
+    ev = a.seat_failed("c1", 2, "local_error", detail="dial failed: Unsupported transport")
+    assert ev[0].data == {"reason": "local_error", "attempt": 1, "detail": "dial failed: Unsupported transport"}
+    assert status(a, "s1") == "available" and offers(ev) == []   # not re-offered in the same breath
+    assert a.queue_position("c1") == 1                              # the caller keeps the head
+    assert offers(a.tick(7)) == [("c1", "s1")]                      # the same seat, once the delay is over
+
+
 def test_unreachable_seat_goes_not_ready() -> None:
     a = acd()
     a.add_seat(spec("s1"), 0)
