@@ -20,6 +20,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.schema import schema_drift, upgrade_schema
@@ -125,6 +126,43 @@ class Campaigner:
                 self.proc.send_signal(signal.SIGCONT)
                 self.proc.kill()
             await self.proc.wait()
+
+
+class Partition:
+    """A TCP relay to PostgreSQL that can go silent without closing anything, like a cut cable
+    or a dropped route: bytes stop flowing both ways, both sockets stay open."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.cut = False
+        self.server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def start(self) -> Partition:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if not self.cut:
+                    dst.write(data)
+                    await dst.drain()
+            if not self.cut:
+                dst.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
 
 async def _admin(sql: str) -> None:
@@ -235,6 +273,40 @@ async def test_kill9_of_the_leader_fails_over_within_3s(db: str) -> None:
         await a.close()
         if b is not None:
             await b.close()
+
+
+async def test_partitioned_leader_steps_down_before_the_standby_takes_over(db: str) -> None:
+    target = make_url(db)
+    partition = await Partition(target.host or "127.0.0.1", target.port or 5432).start()
+    via_partition = target.set(host="127.0.0.1", port=partition.port).render_as_string(hide_password=False)
+    demoted_at: list[float] = []
+    a = RoutingAuthority(via_partition, "node-a", on_demoted=lambda e: demoted_at.append(time.monotonic()))
+    b = RoutingAuthority(db, "node-b")
+    ta = asyncio.create_task(a.run())
+    tb: asyncio.Task[None] | None = None
+    try:
+        await wait_for(lambda: a.is_leader, 10, "node-a to lead through the relay")
+        ea = a.epoch
+        tb = asyncio.create_task(b.run())
+        partition.cut = True
+        t0 = time.monotonic()
+        await wait_for(lambda: demoted_at, 5, "the cut-off leader to step down")
+        await wait_for(lambda: b.is_leader, 10, "node-b to take over")
+        elected = time.monotonic() - t0
+        stepped_down = demoted_at[0] - t0
+        print(f"\npartition of the leader: it stepped down after {stepped_down * 1000:.0f} ms, "
+              f"the standby was elected after {elected * 1000:.0f} ms (epoch {ea} -> {b.epoch})")
+        assert b.epoch is not None and ea is not None and b.epoch > ea
+        assert stepped_down < elected  # never two nodes that both believe they lead
+        assert elected < 10.0
+    finally:
+        await a.stop()
+        await b.stop()
+        for t in (ta, tb):
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(*(t for t in (ta, tb) if t is not None), return_exceptions=True)
+        await partition.close()
 
 
 async def test_frozen_leader_is_deposed_and_fenced(db: str) -> None:
