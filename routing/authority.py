@@ -30,11 +30,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+
+log = logging.getLogger("routing.authority")
 
 #: The advisory lock key of the routing authority (one cluster per database).  "h122" in ASCII.
 AUTHORITY_LOCK_KEY = 0x68313232
@@ -110,16 +113,24 @@ class RoutingAuthority:
 
     async def run(self) -> None:
         """Campaign, lead, and campaign again after a demotion, until :meth:`stop`."""
+        last_failure = ""
         while not self._stopping:
             try:
                 self._conn = await asyncio.wait_for(asyncpg.connect(
                     self.url, server_settings=authority_server_settings(self.lease_s)), self.lease_s)
+                if self._conn.get_server_version().major < 14:
+                    raise RuntimeError("the routing authority needs PostgreSQL 14 or newer "
+                                       "(idle_session_timeout is its lease)")
                 await self._campaign(self._conn)
                 await self._lead(self._conn)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # any failure of the session (network, server, timeout) means the lock
-                pass  # may be gone: demote below, then campaign again
+            except Exception as e:  # any failure of the session (network, server, timeout) means the
+                failure = f"{type(e).__name__}: {e}"  # lock may be gone: demote, then campaign again
+                if failure != last_failure:  # one line per new cause, not one per retry
+                    log.warning("routing authority session of %s ended or failed: %s (epoch %s)",
+                                self.node_id, failure, self.epoch)
+                last_failure = failure
             finally:
                 await self._demote()
             if not self._stopping:
@@ -135,6 +146,7 @@ class RoutingAuthority:
             if await asyncio.wait_for(conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key),
                                       self.lease_s):
                 self.epoch = await asyncio.wait_for(self._take_office(conn), self.lease_s)
+                log.info("%s is the routing authority, epoch %d", self.node_id, self.epoch)
                 await _call(self.on_elected, self.epoch)
                 return
             # Not idle for longer than the idle-session timeout: stay in the running.
@@ -169,6 +181,7 @@ class RoutingAuthority:
         if conn is not None:
             conn.terminate()  # never wait on a session that may be dead
         if epoch is not None:
+            log.warning("%s is no longer the routing authority (epoch %d)", self.node_id, epoch)
             await _call(self.on_demoted, epoch)
 
 
