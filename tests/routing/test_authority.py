@@ -136,6 +136,7 @@ class Partition:
         self.target = (host, port)
         self.cut = False
         self.server: asyncio.Server | None = None
+        self.sockets: list[asyncio.StreamWriter] = []  # held, so nothing closes behind the cut
 
     @property
     def port(self) -> int:
@@ -148,6 +149,7 @@ class Partition:
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.sockets += [writer, up_writer]
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             while data := await src.read(65536):
@@ -163,6 +165,8 @@ class Partition:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        for w in self.sockets:
+            w.close()
 
 
 async def _admin(sql: str) -> None:
