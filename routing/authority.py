@@ -143,8 +143,7 @@ class RoutingAuthority:
 
     async def _campaign(self, conn: asyncpg.Connection) -> None:
         while not self._stopping:
-            if await asyncio.wait_for(conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key),
-                                      self.lease_s):
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key, timeout=self.lease_s):
                 self.epoch = await asyncio.wait_for(self._take_office(conn), self.lease_s)
                 log.info("%s is the routing authority, epoch %d", self.node_id, self.epoch)
                 await _call(self.on_elected, self.epoch)
@@ -173,7 +172,7 @@ class RoutingAuthority:
         """Ping until the session fails; any failure ends the leadership (the caller demotes)."""
         while not self._stopping:
             await asyncio.sleep(self.ping_interval_s)
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), self.ping_interval_s * 2)
+            await conn.fetchval("SELECT 1", timeout=self.ping_interval_s * 2)
 
     async def _demote(self) -> None:
         epoch, self.epoch = self.epoch, None
