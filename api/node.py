@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +53,10 @@ class NodeSettings(Protocol):
     def data_dir(self) -> Path: ...
     @property
     def db_url(self) -> str | None: ...
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def recordings_dir(self) -> Path: ...
 
 
 class ApiHost(Protocol):
@@ -140,3 +144,73 @@ async def build_api(node: ApiHost) -> RunningApi:
     server = ApiServer(app, s.api_host, s.api_port, log_level="warning")
     await server.start_async()
     return RunningApi(server=server, ctx=ctx, twilio=twilio, signin=signin)
+
+
+# ------------------------------------------------------------------------------------------------
+# the API in its own process (``handoff122 serve``): the control process's half
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ApiDesk:
+    """What the control process keeps for the API process: the channel it pushes and takes
+    commands on, the Twilio registry and flow admin those commands reach, and the sign-in link."""
+
+    desk: Any           # api.link.ControlDesk
+    feed: Any           # api.feed.ViewsFeed
+    twilio: TwilioCalls
+    config: Any         # api.process.ApiProcessConfig, handed to the child
+    signin: OneTimeSignIn | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    @property
+    def signin_url(self) -> str | None:
+        if self.signin is None:
+            return None
+        return f"{self.url}/signin?code={self.signin.code}"
+
+    async def stop(self) -> None:
+        self.feed.stop()
+        await self.desk.stop()
+
+
+async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
+    """Runs on the control loop: listen on ``channel`` for the API process and feed it."""
+    import secrets as _secrets
+
+    from api.feed import ViewsFeed
+    from api.link import ROUTING_COMMANDS, TWILIO_COMMANDS, ControlDesk
+    from api.process import ApiProcessConfig
+
+    s = node.settings
+    tokens = TokenStore(node.engine)
+    await tokens.create_schema()
+    limits = ApiLimits.from_settings(s)
+    flow_admin = FlowFileAdmin(save_to=s.flow, on_installed=node.install_flow, base_dir=s.flow_file.parent,
+                               parse_timeout_s=limits.flow_parse_timeout_s)
+    twilio_ctx = TwilioContext(routing=node.routing, flow=lambda: node.flow, auth_token=s.twilio_auth_token,
+                               public_base_url=s.public_base_url or f"http://{s.api_host}:{s.api_port}",
+                               node_id=node.node_id, ring_timeout_s=float(s.ring_timeout),
+                               announce_every_s=float(s.hold_announce_interval))
+    twilio = TwilioCalls(twilio_ctx)
+    twilio.listen()
+    signin = await first_sign_in(tokens)
+    desk = ControlDesk(channel, secret, targets={
+        "routing": (node.routing, ROUTING_COMMANDS),
+        "acd": (node.routing.acd, frozenset({"call_view"})),
+        "twilio": (twilio, TWILIO_COMMANDS),
+        "flow": (flow_admin, frozenset({"install_flow"})),
+    })
+    feed = ViewsFeed(node.routing, desk, node.media_stats)
+    desk.feed = feed
+    await desk.start()
+    feed.start()
+    where = f"--data-dir {s.data_dir}" if s.db_url is None else '--db-url "$HANDOFF_DB_URL"'
+    config = ApiProcessConfig(
+        host=s.api_host, port=s.api_port, db_url=s.database_url, recordings_dir=str(s.recordings_dir),
+        channel=str(channel), secret=secret or _secrets.token_hex(16), node_id=node.node_id,
+        service_level_s=s.service_level_s, limits=asdict(limits), twilio_auth_token=s.twilio_auth_token,
+        public_base_url=s.public_base_url, signin_code=signin.code if signin else None,
+        token_command=f"handoff122 token create --role supervisor {where}")
+    return ApiDesk(desk=desk, feed=feed, twilio=twilio, config=config, signin=signin)

@@ -178,7 +178,7 @@ class Node:
             except (RuntimeError, FileNotFoundError) as e:
                 raise ConfigError(str(e)) from None
 
-        # 5. the API, on its own thread and loop
+        # 5. the API, in its own process, reading what this one pushes
         if s.api_port:
             self.api = await self._start_api()
         if not self.routing.acd.seats_view(time.time()):
@@ -247,13 +247,21 @@ class Node:
             (self.run_dir / f"worker-{wid}.pid").write_text(str(pid))
 
     async def _start_api(self) -> Any:
-        from api.node import build_api
-        from api.server import ApiServerError
+        """The API in a process of its own (``gateway.api_process``), fed by this one."""
+        from api.node import build_api_desk
+        from gateway.api_process import ApiProcess, ApiProcessFailed, new_secret
+        from gateway.local_sockets import unix_socket_path
 
+        desk = await build_api_desk(self, unix_socket_path(self.run_dir, "api.sock"), new_secret())
+        api = ApiProcess(desk, log_level=self.settings.log_level)
         try:
-            return await build_api(self)
-        except ApiServerError as e:
+            await api.start()
+        except ApiProcessFailed as e:
+            await desk.stop()
             raise ConfigError(str(e)) from None
+        if api.pid is not None:
+            (self.run_dir / "api.pid").write_text(str(api.pid))
+        return api
 
     def install_flow(self, flow: Any) -> None:
         """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""
