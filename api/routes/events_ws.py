@@ -169,7 +169,7 @@ async def events(ws: WebSocket) -> None:
     assert who is not None
     live = await ctx.live_views()
     viewer = Viewer(supervisor=who.is_supervisor(), seat_id=who.seat_id)
-    client = live.join(viewer)  # joined before the snapshot: nothing after it is missed
+    client = live.join(viewer, limit=ctx.limits.ws_queue)  # joined before the snapshot: nothing after it is missed
     closed = asyncio.create_task(_until_closed(ws))
     sender: asyncio.Task[None] | None = None
     try:
