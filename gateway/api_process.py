@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import sys
+from pathlib import Path
 from typing import Any
 
 from gateway.kamailio import exec_with_parent_death
@@ -31,8 +32,9 @@ class ApiProcessFailed(RuntimeError):
 class ApiProcess:
     """Spawns the API process for ``desk`` (``api.node.ApiDesk``) and keeps one running."""
 
-    def __init__(self, desk: Any, log_level: str = "INFO") -> None:
+    def __init__(self, desk: Any, log_level: str = "INFO", pid_file: Path | None = None) -> None:
         self.desk = desk
+        self.pid_file = pid_file
         self.log_level = log_level
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -87,6 +89,8 @@ class ApiProcess:
             await relay
             why = next((t for t in reversed(tail) if t), "no answer")
             raise ApiProcessFailed(f"the API process did not start on {self.url}: {why[:300]}")
+        if self.pid_file is not None:
+            self.pid_file.write_text(str(proc.pid))
         self._watch = asyncio.create_task(self._watch_one(proc, relay), name="api-process-watch")
 
     async def start(self, timeout: float = 20.0) -> None:

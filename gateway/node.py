@@ -253,14 +253,12 @@ class Node:
         from gateway.local_sockets import unix_socket_path
 
         desk = await build_api_desk(self, unix_socket_path(self.run_dir, "api.sock"), new_secret())
-        api = ApiProcess(desk, log_level=self.settings.log_level)
+        api = ApiProcess(desk, log_level=self.settings.log_level, pid_file=self.run_dir / "api.pid")
         try:
             await api.start()
         except ApiProcessFailed as e:
             await desk.stop()
             raise ConfigError(str(e)) from None
-        if api.pid is not None:
-            (self.run_dir / "api.pid").write_text(str(api.pid))
         return api
 
     def install_flow(self, flow: Any) -> None:
