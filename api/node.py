@@ -177,8 +177,6 @@ class ApiDesk:
 
 async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
     """Runs on the control loop: listen on ``channel`` for the API process and feed it."""
-    import secrets as _secrets
-
     from api.feed import ViewsFeed
     from api.link import ROUTING_COMMANDS, TWILIO_COMMANDS, ControlDesk
     from api.process import ApiProcessConfig
@@ -209,7 +207,7 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
     where = f"--data-dir {s.data_dir}" if s.db_url is None else '--db-url "$HANDOFF_DB_URL"'
     config = ApiProcessConfig(
         host=s.api_host, port=s.api_port, db_url=s.database_url, recordings_dir=str(s.recordings_dir),
-        channel=str(channel), secret=secret or _secrets.token_hex(16), node_id=node.node_id,
+        channel=str(channel), secret=secret, node_id=node.node_id,
         service_level_s=s.service_level_s, limits=asdict(limits), twilio_auth_token=s.twilio_auth_token,
         public_base_url=s.public_base_url, signin_code=signin.code if signin else None,
         token_command=f"handoff122 token create --role supervisor {where}")
