@@ -3,7 +3,8 @@
 The control process keeps the channel (``api.link.ControlDesk``) and pushes the live views; the
 child (``python -m gateway.api_process``, which runs ``api.process``) serves HTTP and WebSockets.
 A child that dies is started again after ``RESTART_DELAY_S``; calls never notice, they live in
-the control process and the media workers.  Run directly, this module is the child's entry
+the control process and the media workers.  The child runs at niceness ``api_nice`` (10): when
+the CPU is short, calls get it first.  Run directly, this module is the child's entry
 point: it only sets up the node's log format and hands over to ``api.process``.
 """
 
@@ -32,8 +33,9 @@ class ApiProcessFailed(RuntimeError):
 class ApiProcess:
     """Spawns the API process for ``desk`` (``api.node.ApiDesk``) and keeps one running."""
 
-    def __init__(self, desk: Any, log_level: str = "INFO", pid_file: Path | None = None) -> None:
+    def __init__(self, desk: Any, log_level: str = "INFO", pid_file: Path | None = None, nice: int = 10) -> None:
         self.desk = desk
+        self.nice = nice
         self.pid_file = pid_file
         self.log_level = log_level
         self.proc: asyncio.subprocess.Process | None = None
@@ -61,7 +63,8 @@ class ApiProcess:
             self._ready.set_result(url)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        env = {**os.environ, "HANDOFF_API_PROCESS": self.desk.config.to_env(), "HANDOFF_LOG_LEVEL": self.log_level}
+        env = {**os.environ, "HANDOFF_API_PROCESS": self.desk.config.to_env(), "HANDOFF_LOG_LEVEL": self.log_level,
+               "HANDOFF_API_NICE": str(self.nice)}
         return await asyncio.create_subprocess_exec(
             *exec_with_parent_death(sys.executable, "-m", "gateway.api_process"), env=env,
             stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
@@ -139,6 +142,10 @@ def main() -> int:
     from gateway.logs import configure_logging
 
     configure_logging(os.environ.get("HANDOFF_LOG_LEVEL", "INFO"), process_name="api")
+    # Below the call path: on a busy node the control loop, the workers and the front door get
+    # the CPU first, and the pages wait instead of the callers.
+    with contextlib.suppress(OSError):
+        os.nice(int(os.environ.get("HANDOFF_API_NICE", "10")))
     return run(ApiProcessConfig.from_env())
 
 

@@ -253,7 +253,8 @@ class Node:
         from gateway.local_sockets import unix_socket_path
 
         desk = await build_api_desk(self, unix_socket_path(self.run_dir, "api.sock"), new_secret())
-        api = ApiProcess(desk, log_level=self.settings.log_level, pid_file=self.run_dir / "api.pid")
+        api = ApiProcess(desk, log_level=self.settings.log_level, pid_file=self.run_dir / "api.pid",
+                         nice=self.settings.api_nice)
         try:
             await api.start()
         except ApiProcessFailed as e:
