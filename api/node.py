@@ -1,7 +1,9 @@
-"""The API inside ``handoff122 serve``: built from the node, served on its own thread and loop.
+"""The API and the node: the control process's half of the API process, or the API on a thread.
 
-``gateway.node`` calls ``await build_api(node)`` once storage and routing run and awaits
-``stop()`` on the result when it shuts down.  Every read or command the API makes goes back to
+``handoff122 serve`` runs the API in a process of its own (``api.process``): ``gateway.node`` calls
+``await build_api_desk(node, ...)`` once storage and routing run, which starts the feed and the
+channel the API process connects to (``api.link``).  ``build_api(node)`` serves the API on a
+thread of the control process instead (tools and tests); what follows describes that mode.  Every read or command the API makes goes back to
 the node's control loop through a ``ControlLoopBridge``; so do the Twilio webhooks, mounted under
 ``/twilio`` on the same server (refused with 403 until ``twilio_auth_token`` is set).
 """
