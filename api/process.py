@@ -87,6 +87,9 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
     link = ControlLink(Path(cfg.channel), cfg.secret, live, timeout_s=cfg.forward_timeout_s)
     live._call_view = lambda call_id: link.forward("acd", "call_view", call_id)
     await link.connect()
+    with contextlib.suppress(TimeoutError):  # the first push follows the hello at once
+        async with asyncio.timeout(10):
+            await live.ready.wait()
     tokens = TokenStore(engine)
     ctx = ApiContext(routing=cast(Any, RemoteRouting(link, live)), calls=CallRecords(engine), tokens=tokens,
                      recordings=Catalog(engine, Path(cfg.recordings_dir)), flow_admin=RemoteFlowAdmin(link),

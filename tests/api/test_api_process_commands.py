@@ -63,6 +63,8 @@ async def test_twilio_webhooks_drive_a_call_through_the_api_process(node: Runnin
         await phone.seat_answers()
         seat = node.get("/api/v1/seats/s1").json()
         assert seat["status"] == "on_call" and seat["call_id"] == phone.call_id
+        offer = node.get("/api/v1/seats/s1/offer")  # a console reconnecting: asked of the control process
+        assert offer.status_code == 200 and offer.json()["call_id"] == phone.call_id, offer.text
         await phone.dial_ends("completed", "20")
     rec = node.wait_for(lambda: (c := node.call(phone.call_id))["end_reason"] and c)
     assert (rec["ingress"], rec["seat_id"], rec["end_reason"]) == ("twilio", "s1", "completed")
