@@ -94,6 +94,9 @@ class ApiContext:
     #: API process fills it from the control process's feed; left None, the first WebSocket starts
     #: a feed over ``routing`` (an app built beside the routing service, as in tests).
     live: LiveViews | None = None
+    #: The observed counters and histograms (``journey.metrics.REGISTRY``) when they live in
+    #: another process (the API process asks the control process, cached briefly).
+    observed_metrics: Callable[[], Awaitable[bytes]] | None = None
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 #: The routing service's commands a route may forward (add the name of a new one here).
 ROUTING_COMMANDS = frozenset({"set_status", "end_wrap_up", "add_seat", "update_seat", "remove_seat",
                               "take_callback", "complete_callback"})
+#: Reads of the ACD that the pushed views do not carry, answered by the control process (a route
+#: reads them with ``ctx.read_control(ctx.routing.acd.<name>, ...)``; add the name of a new one).
+ACD_READS = frozenset({"call_view"})
 #: The Twilio call registry's webhooks (``api.twilio.calls.TwilioCalls``).
 TWILIO_COMMANDS = frozenset({"voice", "gather_result", "hold_poll", "seat_status", "dial_result", "call_status"})
 #: How long a forwarded command may take before the route answers 503.
@@ -318,7 +321,7 @@ class RemoteRouting:
 
     def __init__(self, link: ControlLink, live: Any) -> None:
         self.link = link
-        self.acd = live
+        self.acd = RemoteAcd(link, live)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
@@ -329,6 +332,56 @@ class RemoteRouting:
 
         forwarded.__name__ = name
         return forwarded
+
+
+class RemoteAcd:
+    """``ctx.routing.acd`` in the API process: the pushed views (``LiveViews``) first; any other
+    read in ``ACD_READS`` is asked of the control process (an awaitable ``read_control`` awaits)."""
+
+    def __init__(self, link: ControlLink, live: Any) -> None:
+        self._link, self._live = link, live
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name != "call_view" and hasattr(self._live, name):
+            return getattr(self._live, name)
+        if name not in ACD_READS:
+            raise AttributeError(f"{name} is neither pushed nor in api.link.ACD_READS")
+
+        async def asked(*args: Any, **kwargs: Any) -> Any:
+            return await self._link.forward("acd", name, *args, **kwargs)
+
+        return asked
+
+
+class ObservedMetrics:
+    """The control process's counters and histograms in Prometheus text (``journey.metrics``)."""
+
+    def observed(self) -> str:
+        from prometheus_client import generate_latest
+
+        from journey.metrics import REGISTRY
+
+        return generate_latest(REGISTRY).decode()
+
+
+class RemoteObservedMetrics:
+    """``ApiContext.observed_metrics`` in the API process: asked of the control process at most
+    once per ``max_age_s``, however often scrapers come."""
+
+    def __init__(self, link: ControlLink, max_age_s: float = 1.0) -> None:
+        self.link, self.max_age_s = link, max_age_s
+        self._body, self._at = b"", float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if loop.time() - self._at > self.max_age_s:
+                self._body = str(await self.link.forward("metrics", "observed")).encode()
+                self._at = loop.time()
+            return self._body
 
 
 class RemoteFlowAdmin:

@@ -180,7 +180,7 @@ class ApiDesk:
 async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
     """Runs on the control loop: listen on ``channel`` for the API process and feed it."""
     from api.feed import ViewsFeed
-    from api.link import ROUTING_COMMANDS, TWILIO_COMMANDS, ControlDesk
+    from api.link import ACD_READS, ROUTING_COMMANDS, TWILIO_COMMANDS, ControlDesk, ObservedMetrics
     from api.process import ApiProcessConfig
 
     s = node.settings
@@ -198,9 +198,10 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
     signin = await first_sign_in(tokens)
     desk = ControlDesk(channel, secret, targets={
         "routing": (node.routing, ROUTING_COMMANDS),
-        "acd": (node.routing.acd, frozenset({"call_view"})),
+        "acd": (node.routing.acd, ACD_READS),
         "twilio": (twilio, TWILIO_COMMANDS),
         "flow": (flow_admin, frozenset({"install_flow"})),
+        "metrics": (ObservedMetrics(), frozenset({"observed"})),
     })
     feed = ViewsFeed(node.routing, desk, node.media_stats)
     desk.feed = feed

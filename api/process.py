@@ -30,7 +30,7 @@ from api.app import create_app
 from api.audit import AuditLog
 from api.context import ApiContext
 from api.limits import ApiLimits
-from api.link import ControlLink, RemoteFlowAdmin, RemoteRouting, RemoteTwilioCalls
+from api.link import ControlLink, RemoteFlowAdmin, RemoteObservedMetrics, RemoteRouting, RemoteTwilioCalls
 from api.readmodel import LiveViews
 from api.server import WS_MAX_MESSAGE
 from api.signin import OneTimeSignIn, signin_router
@@ -85,7 +85,6 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
     engine = make_engine(cfg.db_url)
     live = LiveViews()
     link = ControlLink(Path(cfg.channel), cfg.secret, live, timeout_s=cfg.forward_timeout_s)
-    live._call_view = lambda call_id: link.forward("acd", "call_view", call_id)
     await link.connect()
     with contextlib.suppress(TimeoutError):  # the first push follows the hello at once
         async with asyncio.timeout(10):
@@ -95,7 +94,8 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
                      recordings=Catalog(engine, Path(cfg.recordings_dir)), flow_admin=RemoteFlowAdmin(link),
                      service_level_s=cfg.service_level_s, node_id=cfg.node_id, bridge=None,
                      gateway_stats=lambda: live.gateway, limits=ApiLimits(**cfg.limits),
-                     audit=AuditLog(engine, node_id=cfg.node_id), live=live)
+                     audit=AuditLog(engine, node_id=cfg.node_id), live=live,
+                     observed_metrics=RemoteObservedMetrics(link))
     twilio = TwilioContext(routing=cast(Any, None), flow=cast(Any, lambda: None), auth_token=cfg.twilio_auth_token,
                            public_base_url=cfg.public_base_url or f"http://{cfg.host}:{cfg.port}",
                            node_id=cfg.node_id)
