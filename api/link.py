@@ -370,7 +370,7 @@ class RemoteObservedMetrics:
     """``ApiContext.observed_metrics`` in the API process: asked of the control process at most
     once per ``max_age_s``, however often scrapers come."""
 
-    def __init__(self, link: ControlLink, max_age_s: float = 1.0) -> None:
+    def __init__(self, link: ControlLink, max_age_s: float = 0.5) -> None:
         self.link, self.max_age_s = link, max_age_s
         self._body, self._at = b"", float("-inf")
         self._lock = asyncio.Lock()
