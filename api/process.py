@@ -68,6 +68,35 @@ class ApiProcessConfig:
         return cls(**json.loads((environ or os.environ)[CONFIG_ENV]))
 
 
+def reading_engine(url: str) -> Any:
+    """The engine the API process reads call records and recordings with.
+
+    On SQLite the node's engine begins every transaction IMMEDIATE (it takes the write lock), so
+    that a read-then-write cannot fail at once; for pure reads that would make every history page
+    a dashboard loads wait for, and hold up, the control process's event writer.  Here each SELECT
+    runs in its own implicit read transaction instead: in WAL mode readers and the writer never
+    wait for each other.  Other databases read with the node's engine settings.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from routing.store.database import make_engine
+
+    if make_url(url).get_backend_name() != "sqlite":
+        return make_engine(url)
+    engine = create_async_engine(url, connect_args={"isolation_level": None})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout=5000")
+        cur.execute("PRAGMA query_only=ON")
+        cur.close()
+
+    return engine
+
+
 async def _signin(cfg: ApiProcessConfig, tokens: TokenStore) -> OneTimeSignIn | None:
     """The node's one-time link, unless a token exists by now (then it was used: a restarted API
     process must not bring a burnt code back to life)."""
@@ -82,7 +111,8 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
     from routing.store.database import make_engine
 
     stop = stop or asyncio.Event()
-    engine = make_engine(cfg.db_url)
+    engine = make_engine(cfg.db_url)       # tokens and the audit log (they write)
+    reads = reading_engine(cfg.db_url)     # call records and recordings (read only)
     live = LiveViews()
     link = ControlLink(Path(cfg.channel), cfg.secret, live, timeout_s=cfg.forward_timeout_s)
     await link.connect()
@@ -90,8 +120,8 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
         async with asyncio.timeout(10):
             await live.ready.wait()
     tokens = TokenStore(engine)
-    ctx = ApiContext(routing=cast(Any, RemoteRouting(link, live)), calls=CallRecords(engine), tokens=tokens,
-                     recordings=Catalog(engine, Path(cfg.recordings_dir)), flow_admin=RemoteFlowAdmin(link),
+    ctx = ApiContext(routing=cast(Any, RemoteRouting(link, live)), calls=CallRecords(reads), tokens=tokens,
+                     recordings=Catalog(reads, Path(cfg.recordings_dir)), flow_admin=RemoteFlowAdmin(link),
                      service_level_s=cfg.service_level_s, node_id=cfg.node_id, bridge=None,
                      gateway_stats=lambda: live.gateway, limits=ApiLimits(**cfg.limits),
                      audit=AuditLog(engine, node_id=cfg.node_id), live=live,
@@ -110,6 +140,7 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
     if serving.done():
         await link.close()
         await engine.dispose()
+        await reads.dispose()
         return 2
     link.say_ready(f"http://{cfg.host}:{cfg.port}")
     log.info("api_process_ready", extra={"pid": os.getpid(), "api": f"http://{cfg.host}:{cfg.port}"})
@@ -123,6 +154,7 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
     asked.cancel()
     await link.close()
     await engine.dispose()
+    await reads.dispose()
     return 0
 
 
