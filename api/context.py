@@ -8,6 +8,7 @@ the real objects and keeps the dependency pointing inward.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from api.audit import AuditLog
 from api.bridge import ControlLoopBridge
 from api.limits import ApiLimits
+from api.readmodel import LiveViews
 from api.tokens import TokenStore
 
 
@@ -88,6 +90,13 @@ class ApiContext:
     audit: AuditLog | None = None
     #: Body sizes, flow parsing, bad-token slow-down, WebSocket authentication (issue 12).
     limits: ApiLimits = field(default_factory=ApiLimits)
+    #: The pushed seats/queues views and their WebSocket fan-out.  Under ``handoff122 serve`` the
+    #: API process fills it from the control process's feed; left None, the first WebSocket starts
+    #: a feed over ``routing`` (an app built beside the routing service, as in tests).
+    live: LiveViews | None = None
+    #: The observed counters and histograms (``journey.metrics.REGISTRY``) when they live in
+    #: another process (the API process asks the control process, cached briefly).
+    observed_metrics: Callable[[], Awaitable[bytes]] | None = None
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""
@@ -98,5 +107,20 @@ class ApiContext:
     async def read_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run a plain read of the node's state on the control loop's thread (no torn reads)."""
         if self.bridge is None:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            # in the API process some reads are answered by the control process (``call_view``)
+            return await result if inspect.isawaitable(result) else result
         return await self.bridge.call(fn, *args, **kwargs)
+
+    async def live_views(self) -> LiveViews:
+        """The live views, starting a feed over ``routing`` on first use when none is pushed."""
+        if self.live is None:
+            from api.feed import ThreadHop, ViewsFeed
+
+            live = self.live = LiveViews(call_view=lambda call_id: self.read_control(self.routing.acd.call_view,
+                                                                                     call_id))
+            sink = live if self.bridge is None else ThreadHop(asyncio.get_running_loop(), live)
+            feed = ViewsFeed(self.routing, sink, self.gateway_stats)
+            self.extras["views_feed"] = feed
+            await self.read_control(feed.start)
+        return self.live

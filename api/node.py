@@ -1,7 +1,9 @@
-"""The API inside ``handoff122 serve``: built from the node, served on its own thread and loop.
+"""The API and the node: the control process's half of the API process, or the API on a thread.
 
-``gateway.node`` calls ``await build_api(node)`` once storage and routing run and awaits
-``stop()`` on the result when it shuts down.  Every read or command the API makes goes back to
+``handoff122 serve`` runs the API in a process of its own (``api.process``): ``gateway.node`` calls
+``await build_api_desk(node, ...)`` once storage and routing run, which starts the feed and the
+channel the API process connects to (``api.link``).  ``build_api(node)`` serves the API on a
+thread of the control process instead (tools and tests); what follows describes that mode.  Every read or command the API makes goes back to
 the node's control loop through a ``ControlLoopBridge``; so do the Twilio webhooks, mounted under
 ``/twilio`` on the same server (refused with 403 until ``twilio_auth_token`` is set).
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,6 +56,10 @@ class NodeSettings(Protocol):
     def data_dir(self) -> Path: ...
     @property
     def db_url(self) -> str | None: ...
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def recordings_dir(self) -> Path: ...
 
 
 class ApiHost(Protocol):
@@ -142,3 +148,72 @@ async def build_api(node: ApiHost) -> RunningApi:
     server = ApiServer(app, s.api_host, s.api_port, log_level="warning")
     await server.start_async()
     return RunningApi(server=server, ctx=ctx, twilio=twilio, signin=signin)
+
+
+# ------------------------------------------------------------------------------------------------
+# the API in its own process (``handoff122 serve``): the control process's half
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ApiDesk:
+    """What the control process keeps for the API process: the channel it pushes and takes
+    commands on, the Twilio registry and flow admin those commands reach, and the sign-in link."""
+
+    desk: Any           # api.link.ControlDesk
+    feed: Any           # api.feed.ViewsFeed
+    twilio: TwilioCalls
+    config: Any         # api.process.ApiProcessConfig, handed to the child
+    signin: OneTimeSignIn | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    @property
+    def signin_url(self) -> str | None:
+        if self.signin is None:
+            return None
+        return f"{self.url}/signin?code={self.signin.code}"
+
+    async def stop(self) -> None:
+        self.feed.stop()
+        await self.desk.stop()
+
+
+async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
+    """Runs on the control loop: listen on ``channel`` for the API process and feed it."""
+    from api.feed import ViewsFeed
+    from api.link import ACD_READS, ROUTING_COMMANDS, TWILIO_COMMANDS, ControlDesk, ObservedMetrics
+    from api.process import ApiProcessConfig
+
+    s = node.settings
+    tokens = TokenStore(node.engine)
+    await tokens.create_schema()
+    limits = ApiLimits.from_settings(s)
+    flow_admin = FlowFileAdmin(save_to=s.flow, on_installed=node.install_flow, base_dir=s.flow_file.parent,
+                               parse_timeout_s=limits.flow_parse_timeout_s)
+    twilio_ctx = TwilioContext(routing=node.routing, flow=lambda: node.flow, auth_token=s.twilio_auth_token,
+                               public_base_url=s.public_base_url or f"http://{s.api_host}:{s.api_port}",
+                               node_id=node.node_id, ring_timeout_s=float(s.ring_timeout),
+                               announce_every_s=float(s.hold_announce_interval))
+    twilio = TwilioCalls(twilio_ctx)
+    twilio.listen()
+    signin = await first_sign_in(tokens)
+    desk = ControlDesk(channel, secret, targets={
+        "routing": (node.routing, ROUTING_COMMANDS),
+        "acd": (node.routing.acd, ACD_READS),
+        "twilio": (twilio, TWILIO_COMMANDS),
+        "flow": (flow_admin, frozenset({"install_flow"})),
+        "metrics": (ObservedMetrics(), frozenset({"observed"})),
+    })
+    feed = ViewsFeed(node.routing, desk, node.media_stats)
+    desk.feed = feed
+    await desk.start()
+    feed.start()
+    where = f"--data-dir {s.data_dir}" if s.db_url is None else '--db-url "$HANDOFF_DB_URL"'
+    config = ApiProcessConfig(
+        host=s.api_host, port=s.api_port, db_url=s.database_url, recordings_dir=str(s.recordings_dir),
+        channel=str(channel), secret=secret, node_id=node.node_id,
+        service_level_s=s.service_level_s, limits=asdict(limits), twilio_auth_token=s.twilio_auth_token,
+        public_base_url=s.public_base_url, signin_code=signin.code if signin else None,
+        token_command=f"handoff122 token create --role supervisor {where}")
+    return ApiDesk(desk=desk, feed=feed, twilio=twilio, config=config, signin=signin)

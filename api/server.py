@@ -1,7 +1,9 @@
-"""Serving the API: uvicorn on its own thread and event loop, beside the control loop.
+"""Serving the API on a thread: uvicorn on its own thread and event loop, beside the control loop.
 
-HTTP load (a dashboard per supervisor, scrapers, integrations) then never delays the control
-loop that drives SIP and the ACD; the API reaches the node through ``ControlLoopBridge`` hops.
+``handoff122 serve`` runs the API in a process of its own instead (``api.process``): a thread
+shares the control process's CPU time and GIL, so heavy HTTP load still delayed SIP set-up.  This
+mode remains for tests and tools that build the app beside a routing service; the API reaches the
+node through ``ControlLoopBridge`` hops.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ class Node:
             if self.kamailio.proc is not None:  # issue 13: found and ended by the next start after a crash
                 (self.run_dir / "kamailio.pid").write_text(str(self.kamailio.proc.pid))
 
-        # 5. the API, on its own thread and loop
+        # 5. the API, in its own process, reading what this one pushes
         if s.api_port:
             self.api = await self._start_api()
             if kept:  # issue 13: Twilio callers kept at start who never come back are closed as lost
@@ -262,13 +262,20 @@ class Node:
             (self.run_dir / f"worker-{wid}.pid").write_text(str(pid))
 
     async def _start_api(self) -> Any:
-        from api.node import build_api
-        from api.server import ApiServerError
+        """The API in a process of its own (``gateway.api_process``), fed by this one."""
+        from api.node import build_api_desk
+        from gateway.api_process import ApiProcess, ApiProcessFailed, new_secret
+        from gateway.local_sockets import unix_socket_path
 
+        desk = await build_api_desk(self, unix_socket_path(self.run_dir, "api.sock"), new_secret())
+        api = ApiProcess(desk, log_level=self.settings.log_level, pid_file=self.run_dir / "api.pid",
+                         nice=self.settings.api_nice)
         try:
-            return await build_api(self)
-        except ApiServerError as e:
+            await api.start()
+        except ApiProcessFailed as e:
+            await desk.stop()
             raise ConfigError(str(e)) from None
+        return api
 
     def install_flow(self, flow: Any) -> None:
         """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""

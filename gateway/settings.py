@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     api_auth_failures: int = Field(20, ge=1, le=10_000, description="bad tokens per client address per window before 429")
     api_auth_window_s: float = Field(60.0, gt=0, le=3600)
     api_ws_auth_timeout_s: float = Field(5.0, gt=0, le=60, description="a WebSocket must authenticate within this")
+    api_nice: int = Field(10, ge=0, le=19, description="scheduling niceness of the API process: when CPU is "
+                          "short, calls (control, workers, front door) get it first")
+    api_ws_queue: int = Field(256, ge=4, le=100_000,
+                              description="live messages a WebSocket client may have waiting before it is resynced")
 
     # durability (issue 13)
     sqlite_synchronous: str = Field("full", description="SQLite fsync policy: full (every commit survives a "

@@ -3,7 +3,10 @@
 A supervisor (or admin) gets every event; a seat token gets only the events about its own seat
 (status changes, the offers that ring it, its connects and completions), which is what its
 console needs for a screen pop and nothing it should not see.  The first message the server sends
-is a ``HELLO``, once the subscription is in place, so a client knows nothing after it will be missed.
+is a ``HELLO``, then a ``SNAPSHOT`` of the seats and queues it may see (``api.readmodel``), then
+deltas (``SEATS``, ``QUEUES``) and the ACD events; nothing after the snapshot is missed.  A client
+too slow to follow gets ``RESYNC`` and a fresh ``SNAPSHOT``; one that stays too slow is closed
+with 4408.
 
 Authentication, never in the URL (a URL ends up in proxy and access logs, and browser history):
 
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
@@ -31,6 +35,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth import authenticate
 from api.context import ApiContext
+from api.readmodel import LiveClient, LiveViews, Viewer, encode
 from api.tokens import Principal
 
 router = APIRouter(tags=["events"])
@@ -117,6 +122,31 @@ async def _until_closed(ws: WebSocket) -> None:
             await ws.receive_text()
 
 
+#: A socket that does not take one message within this long is closed (its TCP window is full).
+SEND_TIMEOUT_S = 10.0
+CLOSE_TOO_SLOW = 4408
+
+
+async def _send_loop(ws: WebSocket, live: LiveViews, client: LiveClient, viewer: Viewer) -> None:
+    """Drain this client's outbox; after an overflow, ``RESYNC`` and a fresh ``SNAPSHOT``."""
+    while True:
+        await client.wake.wait()
+        client.wake.clear()
+        if client.resync:
+            client.resync = False
+            live.resyncs += 1
+            if client.too_slow(time.monotonic()):
+                await ws.close(CLOSE_TOO_SLOW, "too slow to follow the live events")
+                return
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await ws.send_text(encode({"kind": "RESYNC", "dropped": client.dropped}))
+                await ws.send_text(encode(live.snapshot_for(viewer)))
+        while client.outbox and not client.resync:
+            text = client.outbox.popleft()
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await ws.send_text(text)
+
+
 @router.websocket("/api/v1/events")
 async def events(ws: WebSocket) -> None:
     ctx: ApiContext = ws.app.state.ctx
@@ -137,25 +167,27 @@ async def events(ws: WebSocket) -> None:
         if who is None:
             return
     assert who is not None
-    q = await ctx.read_control(ctx.routing.subscribe)
+    live = await ctx.live_views()
+    viewer = Viewer(supervisor=who.is_supervisor(), seat_id=who.seat_id)
+    client = live.join(viewer, limit=ctx.limits.ws_queue)  # joined before the snapshot: nothing after it is missed
     closed = asyncio.create_task(_until_closed(ws))
+    sender: asyncio.Task[None] | None = None
     try:
         await ws.send_text(json.dumps({"kind": "HELLO", "role": who.role.value, "seat_id": who.seat_id,
                                        "node_id": ctx.node_id, "at": ctx.clock()}))
-        while True:
-            getter = asyncio.ensure_future(ctx.on_control(q.get))
-            done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
-            if closed in done:
-                getter.cancel()
-                break
-            ev = event_dict(getter.result())
-            if visible_to(who, ev):
-                await ws.send_text(json.dumps(ev, ensure_ascii=False, separators=(",", ":"), default=str))
-    except (WebSocketDisconnect, RuntimeError):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await live.ready.wait()
+        await ws.send_text(encode(live.snapshot_for(viewer)))
+        sender = asyncio.create_task(_send_loop(ws, live, client, viewer))
+        await asyncio.wait({sender, closed}, return_when=asyncio.FIRST_COMPLETED)
+    except (WebSocketDisconnect, RuntimeError, TimeoutError):
         pass
     finally:
+        live.leave(client)
         closed.cancel()
-        try:
-            await ctx.read_control(ctx.routing.unsubscribe, q)
-        except Exception:  # the control loop may already be stopping
-            log.debug("unsubscribe failed", exc_info=True)
+        if sender is not None:
+            sender.cancel()
+        if sender is not None and sender.done() and not sender.cancelled() and sender.exception() is not None:
+            with contextlib.suppress(RuntimeError):  # it timed out sending: the socket is stuck
+                await ws.close(CLOSE_TOO_SLOW, "too slow to follow the live events")

@@ -122,6 +122,31 @@ const H122 = (() => {
     return { close() { stopped = true; if (ws) ws.close(); } };
   }
 
+  // The live views a page renders from: the server's SNAPSHOT (after HELLO, and again after a
+  // RESYNC when this page fell behind), then SEATS / QUEUES deltas (changed rows, whole) and the
+  // ACD events.  onViews(board, msg) runs after each SNAPSHOT/SEATS/QUEUES with the current
+  // board {seats: Map id->row, queues: Map skill->row}; onEvent(ev) gets every other message.
+  function liveViews(token, { onViews, onEvent, onState, onDenied }) {
+    const board = { seats: new Map(), queues: new Map(), seq: 0 };
+    return liveEvents(token, (msg) => {
+      switch (msg.kind) {
+        case "SNAPSHOT":
+          board.seats = new Map(msg.seats.map((s) => [s.id, s]));
+          board.queues = new Map(msg.queues.map((q) => [q.skill, q]));
+          board.seq = msg.seq; onViews(board, msg); return;
+        case "SEATS":
+          for (const s of msg.rows) board.seats.set(s.id, s);
+          for (const id of msg.removed || []) board.seats.delete(id);
+          board.seq = msg.seq; onViews(board, msg); return;
+        case "QUEUES":
+          for (const q of msg.rows) board.queues.set(q.skill, q);
+          board.seq = msg.seq; onViews(board, msg); return;
+        case "RESYNC": return;  // a SNAPSHOT follows
+        default: if (onEvent) onEvent(msg);
+      }
+    }, onState, onDenied);
+  }
+
   function debounce(fn, ms) {
     let timer = null;
     return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
@@ -151,5 +176,5 @@ const H122 = (() => {
   }
 
   return { SKILLS, t, skillLabel, statusLabel, applyLabels, setLang, getLang, el, client, ApiError,
-    liveEvents, debounce, fmtDuration, fmtPct, fmtTime, bindLanguageToggle };
+    liveEvents, liveViews, debounce, fmtDuration, fmtPct, fmtTime, bindLanguageToggle };
 })();

@@ -1,4 +1,5 @@
-// The supervisor dashboard: REST snapshot on load and after each live event (debounced).
+// The supervisor dashboard: seats and queues from the pushed SNAPSHOT and its deltas; the recent
+// calls and the chart from REST, on load and when calls end (debounced), never on every event.
 "use strict";
 
 (() => {
@@ -16,8 +17,8 @@
     ["service_level", (q) => H122.fmtPct(q.service_level)],
     ["abandoned", (q) => q.abandoned ?? 0],
   ];
-  let api = null; let live = null; let seats = []; const state = { refreshes: 0 };
-  window.h122Dashboard = state;  // read by browser tests: how many refreshes completed
+  let api = null; let live = null; let seats = []; let queues = []; const state = { refreshes: 0, views: 0 };
+  window.h122Dashboard = state;  // read by browser tests: how many call refreshes and view renders
 
   function seatsIn(q, status) { return (q.seats_by_status || {})[status] || 0; }
   function midnight() { const d = new Date(); d.setHours(0, 0, 0, 0); return d.getTime() / 1000; }
@@ -121,26 +122,34 @@
     document.getElementById("chart").replaceChildren(svg);
   }
 
-  async function refresh() {
+  // The call history (recent calls, calls per hour): REST, because it is the database's.
+  async function refreshCalls() {
     try {
-      const since = midnight();
-      const [queues, seatList, calls] = await Promise.all([
-        api.get(`/api/v1/queues?since=${since}`), api.get("/api/v1/seats"),
-        api.get(`/api/v1/calls?since=${since}&limit=500`)]);
-      renderQueues(queues); seats = seatList; renderSeats(); renderCalls(calls); renderChart(calls);
+      const calls = await api.get(`/api/v1/calls?since=${midnight()}&limit=500`);
+      renderCalls(calls); renderChart(calls);
       state.refreshes += 1; document.body.dataset.refreshes = String(state.refreshes);
     } catch (e) {
       if (e.status === 401 || e.status === 403) { logout(t("bad_token")); return; }
       console.error(e);
     }
   }
-  const refreshSoon = H122.debounce(refresh, 250);
+  const refreshCallsSoon = H122.debounce(refreshCalls, 2000);
+  const CALL_ENDS = new Set(["COMPLETE", "ABANDON", "CALLEND"]);
+
+  function onViews(board, msg) {
+    if (msg.kind !== "SEATS") { queues = [...board.queues.values()]; renderQueues(queues); }
+    if (msg.kind !== "QUEUES") {
+      seats = [...board.seats.values()].sort((a, b) => a.id.localeCompare(b.id));
+      renderSeats();
+    }
+    state.views += 1; document.body.dataset.views = String(state.views);
+  }
 
   function setLive(ok) {
     const s = document.getElementById("ws-status");
     s.className = ok ? "live" : "dead"; s.dataset.i18n = ok ? "connected" : "disconnected";
     s.textContent = t(s.dataset.i18n);
-    if (ok) refreshSoon();
+    if (ok) refreshCallsSoon();
   }
 
   function start(token) {
@@ -149,9 +158,9 @@
     document.getElementById("board").classList.remove("hidden");
     document.getElementById("logout").classList.remove("hidden");
     buildSkillRows();
-    refresh();
-    live = H122.liveEvents(token, (ev) => { if (ev.kind !== "HELLO") refreshSoon(); }, setLive,
-      () => logout(t("bad_token")));
+    refreshCalls();
+    live = H122.liveViews(token, { onViews, onState: setLive, onDenied: () => logout(t("bad_token")),
+      onEvent: (ev) => { if (CALL_ENDS.has(ev.kind)) refreshCallsSoon(); } });
   }
 
   function logout(message) {
@@ -176,7 +185,7 @@
     }
   });
   document.getElementById("logout").addEventListener("click", () => logout());
-  H122.bindLanguageToggle(() => { if (api) refresh(); });
+  H122.bindLanguageToggle(() => { if (api) { renderQueues(queues); renderSeats(); refreshCalls(); } });
   setInterval(tickTimers, 1000);
   const saved = localStorage.getItem(KEY);
   if (saved) start(saved); else document.getElementById("login").classList.remove("hidden");

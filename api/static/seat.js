@@ -80,14 +80,24 @@
     pop = null; renderPop();
   }
 
-  // The console's truth is the seat's current call, fetched on every (re)connect and event: an
-  // OFFER sent while this page was offline or reconnecting still shows.
+  // The console's truth is the seat's current call, fetched on every (re)connect (the SNAPSHOT)
+  // and whenever its pushed row names a call the pop does not show: an OFFER sent while this page
+  // was offline or reconnecting still shows.
   async function syncOffer(seat) {
     if (!seat.call_id || !["reserved", "on_call"].includes(seat.status)) { hidePop(); return; }
     if (pop && pop.call_id === seat.call_id) return;
     try { showOffer(await api.get(`/api/v1/seats/${encodeURIComponent(seatId)}/offer`)); } catch (e) {
       if (e && e.status !== 404) report(e);
     }
+  }
+
+  // The seat's own row, pushed: a SNAPSHOT on (re)connect, a SEATS delta when it changes.  A
+  // SNAPSHOT also re-checks the offer (syncOffer fetches it when the pop does not show that call).
+  function onViews(board) {
+    const seat = board.seats.get(seatId);
+    if (!seat) return;
+    showStatus(seat);
+    syncOffer(seat);
   }
 
   function onEvent(ev) {
@@ -101,14 +111,12 @@
       case "RINGNOANSWER": case "SEATFAILED": case "ABANDON": case "COMPLETE": hidePop(ev.call_id); break;
       default: break;
     }
-    if (ev.kind !== "HELLO") refresh();
   }
 
   function setLive(ok) {
     const s = document.getElementById("ws-status");
     s.className = ok ? "live" : "dead"; s.dataset.i18n = ok ? "connected" : "disconnected";
     s.textContent = t(s.dataset.i18n);
-    if (ok && api) refresh();
   }
 
   function start(token, me) {
@@ -117,7 +125,7 @@
     document.getElementById("console").classList.remove("hidden");
     document.getElementById("logout").classList.remove("hidden");
     refresh();
-    live = H122.liveEvents(token, onEvent, setLive, () => logout(t("bad_token")));
+    live = H122.liveViews(token, { onViews, onEvent, onState: setLive, onDenied: () => logout(t("bad_token")) });
   }
 
   function logout(message) {

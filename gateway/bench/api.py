@@ -3,13 +3,19 @@
 1. ``api.bench``: the read endpoints of an app over a real routing service, load from another process.
 2. A real node with 100 callers live (each bridged to a seat answered by a SIPp UAS): SIP call set-up
    times (INVITE -> 200 OK through the front door) are probed without API load, then while another
-   process fires the same reads at the node's own API.  The API runs on its own thread and loop,
-   so the two distributions should match.
+   process fires the same reads at the node's own API.  The API runs in its own process, reading
+   pushed state, so the two distributions should match.
+3. Fan-out: 300 seat consoles and 30 dashboards (real WebSocket clients in another process,
+   authenticated with the first message like the pages) follow the live events while SIPp callers
+   press IVR paths, queue and reach seats (``gateway.bench.full``'s callers and seat farm) at a
+   modest rate.  Reported: the delay from each ACD event's ``at`` to its arrival at every client,
+   and SIP set-up times of the same call load with and without the clients.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import subprocess
 import sys
@@ -109,6 +115,76 @@ def _live(quick: bool) -> dict[str, Any]:
     return result
 
 
+async def _tokens(data_dir: Path, seats: list[str], dashboards: int) -> list[dict[str, str]]:
+    """One seat token per console and a supervisor token per dashboard, minted in the node's store."""
+    from api.tokens import TokenStore
+    from gateway.settings import Settings
+    from routing.store.database import make_engine
+
+    engine = make_engine(Settings(data_dir=data_dir).database_url)
+    try:
+        store = TokenStore(engine)
+        out = [{"role": "seat", "token": await store.create("seat", sid, "bench fan-out")} for sid in seats]
+        out += [{"role": "supervisor", "token": await store.create("supervisor", None, "bench fan-out")}
+                for _ in range(dashboards)]
+    finally:
+        await engine.dispose()
+    return out
+
+
+def _fanout(quick: bool) -> dict[str, Any]:
+    """Calls through the full path at a modest rate, without and then with 330 live clients."""
+    import dataclasses
+
+    from gateway.bench import full
+
+    consoles, dashboards = 300, 30
+    rate, seconds = (1.0, 15.0) if quick else (2.0, 60.0)
+    plan = dataclasses.replace(full.QUICK if quick else full.FULL, seats=consoles, workers=6 if quick else 20,
+                               uas=2, talk_s=3 if quick else 10, probe_share=0.0)
+    result: dict[str, Any] = {"consoles": consoles, "dashboards": dashboards, "rate_cps": rate, "seconds": seconds,
+                              "talk_s": plan.talk_s}
+    with tempfile.TemporaryDirectory(prefix="h122-bench-fanout-") as d:
+        bench = full.Bench(plan, Path(d))
+        clients: subprocess.Popen[str] | None = None
+        try:
+            say(f"fan-out phase: calls at {rate:g}/s for {seconds:g} s through IVR, queue and {consoles} seats, "
+                "first without live clients")
+            quiet = bench.run(rate, seconds, bench.caller_xml, "no clients", plan.talk_s)
+            quiet.pop("_step"), quiet.pop("_rss_series")
+            assert bench.node.data_dir is not None
+            seat_ids = [f"f{i:04d}" for i in range(consoles)]
+            tokens = asyncio.run(_tokens(bench.node.data_dir, seat_ids, dashboards))
+            tokens_file = Path(d) / "tokens.json"
+            tokens_file.write_text(json.dumps(tokens))
+            clients = subprocess.Popen([sys.executable, "-m", "gateway.bench.ws_fanout",
+                                        f"ws://127.0.0.1:{bench.node.api_port}/api/v1/events", str(tokens_file)],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert clients.stdout is not None and clients.stdin is not None
+            first = json.loads(clients.stdout.readline() or "{}")
+            say(f"  {first.get('connected')} WebSocket clients connected; the same calls again")
+            loaded = bench.run(rate, seconds, bench.caller_xml, "330 clients", plan.talk_s)
+            loaded.pop("_step"), loaded.pop("_rss_series")
+            clients.stdin.write("stop\n")
+            clients.stdin.flush()
+            fan = json.loads(clients.stdout.readline() or "{}")
+            clients.wait(60)
+        finally:
+            if clients is not None and clients.poll() is None:
+                clients.kill()
+            bench.stop()
+    result["delivery"] = fan
+    result["setup_ms_without_clients"] = quiet["setup_ms"]
+    result["setup_ms_with_clients"] = loaded["setup_ms"]
+    result["reached_seat"] = {"without_clients": quiet["reached_seat"], "with_clients": loaded["reached_seat"],
+                              "calls": loaded["calls"]}
+    p99 = (fan.get("delay_ms") or {}).get("p99")
+    q99, l99 = quiet["setup_ms"].get("p99"), loaded["setup_ms"].get("p99")
+    result["goal_delay_met"] = p99 is not None and p99 <= 100.0
+    result["sip_unchanged"] = bool(q99 is not None and l99 is not None and l99 <= max(2 * q99, q99 + 5.0))
+    return result
+
+
 def main(as_json: bool = False, quick: bool = False) -> int:
     from api import bench as api_bench
 
@@ -124,5 +200,13 @@ def main(as_json: bool = False, quick: bool = False) -> int:
     print(f"node with {live['live_calls']} live calls: SIP set-up p50/p99 {q['p50']}/{q['p99']} ms without API load, "
           f"{loaded['p50']}/{loaded['p99']} ms with it; node API p50 {api['p50_ms']} ms p99 {api['p99_ms']} ms "
           f"{api['requests_per_s']} req/s; SIP delayed: {'yes' if live['sip_delayed'] else 'no'}")
-    emit({"bench": "api", "reads": reads, "live": live}, as_json)
+    fan = _fanout(quick)
+    dl, qs, ls = fan["delivery"].get("delay_ms") or {}, fan["setup_ms_without_clients"], fan["setup_ms_with_clients"]
+    print(f"fan-out: {fan['delivery'].get('connected')} WebSocket clients ({fan['consoles']} consoles, "
+          f"{fan['dashboards']} dashboards), calls at {fan['rate_cps']:g}/s: ACD event -> client p50 {dl.get('p50')} ms "
+          f"p99 {dl.get('p99')} ms ({fan['delivery'].get('deliveries')} deliveries, {fan['delivery'].get('resyncs')} "
+          f"resyncs; goal p99 <= 100 ms: {'met' if fan['goal_delay_met'] else 'NOT met'}); SIP set-up p50/p99 "
+          f"{qs.get('p50')}/{qs.get('p99')} ms without clients, {ls.get('p50')}/{ls.get('p99')} ms with them "
+          f"({'unchanged' if fan['sip_unchanged'] else 'CHANGED'})")
+    emit({"bench": "api", "reads": reads, "live": live, "fanout": fan}, as_json)
     return 0

@@ -252,6 +252,28 @@ def _rows_api(f: dict[str, Any]) -> list[Row]:
          f"{_get(live, 'setup_ms_api_loaded.p50')} / {_get(live, 'setup_ms_api_loaded.p99')}",
          "the same, while another process reads the node's API"),
         ("SIP delayed by API load", live.get("sip_delayed"), "median shift > 5 ms or p99 doubled"),
+        *_rows_fanout(f.get("fanout") or {}),
+    ]
+
+
+def _rows_fanout(fan: dict[str, Any]) -> list[Row]:
+    if not fan:
+        return []
+    d = fan.get("delivery") or {}
+    who = f"{d.get('connected')} WebSocket clients ({fan.get('consoles')} seat consoles, {fan.get('dashboards')} dashboards)"
+    return [
+        ("ACD event -> WebSocket client p50 / p99 (ms)", f"{_get(d, 'delay_ms.p50')} / {_get(d, 'delay_ms.p99')}",
+         f"event's `at` in the control process -> arrival at each of {who}, another process; "
+         f"{d.get('deliveries')} deliveries, calls at {fan.get('rate_cps')}/s (goal p99 <= 100 ms)"),
+        ("resyncs / closed clients", f"{d.get('resyncs')} / {len(d.get('closed') or [])}",
+         "clients that fell behind and were sent a fresh snapshot / were disconnected"),
+        ("SIP set-up p50 / p99 (ms), no WebSocket clients",
+         f"{_get(fan, 'setup_ms_without_clients.p50')} / {_get(fan, 'setup_ms_without_clients.p99')}",
+         "SIPp INVITE -> 200 through the front door, callers pressing IVR paths to seats"),
+        ("SIP set-up p50 / p99 (ms), with the clients",
+         f"{_get(fan, 'setup_ms_with_clients.p50')} / {_get(fan, 'setup_ms_with_clients.p99')}",
+         "the same calls while the clients follow the live events"),
+        ("SIP set-up unchanged by the fan-out", fan.get("sip_unchanged"), "p99 within 2x or +5 ms"),
     ]
 
 
