@@ -194,7 +194,8 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
     twilio_ctx = TwilioContext(routing=node.routing, flow=lambda: node.flow, auth_token=s.twilio_auth_token,
                                public_base_url=s.public_base_url or f"http://{s.api_host}:{s.api_port}",
                                node_id=node.node_id, ring_timeout_s=float(s.ring_timeout),
-                               announce_every_s=float(s.hold_announce_interval))
+                               announce_every_s=float(s.hold_announce_interval),
+                               journeys=JourneyStore(node.engine))  # issue 13: Twilio calls survive a restart
     twilio = TwilioCalls(twilio_ctx)
     twilio.listen()
     signin = await first_sign_in(tokens)

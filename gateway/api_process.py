@@ -58,6 +58,11 @@ class ApiProcess:
     def signin_url(self) -> str | None:
         return self.desk.signin_url  # type: ignore[no-any-return]
 
+    @property
+    def twilio(self) -> Any:
+        """The Twilio registry (it runs here, in the control process; the API process forwards)."""
+        return self.desk.twilio
+
     def _on_ready(self, url: str) -> None:
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(url)

@@ -25,7 +25,7 @@ async def test_twilio_caller_in_queue_keeps_the_place_across_a_node_restart(tmp_
     ports = NodePorts.pick(workers=1)
     seats = seats_yaml(("s1", "rescue", free_port(), "not_ready"))
     env = {"HANDOFF_TWILIO_AUTH_TOKEN": TOKEN, "HANDOFF_PUBLIC_BASE_URL": PUBLIC, "HANDOFF_WRAP_UP_S": "0",
-           "HANDOFF_TWILIO_RECLAIM_S": "3"}
+           "HANDOFF_TWILIO_RECLAIM_S": "10"}
     node = boot(tmp_path, ports, name="before", seats_yaml=seats, env=env)
     restarted = None
     try:
@@ -43,7 +43,8 @@ async def test_twilio_caller_in_queue_keeps_the_place_across_a_node_restart(tmp_
             crash(node)
             restarted = boot(tmp_path, ports, name="after", seats_yaml=seats, env=env, token=node.token)
             # the callers are still waiting: not closed as lost, still in the queue, no callback
-            assert queue(restarted, "rescue")["waiting"] == 2
+            # (the API process serves pushed views: wait for the restored queue to reach it)
+            restarted.wait_for(lambda: queue(restarted, "rescue")["waiting"] == 2, timeout=10)
             rec = restarted.call(phone.call_id)
             assert rec["ended_at"] is None, rec
             assert phone.call_id not in callbacks(restarted)
@@ -51,10 +52,10 @@ async def test_twilio_caller_in_queue_keeps_the_place_across_a_node_restart(tmp_
             await phone.hold_poll()                 # the next webhook continues (no 404)
             assert phone.doc is not None and phone.doc.find("Redirect") is not None
             # the caller who never came back is closed as lost, with a callback: no ghost in the queue
-            lost = restarted.wait_for(lambda: (c := restarted.call(gone.call_id))["end_reason"] and c, timeout=20)
+            lost = restarted.wait_for(lambda: (c := restarted.call(gone.call_id))["end_reason"] and c, timeout=30)
             assert lost["end_reason"] == "lost_node_failure", lost
             assert callbacks(restarted)[gone.call_id]["caller"] == "+8613800000066"
-            assert queue(restarted, "rescue")["waiting"] == 1
+            restarted.wait_for(lambda: queue(restarted, "rescue")["waiting"] == 1, timeout=10)
             assert restarted.call(phone.call_id)["ended_at"] is None
             assert api(restarted, "PUT", "/api/v1/seats/s1/status", json={"status": "available"}).status_code == 200
             dial = await phone.hold_until_dial()
