@@ -17,6 +17,7 @@ from api.audit import AuditLog
 from api.bridge import ControlLoopBridge
 from api.limits import ApiLimits
 from api.tokens import TokenStore
+from routing.daily_report import OutcomePolicy
 
 
 class FlowProblemLike(Protocol):
@@ -47,6 +48,7 @@ class Routing(Protocol):
 
     def set_status(self, seat_id: str, status: Any, reason: str | None = None) -> Awaitable[Any]: ...
     def end_wrap_up(self, seat_id: str) -> Awaitable[Any]: ...
+    def record(self, events: list[Any]) -> Awaitable[Any]: ...
     def add_seat(self, spec: Any) -> Awaitable[Any]: ...
     def update_seat(self, spec: Any) -> Awaitable[Any]: ...
     def remove_seat(self, seat_id: str) -> Awaitable[Any]: ...
@@ -88,6 +90,10 @@ class ApiContext:
     audit: AuditLog | None = None
     #: Body sizes, flow parsing, bad-token slow-down, WebSocket authentication (issue 12).
     limits: ApiLimits = field(default_factory=ApiLimits)
+    #: The configured dispositions and what counts as fast-handled (issue 15).
+    outcomes: OutcomePolicy = field(default_factory=OutcomePolicy)
+    #: The day's figures from the event log (``api.reports.DailyReports``); None without a store.
+    reports: Any = None
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""

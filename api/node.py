@@ -19,11 +19,13 @@ from api.audit import AuditLog
 from api.context import ApiContext
 from api.flow_admin import FlowFileAdmin
 from api.limits import ApiLimits
+from api.reports import DailyReports
 from api.server import ApiServer, ControlLoopBridge
 from api.signin import OneTimeSignIn, first_sign_in, signin_router
 from api.tokens import TokenStore
 from api.twilio import TwilioCalls, TwilioContext, twilio_router
 from ivr.flow import Flow
+from routing.daily_report import OutcomePolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,14 @@ class NodeSettings(Protocol):
     def hold_announce_interval(self) -> float: ...
     @property
     def data_dir(self) -> Path: ...
+    @property
+    def dispositions(self) -> list[str]: ...
+    @property
+    def fast_handled_dispositions(self) -> list[str]: ...
+    @property
+    def not_accident_dispositions(self) -> list[str]: ...
+    @property
+    def report_timezone(self) -> str: ...
     @property
     def db_url(self) -> str | None: ...
 
@@ -127,10 +137,13 @@ async def build_api(node: ApiHost) -> RunningApi:
     flow_admin = FlowFileAdmin(save_to=s.flow, on_installed=node.install_flow, base_dir=s.flow_file.parent,
                                parse_timeout_s=limits.flow_parse_timeout_s)
     bridge = ControlLoopBridge(asyncio.get_running_loop())
+    outcomes = OutcomePolicy(tuple(s.dispositions), frozenset(s.fast_handled_dispositions),
+                             frozenset(s.not_accident_dispositions))
     ctx = ApiContext(routing=node.routing, calls=node.calls, tokens=tokens, recordings=node.catalog,
                      flow_admin=flow_admin, service_level_s=s.service_level_s, node_id=node.node_id,
                      bridge=bridge, gateway_stats=node.media_stats, limits=limits,
-                     audit=AuditLog(node.engine, node_id=node.node_id))
+                     audit=AuditLog(node.engine, node_id=node.node_id), outcomes=outcomes,
+                     reports=DailyReports(node.engine, outcomes, s.service_level_s, s.report_timezone))
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     signin = await first_sign_in(tokens)
