@@ -15,6 +15,7 @@
     ["offered", (q) => q.offered ?? 0],
     ["service_level", (q) => H122.fmtPct(q.service_level)],
     ["abandoned", (q) => q.abandoned ?? 0],
+    ["fast_share", () => null],  // from the daily report (renderFast)
   ];
   let api = null; let live = null; let seats = []; const state = { refreshes: 0 };
   window.h122Dashboard = state;  // read by browser tests: how many refreshes completed
@@ -38,6 +39,7 @@
       const tr = document.querySelector(`#skills tr[data-skill="${q.skill}"]`);
       if (!tr) continue;
       for (const [f, fmt] of FIELDS) {
+        if (f === "fast_share") continue;
         const td = tr.querySelector(`td[data-field="${f}"]`);
         td.textContent = fmt(q);
         if (f === "waiting") td.dataset.value = String(q.waiting ?? 0);
@@ -47,6 +49,23 @@
     }
     const tw = document.getElementById("total-waiting");
     tw.textContent = String(total); tw.dataset.value = String(total);
+  }
+
+  // The centre's headline figure: accident calls fast-handled today (GET /api/v1/reports/daily).
+  function fastText(r) {
+    if (!r || r.fast_handled_share == null) return t("none");
+    return `${H122.fmtPct(r.fast_handled_share)} (${r.fast_handled}/${r.accident_calls})`;
+  }
+
+  function renderFast(report) {
+    const bySkill = Object.fromEntries((report.skills || []).map((r) => [r.skill, r]));
+    document.querySelectorAll('#skills td[data-field="fast_share"]').forEach((td) => {
+      const r = bySkill[td.dataset.skill];
+      td.textContent = fastText(r); td.dataset.value = r && r.fast_handled_share != null ? String(r.fast_handled_share) : "";
+    });
+    const tf = document.getElementById("total-fast");
+    tf.textContent = fastText(report.total);
+    tf.dataset.value = report.total && report.total.fast_handled_share != null ? String(report.total.fast_handled_share) : "";
   }
 
   function renderSeats() {
@@ -124,10 +143,10 @@
   async function refresh() {
     try {
       const since = midnight();
-      const [queues, seatList, calls] = await Promise.all([
+      const [queues, seatList, calls, report] = await Promise.all([
         api.get(`/api/v1/queues?since=${since}`), api.get("/api/v1/seats"),
-        api.get(`/api/v1/calls?since=${since}&limit=500`)]);
-      renderQueues(queues); seats = seatList; renderSeats(); renderCalls(calls); renderChart(calls);
+        api.get(`/api/v1/calls?since=${since}&limit=500`), api.get("/api/v1/reports/daily").catch(() => ({}))]);
+      renderQueues(queues); renderFast(report); seats = seatList; renderSeats(); renderCalls(calls); renderChart(calls);
       state.refreshes += 1; document.body.dataset.refreshes = String(state.refreshes);
     } catch (e) {
       if (e.status === 401 || e.status === 403) { logout(t("bad_token")); return; }
@@ -150,7 +169,11 @@
     document.getElementById("logout").classList.remove("hidden");
     buildSkillRows();
     refresh();
-    live = H122.liveEvents(token, (ev) => { if (ev.kind !== "HELLO") refreshSoon(); }, setLive,
+    // a disposition reaches the report once the event writer has stored it: look again a moment later
+    live = H122.liveEvents(token, (ev) => {
+      if (ev.kind !== "HELLO") refreshSoon();
+      if (ev.kind === "DISPOSITION") setTimeout(refreshSoon, 1000);
+    }, setLive,
       () => logout(t("bad_token")));
   }
 

@@ -25,7 +25,50 @@
     try {
       const seat = await api.get(`/api/v1/seats/${encodeURIComponent(seatId)}`);
       showStatus(seat);
+      showDisposition(seat);
       await syncOffer(seat);
+    } catch (e) { report(e); }
+  }
+
+  // Dispositions: after (or during) a conversation the seat picks how it ended; saving one in
+  // wrap-up ends the wrap-up (PUT /api/v1/calls/{id}/disposition). The codes are the node's list.
+  let codes = null; let dispCall = null; let chosen = null;
+
+  async function showDisposition(seat) {
+    const box = document.getElementById("disposition");
+    // a saved outcome stays on screen (with its call id) until the next call comes
+    const busy = ["on_call", "wrap_up"].includes(seat.status) && seat.call_id;
+    const callId = busy ? seat.call_id : (chosen && seat.status !== "reserved" ? dispCall : null);
+    if (!callId) { box.classList.add("hidden"); return; }
+    if (codes == null) codes = (await api.get("/api/v1/dispositions")).codes;
+    if (dispCall !== callId) {
+      dispCall = callId; chosen = null;
+      document.getElementById("disp-note").value = "";
+      document.getElementById("disp-saved").textContent = "";
+    }
+    document.getElementById("disp-call").textContent = callId;
+    const row = document.getElementById("disp-codes");
+    row.replaceChildren(...codes.map((c) => {
+      const b = H122.el("button", { type: "button", class: c === chosen ? "disp chosen" : "disp", dataset: { code: c } },
+        t("d_" + c) === "d_" + c ? c : t("d_" + c));
+      b.addEventListener("click", () => saveDisposition(c));
+      return b;
+    }));
+    document.getElementById("disp-note").placeholder = t("disp_note");
+    box.dataset.call = callId; box.classList.remove("hidden");
+  }
+
+  async function saveDisposition(code) {
+    document.getElementById("action-error").textContent = "";
+    const callId = dispCall;
+    try {
+      const note = document.getElementById("disp-note").value.trim() || null;
+      await api.put(`/api/v1/calls/${encodeURIComponent(callId)}/disposition`, { code, note });
+      chosen = code;
+      const saved = document.getElementById("disp-saved");
+      saved.textContent = `${t("disp_saved")}: ${t("d_" + code)}`; saved.dataset.code = code; saved.dataset.call = callId;
+      document.querySelectorAll("#disp-codes button").forEach((b) => b.classList.toggle("chosen", b.dataset.code === code));
+      await refresh();
     } catch (e) { report(e); }
   }
 
