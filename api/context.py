@@ -94,6 +94,8 @@ class ApiContext:
     outcomes: OutcomePolicy = field(default_factory=OutcomePolicy)
     #: The day's figures from the event log (``api.reports.DailyReports``); None without a store.
     reports: Any = None
+    #: Transfers a live call (``gateway.node.Node.transfer_call``); None where no media runs.
+    transfer: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""

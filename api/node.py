@@ -90,6 +90,9 @@ class ApiHost(Protocol):
     def media_stats(self) -> dict[str, float]:
         """Live media objects across workers (``handoff122_gateway_*`` in /metrics)."""
 
+    async def transfer_call(self, req: Any) -> dict[str, Any]:
+        """A transfer of a live call (``journey.transfer``); raises ``TransferRefused``."""
+
 
 @dataclass
 class RunningApi:
@@ -143,7 +146,8 @@ async def build_api(node: ApiHost) -> RunningApi:
                      flow_admin=flow_admin, service_level_s=s.service_level_s, node_id=node.node_id,
                      bridge=bridge, gateway_stats=node.media_stats, limits=limits,
                      audit=AuditLog(node.engine, node_id=node.node_id), outcomes=outcomes,
-                     reports=DailyReports(node.engine, outcomes, s.service_level_s, s.report_timezone))
+                     reports=DailyReports(node.engine, outcomes, s.service_level_s, s.report_timezone),
+                     transfer=node.transfer_call)
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     signin = await first_sign_in(tokens)

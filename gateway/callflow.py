@@ -27,7 +27,9 @@ from journey.call import CallJourney, Offer
 from journey.failures import from_sip
 from journey.notifier import JourneyNotifier
 from journey.stages import Stage
+from journey.transfer import TransferRefused, TransferRequest
 from routing.events import Event
+from routing.skills import SKILLS
 
 log = logging.getLogger("gateway.callflow")
 
@@ -272,6 +274,44 @@ class CallDirector:
             call.journey.seat_not_taken(call.journey.offer.seat_id, from_sip(msg.code, reason, msg.cancelled), now)
         if call.journey.waiting:
             self._announce(call)
+
+    # ------------------------------------------------------------------------------------------
+    # transfers (docs/SEATS.md): the caller's leg is never touched
+    # ------------------------------------------------------------------------------------------
+    def transfer(self, req: TransferRequest) -> dict[str, Any]:
+        """Send a talking caller on; raises ``TransferRefused`` with the API's status.
+
+        Order matters: the worker is told to release seat 1's leg *before* the journey re-queues
+        the caller, because the ACD may offer seat 2 at once and its dial must find no seat leg."""
+        call = self.calls.get(req.call_id)
+        if call is None:
+            raise TransferRefused(404, f"no live call {req.call_id!r} on this node")
+        if req.mode != "blind":
+            raise TransferRefused(409, "warm (consult) transfer is not available on this node yet")
+        if req.to_seat is not None or req.to_skill is None:
+            raise TransferRefused(409, "only a blind transfer to a skill is available on this node yet")
+        if req.to_skill not in SKILLS:
+            raise TransferRefused(422, f"unknown skill {req.to_skill!r}")
+        if call.stage is not Stage.TALKING or call.leg_id is None:
+            raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}, not talking to a seat")
+        from_seat = call.journey.seat_id
+        leg = call.leg_id
+        if not self.media.send(call.call_id, ch.ReleaseSeat(call_id=call.call_id, leg_id=leg, reason="transfer")):
+            raise TransferRefused(409, "the call's media worker is not reachable")
+        call.leg_id = None
+        now = self.clock()
+        call.journey.transferred(req.to_skill, req.note, req.by, now, mode="blind")
+        log.info("transferred", extra={"call_id": call.call_id, "from_seat": from_seat, "to_skill": req.to_skill,
+                                       "by": req.by, "mode": req.mode})
+        if call.journey.waiting and call.leg_id is None:
+            self._announce(call)  # hold audio until the next seat answers
+        elif call.journey.waiting:
+            # seat 2 was offered at once and is being dialled: the caller hears hold audio meanwhile
+            call.hold_token += 1
+            self.media.send(call.call_id, ch.Play(call_id=call.call_id, token=call.hold_token,
+                                                  files=[str(p) for p in hold_prompts()]))
+        return {"call_id": call.call_id, "mode": req.mode, "to_skill": req.to_skill, "from_seat": from_seat,
+                "stage": call.stage.value}
 
     # ------------------------------------------------------------------------------------------
     # end of a call

@@ -186,6 +186,16 @@ class CancelSeat(_Msg):
     reason: str = "ring_no_answer"
 
 
+class ReleaseSeat(_Msg):
+    """End the bridged seat leg of a call and keep the caller (a transfer): the caller's leg and
+    recording go on; the control process plays hold audio next and dials the next seat."""
+
+    type: Literal["release_seat"] = "release_seat"
+    call_id: str
+    leg_id: str
+    reason: str = "transfer"
+
+
 class Hangup(_Msg):
     """End a call (both legs).  Only for shutdown and for calls the control process lost track of."""
 
@@ -200,7 +210,7 @@ class Shutdown(_Msg):
 
 
 WorkerCommand = Annotated[
-    Play | StopPlayback | DialSeat | CancelSeat | Hangup | Shutdown, Field(discriminator="type")
+    Play | StopPlayback | DialSeat | CancelSeat | ReleaseSeat | Hangup | Shutdown, Field(discriminator="type")
 ]
 
 _event_adapter: TypeAdapter[Any] = TypeAdapter(WorkerEvent)

@@ -255,6 +255,15 @@ class Node:
         except ApiServerError as e:
             raise ConfigError(str(e)) from None
 
+    async def transfer_call(self, req: Any) -> dict[str, Any]:
+        """A transfer asked through the API (``journey.transfer.TransferRequest``), run on the
+        control loop; ``TransferRefused`` carries the API's status."""
+        from journey.transfer import TransferRefused
+
+        if self.director is None:
+            raise TransferRefused(409, "no media workers on this node")
+        return self.director.transfer(req)
+
     def install_flow(self, flow: Any) -> None:
         """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""
         self.flow = flow

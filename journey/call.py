@@ -42,7 +42,7 @@ class RoutingPort(Protocol):
 
     def record(self, events: list[Event]) -> Any: ...
     def enqueue(self, call_id: str, skill: str, priority: int, caller: str | None = None,
-                info: dict[str, Any] | None = None) -> Any: ...
+                info: dict[str, Any] | None = None, place_at: float | None = None) -> Any: ...
     def seat_answered(self, call_id: str, seat_id: str | None = None) -> Any: ...
     def ring_no_answer(self, call_id: str, seat_id: str | None = None) -> Any: ...
     def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None) -> Any: ...
@@ -83,6 +83,7 @@ class CallJourney:
     ivr_record: dict[str, Any] = field(default_factory=dict)  # the IVR's decision, for every screen pop
     queue_info: dict[str, Any] = field(default_factory=dict)  # what the queue entry carries to a seat
     history: list[tuple[Stage, Cause, Stage]] = field(default_factory=list)
+    queued_at: float | None = None     # when the IVR first queued the call (its place after a transfer)
 
     # -- the table ------------------------------------------------------------------------------
     def _move(self, cause: Cause, at: float, detail: str = "") -> bool:
@@ -127,6 +128,7 @@ class CallJourney:
         if not self._move(Cause.IVR_ROUTED, at, f"{skill} p{priority} ({reason})"):
             return False
         self.skill, self.priority, self.ivr_record = skill, priority, record
+        self.queued_at = at
         metrics.count_ivr_outcome(skill, reason)
         self.notifier.record([Event(EventKind.IVRDONE, at, call_id=self.call_id, skill=skill,
                                     data={"record": record, "priority": priority, "reason": reason})])
@@ -226,6 +228,23 @@ class CallJourney:
         self._report("call_completed", "seat_failure")
         self._report("enqueue", self.skill or "intake_guidance", REQUEUE_PRIORITY, caller=self.caller,
                      info={**self.queue_info, "requeued_after": "seat_leg_failed"})
+        return True
+
+    def transferred(self, to_skill: str, note: str | None, by: str, now: float, mode: str = "blind") -> bool:
+        """A blind transfer: the seat's part is over (wrap-up), the caller, never hung up, waits
+        for ``to_skill`` at the head of their priority (their place is their first queueing
+        time), carrying the IVR record, the screen pop and every transfer note so far."""
+        from_seat = self.seat_id
+        if not self._move(Cause.TRANSFERRED, now, f"seat {from_seat} -> {to_skill} ({mode}, by {by})"):
+            return False
+        self.seat_id = None
+        self._report("call_completed", "transfer")
+        hop = {"from_seat": from_seat, "to_skill": to_skill, "note": note, "by": by, "mode": mode, "at": now}
+        self.queue_info = {**self.queue_info, "transfers": [*self.queue_info.get("transfers", []), hop],
+                           "transfer_note": note, "transferred_from": from_seat}
+        self.skill = to_skill
+        self._report("enqueue", to_skill, self.priority or REQUEUE_PRIORITY, caller=self.caller,
+                     info=self.queue_info, place_at=self.queued_at)
         return True
 
     def _count_ring(self, now: float, kind: str) -> None:

@@ -35,6 +35,7 @@ class Cause(StrEnum):
     SEAT_HUNG_UP = "seat_hung_up"        # the seat's normal BYE after the conversation
     LINE_LOST = "line_lost"              # the media side died (worker crash)
     CLOSED = "closed"                    # recording sealed, CALLEND written
+    TRANSFERRED = "transferred"          # a seat (or supervisor) sent the caller on to another skill or seat
 
 
 S, C = Stage, Cause
@@ -54,6 +55,7 @@ TRANSITIONS: dict[tuple[Stage, Cause], Stage] = {
     (S.RINGING_SEAT, C.SEAT_NOT_TAKEN): S.QUEUED,
     (S.TALKING, C.SEAT_LEG_LOST): S.QUEUED,
     (S.TALKING, C.SEAT_HUNG_UP): S.WRAP_UP,
+    (S.TALKING, C.TRANSFERRED): S.QUEUED,
     **{(s, C.CALLER_HUNG_UP): S.WRAP_UP for s in LIVE},
     **{(s, C.LINE_LOST): S.WRAP_UP for s in LIVE},
     (S.WRAP_UP, C.CLOSED): S.ENDED,

@@ -269,13 +269,17 @@ class Acd:
 
     # -- calls ---------------------------------------------------------------------------------
     def enqueue(self, call_id: str, skill: str, priority: int, now: float, caller: str | None = None,
-                info: dict[str, Any] | None = None) -> list[Event]:
+                info: dict[str, Any] | None = None, place_at: float | None = None) -> list[Event]:
+        """``place_at``: the call's place among its priority (a transferred caller keeps the time
+        they first queued, so they go ahead of callers who came later); wait figures still run
+        from ``now``."""
         _check_skill(skill)
         if call_id in self._calls:
             raise DuplicateId(f"call {call_id} is already routed")
         self._call_seq += 1
         call = QueuedCall(id=call_id, skill=skill, priority=int(priority), enqueued_at=now, seq=self._call_seq,
-                          caller=caller, info=dict(info or {}), skill_entered_at=now, visited={skill})
+                          caller=caller, info=dict(info or {}), skill_entered_at=now, visited={skill},
+                          place_at=place_at)
         self._calls[call_id] = call
         position = self._queues[skill].push(call)
         self._arm_escalation(call, now)
@@ -587,7 +591,7 @@ class Acd:
                 call = calls[call_id]
                 if seat.id in call.excluded:
                     continue
-                rank = (penalty, call.priority, call.enqueued_at, call.seq)
+                rank = (penalty, call.priority, call.key[1], call.seq)
                 if best is None or rank < best:
                     best, best_call = rank, call
                 break

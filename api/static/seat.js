@@ -26,6 +26,7 @@
       const seat = await api.get(`/api/v1/seats/${encodeURIComponent(seatId)}`);
       showStatus(seat);
       showDisposition(seat);
+      showTransfer(seat);
       await syncOffer(seat);
     } catch (e) { report(e); }
   }
@@ -56,6 +57,32 @@
     }));
     document.getElementById("disp-note").placeholder = t("disp_note");
     box.dataset.call = callId; box.classList.remove("hidden");
+  }
+
+  // Blind transfer of the caller to another skill (POST /api/v1/calls/{id}/transfer): the caller
+  // is never hung up; this seat goes to wrap-up.
+  function showTransfer(seat) {
+    const box = document.getElementById("transfer");
+    const sel = document.getElementById("transfer-skill");
+    if (!sel.options.length) {
+      for (const s of H122.SKILLS) sel.append(H122.el("option", { value: s }, H122.skillLabel(s)));
+    }
+    document.getElementById("transfer-note").placeholder = t("transfer_note");
+    box.classList.toggle("hidden", !(seat.status === "on_call" && seat.call_id));
+    box.dataset.call = seat.call_id || "";
+  }
+
+  async function transferNow() {
+    const callId = document.getElementById("transfer").dataset.call;
+    if (!callId) return;
+    document.getElementById("action-error").textContent = "";
+    try {
+      const note = document.getElementById("transfer-note").value.trim() || null;
+      await api.post(`/api/v1/calls/${encodeURIComponent(callId)}/transfer`,
+        { to_skill: document.getElementById("transfer-skill").value, mode: "blind", note });
+      document.getElementById("transfer-note").value = "";
+      await refresh();
+    } catch (e) { report(e); }
   }
 
   async function saveDisposition(code) {
@@ -105,6 +132,10 @@
     const outcome = sp.outcome || {};
     document.getElementById("pop-why").textContent = words(outcome.why) || t("none");
     document.getElementById("pop-requeued").classList.toggle("hidden", !info.requeued_after);
+    // a transferred call: who sent it and what they wrote for this seat
+    document.getElementById("pop-transfer").classList.toggle("hidden", !info.transferred_from);
+    document.getElementById("pop-transfer-from").textContent = info.transferred_from || "";
+    document.getElementById("pop-transfer-note").textContent = info.transfer_note || "";
     const list = document.getElementById("pop-answers");
     list.replaceChildren();
     for (const a of sp.answers || []) {
@@ -188,6 +219,7 @@
     act(() => api.put(`${path()}/status`, { status: "logged_out", reason: null })));
   document.getElementById("btn-end-wrap-up").addEventListener("click", () =>
     act(() => api.post(`${path()}/wrap-up/end`)));
+  document.getElementById("btn-transfer").addEventListener("click", transferNow);
   document.getElementById("seat-login").addEventListener("submit", async (e) => {
     e.preventDefault();
     try { await login(document.getElementById("token").value.trim()); } catch (err) {

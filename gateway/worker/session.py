@@ -245,6 +245,21 @@ class HandoffSession:
         with contextlib.suppress(pj.Error):
             seat.hangup(pj.CallOpParam(True))
 
+    def release_seat(self, leg_id: str, reason: str) -> None:
+        """A transfer: end the bridged seat leg, keep the caller.  The leg is hung up as an orphan
+        (its DISCONNECTED is not this session's business any more), so the seat's BYE answer can
+        never be mistaken for the end of the conversation; the caller's leg and recording are not
+        touched, and the next ``play`` gives the caller hold audio."""
+        seat = self.seat
+        if seat is None or seat.leg_id != leg_id or not self.bridged:
+            self.service.send(ch.CommandFailed(call_id=self.call_id, command="release_seat",
+                                               error=f"no bridged seat leg {leg_id}"))
+            return
+        self._seat_to(SeatLegState.ENDED, leg_id)
+        self.seat = None
+        seat.cancelled = reason
+        self.service.orphan_seat(seat)
+
     def seat_ringing(self, leg: SeatLeg) -> None:
         if leg is self.seat and not self.ended and self.seat_state is SeatLegState.DIALING \
                 and self._seat_to(SeatLegState.RINGING, leg.leg_id):

@@ -1,0 +1,61 @@
+"""``POST /api/v1/calls/{id}/transfer``: send a talking caller on without ever hanging up on them.
+
+Open to the seat on the call and to supervisors.  The node decides (``gateway.callflow``): the
+journey moves ``talking -> queued`` (cause ``transferred``), seat 1 goes to wrap-up, the caller hears
+hold audio and waits for the target skill at the head of their priority with the IVR record, the
+screen pop and the note; the recording runs on.  See docs/SEATS.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.auth import get_ctx, principal
+from api.context import ApiContext
+from api.schemas import SEAT_ID_PATTERN
+from api.tokens import Principal
+from api.views import seat_rows
+from journey.transfer import TransferRefused, TransferRequest
+from routing.skills import SKILLS
+
+router = APIRouter(prefix="/api/v1/calls", tags=["transfers"])
+
+
+class TransferIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to_skill: str | None = Field(None, max_length=32)
+    to_seat: str | None = Field(None, pattern=SEAT_ID_PATTERN)
+    mode: Literal["blind", "warm"] = "blind"
+    note: str | None = Field(None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TransferIn:
+        if (self.to_skill is None) == (self.to_seat is None):
+            raise ValueError("give exactly one of to_skill and to_seat")
+        if self.to_skill is not None and self.to_skill not in SKILLS:
+            raise ValueError(f"unknown skill {self.to_skill!r}; one of: {', '.join(SKILLS)}")
+        return self
+
+
+@router.post("/{call_id}/transfer",
+             responses={403: {"description": "not this call's seat"}, 404: {"description": "no such live call"},
+                        409: {"description": "the call cannot be transferred now"}})
+async def transfer(body: TransferIn, call_id: str = Path(max_length=128), who: Principal = Depends(principal),
+                   ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+    if ctx.transfer is None:
+        raise HTTPException(409, detail="this node carries no calls")
+    if not who.is_supervisor():
+        mine = next((s for s in await seat_rows(ctx) if s["id"] == who.seat_id), None)
+        if mine is None or mine.get("call_id") != call_id or mine.get("status") != "on_call":
+            raise HTTPException(403, detail="only the seat talking to this caller, or a supervisor, transfers it")
+    by = f"seat:{who.seat_id}" if not who.is_supervisor() else f"{who.role.value}:{who.token_id}"
+    note = (body.note or "").strip() or None
+    req = TransferRequest(call_id=call_id, to_skill=body.to_skill, to_seat=body.to_seat, mode=body.mode,
+                          note=note, by=by)
+    try:
+        return await ctx.on_control(ctx.transfer, req)
+    except TransferRefused as e:
+        raise HTTPException(e.status, detail=e.detail) from None
