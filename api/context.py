@@ -96,6 +96,8 @@ class ApiContext:
     reports: Any = None
     #: Transfers a live call (``gateway.node.Node.transfer_call``); None where no media runs.
     transfer: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
+    #: Seat hold / resume of a live call (``gateway.node.Node.hold_call``).
+    hold: Callable[[str, bool, str], Awaitable[dict[str, Any]]] | None = None
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""

@@ -26,7 +26,7 @@ from ivr.screen_pop import describe
 from journey.call import CallJourney, Offer
 from journey.failures import from_sip
 from journey.notifier import JourneyNotifier
-from journey.stages import Stage
+from journey.stages import CONVERSATION, Stage
 from journey.transfer import TransferRefused, TransferRequest
 from routing.events import Event
 from routing.skills import SKILLS
@@ -117,6 +117,8 @@ class CallDirector:
                 self._apply(call, call.ivr.prompt_finished(msg.token, self.clock()))
             elif call.journey.waiting and msg.token == call.hold_token:
                 self._announce(call)
+            elif call.stage is Stage.ON_HOLD and msg.token == call.hold_token and call.leg_id:
+                self._hold_audio(call, on=True)  # hold audio again: never silence on hold
         elif isinstance(msg, ch.SeatRinging):
             if msg.leg_id == call.leg_id and call.journey.offer is not None:
                 call.journey.seat_ringing(call.journey.offer.seat_id, msg.at)
@@ -266,7 +268,7 @@ class CallDirector:
         now = self.clock()
         log.warning("seat_failed", extra={"call_id": call.call_id, "code": msg.code, "reason": msg.reason,
                                           "local": msg.local, "stage": call.stage.value})
-        if call.stage is Stage.TALKING:
+        if call.stage in CONVERSATION:
             call.journey.seat_leg_lost(msg.code, msg.reason, now)
         elif call.journey.offer is not None:
             # the gateway's own failure (PJSIP refused to dial) is never the seat's
@@ -292,7 +294,7 @@ class CallDirector:
             raise TransferRefused(409, "only a blind transfer to a skill is available on this node yet")
         if req.to_skill not in SKILLS:
             raise TransferRefused(422, f"unknown skill {req.to_skill!r}")
-        if call.stage is not Stage.TALKING or call.leg_id is None:
+        if call.stage not in CONVERSATION or call.leg_id is None:
             raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}, not talking to a seat")
         from_seat = call.journey.seat_id
         leg = call.leg_id
@@ -312,6 +314,31 @@ class CallDirector:
                                                   files=[str(p) for p in hold_prompts()]))
         return {"call_id": call.call_id, "mode": req.mode, "to_skill": req.to_skill, "from_seat": from_seat,
                 "stage": call.stage.value}
+
+    def hold(self, call_id: str, on: bool, by: str) -> dict[str, Any]:
+        """Seat hold / resume: the caller hears hold audio, the seat stays on the line (no re-INVITE)."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise TransferRefused(404, f"no live call {call_id!r} on this node")
+        want = Stage.TALKING if on else Stage.ON_HOLD
+        if call.stage is not want or call.leg_id is None:
+            raise TransferRefused(409, f"call {call_id} is {call.stage.value}; "
+                                       f"{'hold' if on else 'resume'} needs {want.value}")
+        if not self._hold_audio(call, on):
+            raise TransferRefused(409, "the call's media worker is not reachable")
+        now = self.clock()
+        if on:
+            call.journey.held(by, now)
+        else:
+            call.journey.resumed(by, now)
+        return {"call_id": call_id, "stage": call.stage.value, "seat_id": call.journey.seat_id}
+
+    def _hold_audio(self, call: CallFlow, on: bool) -> bool:
+        assert call.leg_id is not None
+        call.hold_token += 1
+        return self.media.send(call.call_id, ch.HoldSeat(
+            call_id=call.call_id, leg_id=call.leg_id, on=on, token=call.hold_token,
+            files=[str(p) for p in hold_prompts()] if on else []))
 
     # ------------------------------------------------------------------------------------------
     # end of a call

@@ -196,6 +196,19 @@ class ReleaseSeat(_Msg):
     reason: str = "transfer"
 
 
+class HoldSeat(_Msg):
+    """Hold (``on``) or resume a bridged conversation: on hold the caller hears ``files`` (hold
+    audio, ``prompt_finished`` with ``token`` at its end) and the seat hears nothing; on resume
+    the two hear each other again.  No SIP re-INVITE on either leg: it happens in the bridge."""
+
+    type: Literal["hold_seat"] = "hold_seat"
+    call_id: str
+    leg_id: str
+    on: bool
+    files: list[str] = Field(default_factory=list)
+    token: int = 0
+
+
 class Hangup(_Msg):
     """End a call (both legs).  Only for shutdown and for calls the control process lost track of."""
 
@@ -210,7 +223,7 @@ class Shutdown(_Msg):
 
 
 WorkerCommand = Annotated[
-    Play | StopPlayback | DialSeat | CancelSeat | ReleaseSeat | Hangup | Shutdown, Field(discriminator="type")
+    Play | StopPlayback | DialSeat | CancelSeat | ReleaseSeat | HoldSeat | Hangup | Shutdown, Field(discriminator="type")
 ]
 
 _event_adapter: TypeAdapter[Any] = TypeAdapter(WorkerEvent)

@@ -255,6 +255,14 @@ class Node:
         except ApiServerError as e:
             raise ConfigError(str(e)) from None
 
+    async def hold_call(self, call_id: str, on: bool, by: str) -> dict[str, Any]:
+        """Seat hold / resume asked through the API; ``TransferRefused`` carries the API's status."""
+        from journey.transfer import TransferRefused
+
+        if self.director is None:
+            raise TransferRefused(409, "no media workers on this node")
+        return self.director.hold(call_id, on, by)
+
     async def transfer_call(self, req: Any) -> dict[str, Any]:
         """A transfer asked through the API (``journey.transfer.TransferRequest``), run on the
         control loop; ``TransferRefused`` carries the API's status."""

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from journey import metrics
 from journey.failures import RONA, SeatOutcome
 from journey.notifier import JourneyNotifier
-from journey.stages import WAITING, Cause, Stage, UnexpectedEvent, next_stage
+from journey.stages import CONVERSATION, WAITING, Cause, Stage, UnexpectedEvent, next_stage
 from routing.errors import RoutingError
 from routing.events import Event, EventKind
 
@@ -247,6 +247,13 @@ class CallJourney:
                      info=self.queue_info, place_at=self.queued_at)
         return True
 
+    def held(self, by: str, now: float) -> bool:
+        """The seat put the caller on hold (the caller hears hold audio, the seat stays on the line)."""
+        return self._move(Cause.HELD, now, f"seat {self.seat_id} (by {by})")
+
+    def resumed(self, by: str, now: float) -> bool:
+        return self._move(Cause.RESUMED, now, f"seat {self.seat_id} (by {by})")
+
     def _count_ring(self, now: float, kind: str) -> None:
         if self.offer is not None:
             metrics.observe_ring_time(now - self.offer.offered_at, self.offer.skill or self.skill or "", kind)
@@ -258,7 +265,7 @@ class CallJourney:
         stage = self.stage
         if lost:
             cause = Cause.LINE_LOST
-        elif by == "seat" and stage is Stage.TALKING:
+        elif by == "seat" and stage in CONVERSATION:
             cause = Cause.SEAT_HUNG_UP
         else:
             cause = Cause.CALLER_HUNG_UP

@@ -40,6 +40,43 @@ class TransferIn(BaseModel):
         return self
 
 
+async def _caller_of_this_seat(ctx: ApiContext, who: Principal, call_id: str) -> str:
+    """Who asks, as the journey logs it; a seat token must be the seat in this conversation."""
+    if not who.is_supervisor():
+        mine = next((s for s in await seat_rows(ctx) if s["id"] == who.seat_id), None)
+        if mine is None or mine.get("call_id") != call_id or mine.get("status") != "on_call":
+            raise HTTPException(403, detail="only the seat talking to this caller, or a supervisor, may do this")
+        return f"seat:{who.seat_id}"
+    return f"{who.role.value}:{who.token_id}"
+
+
+async def _hold(ctx: ApiContext, who: Principal, call_id: str, on: bool) -> dict[str, Any]:
+    if ctx.hold is None:
+        raise HTTPException(409, detail="this node carries no calls")
+    by = await _caller_of_this_seat(ctx, who, call_id)
+    try:
+        return await ctx.on_control(ctx.hold, call_id, on, by)
+    except TransferRefused as e:
+        raise HTTPException(e.status, detail=e.detail) from None
+
+
+@router.post("/{call_id}/hold", responses={403: {"description": "not this call's seat"},
+                                           404: {"description": "no such live call"},
+                                           409: {"description": "not talking (or already on hold)"}})
+async def hold(call_id: str = Path(max_length=128), who: Principal = Depends(principal),
+               ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+    """The caller hears hold audio; the seat stays on the line and hears nothing."""
+    return await _hold(ctx, who, call_id, True)
+
+
+@router.post("/{call_id}/resume", responses={403: {"description": "not this call's seat"},
+                                             404: {"description": "no such live call"},
+                                             409: {"description": "not on hold"}})
+async def resume(call_id: str = Path(max_length=128), who: Principal = Depends(principal),
+                 ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+    return await _hold(ctx, who, call_id, False)
+
+
 @router.post("/{call_id}/transfer",
              responses={403: {"description": "not this call's seat"}, 404: {"description": "no such live call"},
                         409: {"description": "the call cannot be transferred now"}})
@@ -47,11 +84,7 @@ async def transfer(body: TransferIn, call_id: str = Path(max_length=128), who: P
                    ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
     if ctx.transfer is None:
         raise HTTPException(409, detail="this node carries no calls")
-    if not who.is_supervisor():
-        mine = next((s for s in await seat_rows(ctx) if s["id"] == who.seat_id), None)
-        if mine is None or mine.get("call_id") != call_id or mine.get("status") != "on_call":
-            raise HTTPException(403, detail="only the seat talking to this caller, or a supervisor, transfers it")
-    by = f"seat:{who.seat_id}" if not who.is_supervisor() else f"{who.role.value}:{who.token_id}"
+    by = await _caller_of_this_seat(ctx, who, call_id)
     note = (body.note or "").strip() or None
     req = TransferRequest(call_id=call_id, to_skill=body.to_skill, to_seat=body.to_seat, mode=body.mode,
                           note=note, by=by)

@@ -69,7 +69,26 @@
     }
     document.getElementById("transfer-note").placeholder = t("transfer_note");
     box.classList.toggle("hidden", !(seat.status === "on_call" && seat.call_id));
+    if (box.dataset.call !== (seat.call_id || "")) {  // a new call starts off hold
+      document.getElementById("btn-hold").classList.remove("hidden");
+      document.getElementById("btn-resume").classList.add("hidden");
+      box.dataset.stage = "talking";
+    }
     box.dataset.call = seat.call_id || "";
+  }
+
+  // Hold / resume: the caller hears hold audio, this seat stays on the line (POST .../hold, .../resume).
+  async function holdNow(on) {
+    const callId = document.getElementById("transfer").dataset.call;
+    if (!callId) return;
+    document.getElementById("action-error").textContent = "";
+    try {
+      const r = await api.post(`/api/v1/calls/${encodeURIComponent(callId)}/${on ? "hold" : "resume"}`);
+      const held = r.stage === "on_hold";
+      document.getElementById("btn-hold").classList.toggle("hidden", held);
+      document.getElementById("btn-resume").classList.toggle("hidden", !held);
+      document.getElementById("transfer").dataset.stage = r.stage;
+    } catch (e) { report(e); }
   }
 
   async function transferNow() {
@@ -220,6 +239,8 @@
   document.getElementById("btn-end-wrap-up").addEventListener("click", () =>
     act(() => api.post(`${path()}/wrap-up/end`)));
   document.getElementById("btn-transfer").addEventListener("click", transferNow);
+  document.getElementById("btn-hold").addEventListener("click", () => holdNow(true));
+  document.getElementById("btn-resume").addEventListener("click", () => holdNow(false));
   document.getElementById("seat-login").addEventListener("submit", async (e) => {
     e.preventDefault();
     try { await login(document.getElementById("token").value.trim()); } catch (err) {

@@ -255,6 +255,8 @@ class WorkerService:
                 session.dial_seat(checked)
         elif isinstance(cmd, ch.CancelSeat):
             session.cancel_seat(cmd.leg_id, cmd.reason)
+        elif isinstance(cmd, ch.HoldSeat):
+            session.hold_seat(cmd.leg_id, cmd.on, cmd.files, cmd.token)
         elif isinstance(cmd, ch.ReleaseSeat):
             session.release_seat(cmd.leg_id, cmd.reason)
         elif isinstance(cmd, ch.Hangup):

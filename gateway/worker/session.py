@@ -65,6 +65,7 @@ class HandoffSession:
         self.ended_by: str | None = None
         self.pending_answer: tuple[str, str, str] | None = None  # ringing, not yet answered
         self.announced = False  # the control process knows this call (CallStarted sent)
+        self.on_hold = False  # the seat put the caller on hold: no audio between them, hold audio to the caller
 
     # -- the seat leg's states -------------------------------------------------------------------
     @property
@@ -106,7 +107,7 @@ class HandoffSession:
             self.play(files, token)
         elif self.player is not None:
             self.player.startTransmit(am)
-        if self.bridged and self.seat is not None:
+        if self.bridged and self.seat is not None and not self.on_hold:
             self._connect_seat(self.seat)
 
     def digit(self, digit: str, method: str) -> None:
@@ -257,8 +258,30 @@ class HandoffSession:
             return
         self._seat_to(SeatLegState.ENDED, leg_id)
         self.seat = None
+        self.on_hold = False
         seat.cancelled = reason
         self.service.orphan_seat(seat)
+
+    def hold_seat(self, leg_id: str, on: bool, files: list[str], token: int) -> None:
+        """Hold or resume in the bridge (see ``ch.HoldSeat``)."""
+        seat = self.seat
+        if seat is None or seat.leg_id != leg_id or not self.bridged:
+            self.service.send(ch.CommandFailed(call_id=self.call_id, command="hold_seat",
+                                               error=f"no bridged seat leg {leg_id}"))
+            return
+        seat_am = active_audio(seat)
+        caller_am = active_audio(self.caller) if self.caller is not None else None
+        if on:
+            self.on_hold = True
+            for a, b in ((seat_am, caller_am), (caller_am, seat_am)):
+                if a is not None and b is not None:
+                    with contextlib.suppress(pj.Error):
+                        a.stopTransmit(b)
+            self.play(files, token)
+        else:
+            self.on_hold = False
+            self.stop_playback()
+            self._connect_seat(seat)
 
     def seat_ringing(self, leg: SeatLeg) -> None:
         if leg is self.seat and not self.ended and self.seat_state is SeatLegState.DIALING \
@@ -268,6 +291,8 @@ class HandoffSession:
     def seat_media_changed(self, leg: SeatLeg) -> None:
         if leg is not self.seat or self.ended or self.seat_state is SeatLegState.CANCELLING:
             return  # a seat answering a leg we are hanging up is not bridged
+        if self.on_hold:
+            return  # the seat's media changed while the caller is on hold: they stay apart
         if not self._connect_seat(leg):
             return
         if not self.bridged and self._seat_to(SeatLegState.BRIDGED, leg.leg_id):
@@ -293,6 +318,7 @@ class HandoffSession:
             self.service.forget_orphan(leg)
             return
         self.seat = None  # drop inside DISCONNECTED
+        self.on_hold = False
         was_bridged = self.bridged
         self._seat_to(SeatLegState.ENDED, leg.leg_id)
         if self.ended:
