@@ -29,6 +29,7 @@ from api.routes import (
     events_ws,
     health,
     metrics,
+    monitor,
     queues,
     recordings,
     reports,
@@ -89,7 +90,7 @@ def create_app(ctx: ApiContext, ingress: Iterable[APIRouter] = ()) -> FastAPI:
     # Outside the routes and their dependencies: a body over the limit is refused before anything
     # (authentication included) reads it.
     app.add_middleware(BodySizeLimit, limit_for=ctx.limits.body_limit_for)
-    for module in (health, seats, queues, calls, dispositions, reports, transfers, recordings, callbacks, audit, admin, events_ws,
+    for module in (health, seats, queues, calls, dispositions, reports, transfers, monitor, recordings, callbacks, audit, admin, events_ws,
                    metrics):
         app.include_router(module.router)
     for router in ingress:

@@ -98,6 +98,8 @@ class ApiContext:
     transfer: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
     #: Seat hold / resume of a live call (``gateway.node.Node.hold_call``).
     hold: Callable[[str, bool, str], Awaitable[dict[str, Any]]] | None = None
+    #: A supervisor listens / whispers / barges (``gateway.node.Node.monitor_call``).
+    monitor: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""

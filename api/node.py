@@ -90,6 +90,9 @@ class ApiHost(Protocol):
     def media_stats(self) -> dict[str, float]:
         """Live media objects across workers (``handoff122_gateway_*`` in /metrics)."""
 
+    async def monitor_call(self, req: Any) -> dict[str, Any]:
+        """A supervisor's phone joins a live call (``journey.transfer.MonitorRequest``)."""
+
     async def hold_call(self, call_id: str, on: bool, by: str) -> dict[str, Any]:
         """Seat hold (``on``) or resume of a live call; raises ``TransferRefused``."""
 
@@ -150,7 +153,8 @@ async def build_api(node: ApiHost) -> RunningApi:
                      bridge=bridge, gateway_stats=node.media_stats, limits=limits,
                      audit=AuditLog(node.engine, node_id=node.node_id), outcomes=outcomes,
                      reports=DailyReports(node.engine, outcomes, s.service_level_s, s.report_timezone),
-                     transfer=node.transfer_call, hold=node.hold_call)
+                     transfer=node.transfer_call, hold=node.hold_call,
+                     monitor=node.monitor_call)
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     signin = await first_sign_in(tokens)

@@ -27,8 +27,8 @@ from journey.call import CallJourney, Offer
 from journey.failures import from_sip
 from journey.notifier import JourneyNotifier
 from journey.stages import CONVERSATION, Stage
-from journey.transfer import TransferRefused, TransferRequest
-from routing.events import Event
+from journey.transfer import MonitorRequest, TransferRefused, TransferRequest
+from routing.events import Event, EventKind
 from routing.skills import SKILLS
 
 log = logging.getLogger("gateway.callflow")
@@ -61,6 +61,7 @@ class CallFlow:
     hold_token: int = 1_000_000
     last_position_at: float = 0.0
     recording_path: str | None = None
+    monitors: int = 0
 
     @property
     def call_id(self) -> str:
@@ -126,6 +127,11 @@ class CallDirector:
             self._seat_answered(call, msg)
         elif isinstance(msg, ch.SeatFailed):
             self._seat_failed(call, msg)
+        elif isinstance(msg, ch.MonitorAnswered):
+            self._monitor_event(call, msg.leg_id, "answered", msg.at, mode=msg.mode)
+        elif isinstance(msg, ch.MonitorEnded):
+            self._monitor_event(call, msg.leg_id, "ended", msg.at, reason=msg.reason, code=msg.code,
+                                answered=msg.answered)
         elif isinstance(msg, ch.CallEnded):
             self._call_ended(call, msg.ended_by, msg.recording_error)
         elif isinstance(msg, ch.CommandFailed):
@@ -314,6 +320,30 @@ class CallDirector:
                                                   files=[str(p) for p in hold_prompts()]))
         return {"call_id": call.call_id, "mode": req.mode, "to_skill": req.to_skill, "from_seat": from_seat,
                 "stage": call.stage.value}
+
+    # ------------------------------------------------------------------------------------------
+    # supervisors: listen, whisper, barge (a third leg in the worker's bridge)
+    # ------------------------------------------------------------------------------------------
+    def monitor(self, req: MonitorRequest) -> dict[str, Any]:
+        call = self.calls.get(req.call_id)
+        if call is None:
+            raise TransferRefused(404, f"no live call {req.call_id!r} on this node")
+        if call.stage not in CONVERSATION:
+            raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}; a supervisor joins a conversation")
+        call.monitors += 1
+        leg_id = f"{call.call_id}-m{call.monitors}"
+        cmd = ch.DialMonitor(call_id=call.call_id, leg_id=leg_id, uri=req.contact, mode=req.mode,  # type: ignore[arg-type]
+                             headers={"X-Handoff-Call-Id": call.call_id, "X-Handoff-Monitor": req.mode})
+        if not self.media.send(call.call_id, cmd):
+            raise TransferRefused(409, "the call's media worker is not reachable")
+        self._monitor_event(call, leg_id, "dialing", self.clock(), mode=req.mode, contact=req.contact, by=req.by)
+        return {"call_id": call.call_id, "leg_id": leg_id, "mode": req.mode, "contact": req.contact,
+                "state": "dialing"}
+
+    def _monitor_event(self, call: CallFlow, leg_id: str, state: str, at: float, **data: Any) -> None:
+        log.info("monitor", extra={"call_id": call.call_id, "leg_id": leg_id, "state": state, **data})
+        self.notifier.record([Event(EventKind.MONITOR, at, call_id=call.call_id, seat_id=call.journey.seat_id,
+                                    data={"leg_id": leg_id, "state": state, **data})])
 
     def hold(self, call_id: str, on: bool, by: str) -> dict[str, Any]:
         """Seat hold / resume: the caller hears hold audio, the seat stays on the line (no re-INVITE)."""

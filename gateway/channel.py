@@ -123,6 +123,28 @@ class CallEnded(_Msg):
     recording_error: str | None = None
 
 
+class MonitorAnswered(_Msg):
+    """A supervisor's phone answered and is joined to the conversation in the bridge."""
+
+    type: Literal["monitor_answered"] = "monitor_answered"
+    call_id: str
+    leg_id: str
+    mode: str
+    at: float
+
+
+class MonitorEnded(_Msg):
+    """A supervisor's leg ended (hung up, refused, no free call in the worker, caller gone)."""
+
+    type: Literal["monitor_ended"] = "monitor_ended"
+    call_id: str
+    leg_id: str
+    code: int
+    reason: str
+    answered: bool = False
+    at: float
+
+
 class WorkerStats(_Msg):
     type: Literal["stats"] = "stats"
     calls: int
@@ -141,7 +163,7 @@ class CommandFailed(_Msg):
 
 WorkerEvent = Annotated[
     Hello | CallStarted | CallRejected | Dtmf | PromptFinished | SeatRinging | SeatAnswered | SeatFailed
-    | CallEnded | WorkerStats | CommandFailed,
+    | CallEnded | MonitorAnswered | MonitorEnded | WorkerStats | CommandFailed,
     Field(discriminator="type"),
 ]
 
@@ -209,6 +231,25 @@ class HoldSeat(_Msg):
     token: int = 0
 
 
+class DialMonitor(_Msg):
+    """Call a supervisor's phone and join it to the conversation: ``listen`` hears caller and seat,
+    heard by no one; ``whisper`` is also heard by the seat; ``barge`` by both (three-way)."""
+
+    type: Literal["dial_monitor"] = "dial_monitor"
+    call_id: str
+    leg_id: str
+    uri: str
+    mode: Literal["listen", "whisper", "barge"]
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = 30.0
+
+
+class EndMonitor(_Msg):
+    type: Literal["end_monitor"] = "end_monitor"
+    call_id: str
+    leg_id: str
+
+
 class Hangup(_Msg):
     """End a call (both legs).  Only for shutdown and for calls the control process lost track of."""
 
@@ -223,7 +264,8 @@ class Shutdown(_Msg):
 
 
 WorkerCommand = Annotated[
-    Play | StopPlayback | DialSeat | CancelSeat | ReleaseSeat | HoldSeat | Hangup | Shutdown, Field(discriminator="type")
+    Play | StopPlayback | DialSeat | CancelSeat | ReleaseSeat | HoldSeat | DialMonitor | EndMonitor | Hangup
+    | Shutdown, Field(discriminator="type")
 ]
 
 _event_adapter: TypeAdapter[Any] = TypeAdapter(WorkerEvent)

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     not_accident_dispositions: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["query_answered", "not_road_accident"],
         description="codes that take a call out of the accident calls (the headline figure's denominator)")
+    sip_realm: str = Field("handoff122", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                           description="digest realm of seat phones that REGISTER (HA1 = md5(user:realm:password))")
     report_timezone: str = Field("Asia/Shanghai", description="time zone of the centre's day (daily report)")
     recordings_retention_days: int = Field(180, ge=1, le=36500, description="recordings older than this are purged")
     caller_id_header: str = Field("from+pai", description="how the caller's number reaches a seat: from | pai | from+pai")

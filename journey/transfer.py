@@ -17,6 +17,14 @@ class TransferRefused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorRequest:
+    call_id: str
+    mode: str                    # listen | whisper | barge
+    contact: str                 # the supervisor's phone (a SIP URI, or a seat's contact)
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
 class TransferRequest:
     call_id: str
     to_skill: str | None = None

@@ -64,6 +64,8 @@ class SeatSpec:
     skills: dict[str, int]
     name: str = ""
     status: SeatStatus = SeatStatus.LOGGED_OUT
+    register_user: str | None = None   # a seat phone that REGISTERs (digest user); contact comes from it
+    ha1: str | None = field(default=None, repr=False)  # md5(user:realm:password), never the password
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +243,8 @@ class Acd:
             raise IllegalTransition(f"seat {seat_id}: {status.value} is decided by the ACD, not requested")
         if seat.status in (S.RESERVED, S.ON_CALL):
             raise IllegalTransition(f"seat {seat_id} is {seat.status.value}; change its status after the call")
+        if status is S.AVAILABLE and not seat.contact:
+            raise IllegalTransition(f"seat {seat_id} has no phone to ring: its phone must register first")
         if status is S.NOT_READY:
             reason = reason or "manual"
         if seat.status is status and (status is not S.NOT_READY or seat.reason == reason):
@@ -575,6 +579,8 @@ class Acd:
         """An available seat with no reject delay pending joins the indexes and takes the best call."""
         if seat.status is not S.AVAILABLE or seat.index_keys:
             return
+        if not seat.contact:
+            return  # a seat phone that is not registered: nothing to ring (gateway.registrations)
         if seat.hold_until is not None and seat.hold_until > now:
             return
         seat.hold_until = None

@@ -94,10 +94,30 @@
     body.replaceChildren();
     for (const c of calls.slice(0, 20)) {
       const skill = (c.ivr && c.ivr.skill) || c.skill;
+      const live = c.seat_answered_at != null && !c.ended_at && !c.end_reason;
+      const monitor = el("td", {}, ...(live ? ["listen", "whisper", "barge"].map((m) => {
+        const b = el("button", { type: "button", dataset: { monitor: m, call: c.id } }, t("m_" + m));
+        b.addEventListener("click", () => startMonitor(c.id, m));
+        return b;
+      }) : []));
       body.append(el("tr", { dataset: { call: c.id, outcome: c.end_reason || "" } },
         el("td", {}, H122.fmtTime(c.started_at)), el("td", {}, c.caller || t("none")),
         el("td", {}, skill ? H122.skillLabel(skill) : t("none")), el("td", {}, c.seat_id || t("none")),
-        el("td", {}, c.end_reason || (c.seat_answered_at ? H122.statusLabel("on_call") : t("waiting")))));
+        el("td", {}, c.end_reason || (c.seat_answered_at ? H122.statusLabel("on_call") : t("waiting"))), monitor));
+    }
+  }
+
+  // Listen / whisper / barge: the gateway calls the supervisor's phone (POST /api/v1/calls/{id}/monitor).
+  async function startMonitor(callId, mode) {
+    const out = document.getElementById("monitor-result");
+    const contact = document.getElementById("monitor-phone").value.trim();
+    localStorage.setItem("h122.monitorPhone", contact);
+    try {
+      const r = await api.post(`/api/v1/calls/${encodeURIComponent(callId)}/monitor`, { mode, contact });
+      out.textContent = `${t("m_" + mode)} ${r.call_id}: ${r.state}`; out.dataset.state = r.state;
+    } catch (e) {
+      out.textContent = e.detail ? (typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail)) : String(e);
+      out.dataset.state = "refused";
     }
   }
 
@@ -168,6 +188,7 @@
     document.getElementById("board").classList.remove("hidden");
     document.getElementById("logout").classList.remove("hidden");
     buildSkillRows();
+    document.getElementById("monitor-phone").value = localStorage.getItem("h122.monitorPhone") || "";
     refresh();
     // a disposition reaches the report once the event writer has stored it: look again a moment later
     live = H122.liveEvents(token, (ev) => {
