@@ -127,6 +127,8 @@ class CallDirector:
             self._seat_answered(call, msg)
         elif isinstance(msg, ch.SeatFailed):
             self._seat_failed(call, msg)
+        elif isinstance(msg, ch.SeatReferred):
+            self._seat_referred(call, msg)
         elif isinstance(msg, ch.MonitorAnswered):
             self._monitor_event(call, msg.leg_id, "answered", msg.at, mode=msg.mode)
         elif isinstance(msg, ch.MonitorEnded):
@@ -344,6 +346,21 @@ class CallDirector:
         log.info("monitor", extra={"call_id": call.call_id, "leg_id": leg_id, "state": state, **data})
         self.notifier.record([Event(EventKind.MONITOR, at, call_id=call.call_id, seat_id=call.journey.seat_id,
                                     data={"leg_id": leg_id, "state": state, **data})])
+
+    def _seat_referred(self, call: CallFlow, msg: ch.SeatReferred) -> None:
+        """A REFER from the seat's own phone on its leg: trusted (the gateway dialled that seat), but
+        only ever as our own transfer to a skill; anything else is refused and logged."""
+        if msg.leg_id != call.leg_id:
+            return
+        seat = call.journey.seat_id
+        if msg.target not in SKILLS:
+            log.warning("seat_refer_refused", extra={"call_id": call.call_id, "seat_id": seat, "target": msg.target})
+            return
+        try:
+            self.transfer(TransferRequest(call_id=call.call_id, to_skill=msg.target, by=f"refer:{seat}"))
+        except TransferRefused as e:
+            log.warning("seat_refer_refused", extra={"call_id": call.call_id, "seat_id": seat, "target": msg.target,
+                                                     "error": e.detail})
 
     def hold(self, call_id: str, on: bool, by: str) -> dict[str, Any]:
         """Seat hold / resume: the caller hears hold audio, the seat stays on the line (no re-INVITE)."""

@@ -123,6 +123,17 @@ class CallEnded(_Msg):
     recording_error: str | None = None
 
 
+class SeatReferred(_Msg):
+    """The seat's phone sent a REFER on its leg (its transfer key).  The worker refused to follow it
+    (pjsua2 would dial the target itself); the control process decides what it means."""
+
+    type: Literal["seat_referred"] = "seat_referred"
+    call_id: str
+    leg_id: str
+    target: str        # the user part of Refer-To (a skill or a seat id, when it means anything)
+    at: float
+
+
 class MonitorAnswered(_Msg):
     """A supervisor's phone answered and is joined to the conversation in the bridge."""
 
@@ -163,7 +174,7 @@ class CommandFailed(_Msg):
 
 WorkerEvent = Annotated[
     Hello | CallStarted | CallRejected | Dtmf | PromptFinished | SeatRinging | SeatAnswered | SeatFailed
-    | CallEnded | MonitorAnswered | MonitorEnded | WorkerStats | CommandFailed,
+    | CallEnded | SeatReferred | MonitorAnswered | MonitorEnded | WorkerStats | CommandFailed,
     Field(discriminator="type"),
 ]
 

@@ -363,6 +363,13 @@ class HandoffSession:
             self.stop_playback()
             self._connect_seat(seat)
 
+    def seat_referred(self, leg: SeatLeg, refer_to: str) -> None:
+        if leg is not self.seat or not self.bridged or self.ended:
+            return
+        target = refer_to.strip("<>").split(":", 1)[-1].split("@", 1)[0].split(";", 1)[0]
+        self.service.send(ch.SeatReferred(call_id=self.call_id, leg_id=leg.leg_id, target=target[:64],
+                                          at=time.time()))
+
     def seat_ringing(self, leg: SeatLeg) -> None:
         if leg is self.seat and not self.ended and self.seat_state is SeatLegState.DIALING \
                 and self._seat_to(SeatLegState.RINGING, leg.leg_id):
