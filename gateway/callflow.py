@@ -298,10 +298,11 @@ class CallDirector:
             raise TransferRefused(404, f"no live call {req.call_id!r} on this node")
         if req.mode != "blind":
             raise TransferRefused(409, "warm (consult) transfer is not available on this node yet")
-        if req.to_seat is not None or req.to_skill is None:
-            raise TransferRefused(409, "only a blind transfer to a skill is available on this node yet")
-        if req.to_skill not in SKILLS:
-            raise TransferRefused(422, f"unknown skill {req.to_skill!r}")
+        to_skill = req.to_skill
+        if req.to_seat is not None:
+            to_skill = self._seat_target(req.to_seat, call.journey.seat_id)
+        if to_skill not in SKILLS:
+            raise TransferRefused(422, f"unknown skill {to_skill!r}")
         if call.stage not in CONVERSATION or call.leg_id is None:
             raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}, not talking to a seat")
         from_seat = call.journey.seat_id
@@ -310,9 +311,9 @@ class CallDirector:
             raise TransferRefused(409, "the call's media worker is not reachable")
         call.leg_id = None
         now = self.clock()
-        call.journey.transferred(req.to_skill, req.note, req.by, now, mode="blind")
-        log.info("transferred", extra={"call_id": call.call_id, "from_seat": from_seat, "to_skill": req.to_skill,
-                                       "by": req.by, "mode": req.mode})
+        call.journey.transferred(to_skill, req.note, req.by, now, mode="blind", to_seat=req.to_seat)
+        log.info("transferred", extra={"call_id": call.call_id, "from_seat": from_seat, "to_skill": to_skill,
+                                       "to_seat": req.to_seat, "by": req.by, "mode": req.mode})
         if call.journey.waiting and call.leg_id is None:
             self._announce(call)  # hold audio until the next seat answers
         elif call.journey.waiting:
@@ -320,8 +321,25 @@ class CallDirector:
             call.hold_token += 1
             self.media.send(call.call_id, ch.Play(call_id=call.call_id, token=call.hold_token,
                                                   files=[str(p) for p in hold_prompts()]))
-        return {"call_id": call.call_id, "mode": req.mode, "to_skill": req.to_skill, "from_seat": from_seat,
-                "stage": call.stage.value}
+        return {"call_id": call.call_id, "mode": req.mode, "to_skill": to_skill, "to_seat": req.to_seat,
+                "from_seat": from_seat, "stage": call.stage.value}
+
+    def _seat_target(self, seat_id: str, own: str | None) -> str:
+        """The skill a transfer to ``seat_id`` queues in (its first-choice skill); only a seat that
+        is free now is a target, so the caller never waits for someone who is not there."""
+        if seat_id == own:
+            raise TransferRefused(409, "a seat cannot transfer a call to itself")
+        try:
+            view = self.routing.acd.seat_view(seat_id, self.clock())
+        except Exception:
+            raise TransferRefused(404, f"unknown seat {seat_id!r}") from None
+        if str(view.get("status")) != "available":
+            raise TransferRefused(409, f"seat {seat_id} is {view.get('status')}, not available: transfer to its skill "
+                                       "instead, or wait until it is free")
+        skills = view.get("skills") or {}
+        if isinstance(skills, dict):
+            return min(skills, key=lambda s: skills[s])
+        return str(next(iter(skills)))
 
     # ------------------------------------------------------------------------------------------
     # supervisors: listen, whisper, barge (a third leg in the worker's bridge)

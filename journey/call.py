@@ -42,7 +42,8 @@ class RoutingPort(Protocol):
 
     def record(self, events: list[Event]) -> Any: ...
     def enqueue(self, call_id: str, skill: str, priority: int, caller: str | None = None,
-                info: dict[str, Any] | None = None, place_at: float | None = None) -> Any: ...
+                info: dict[str, Any] | None = None, place_at: float | None = None,
+                only_seat: str | None = None) -> Any: ...
     def seat_answered(self, call_id: str, seat_id: str | None = None) -> Any: ...
     def ring_no_answer(self, call_id: str, seat_id: str | None = None) -> Any: ...
     def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None) -> Any: ...
@@ -230,21 +231,24 @@ class CallJourney:
                      info={**self.queue_info, "requeued_after": "seat_leg_failed"})
         return True
 
-    def transferred(self, to_skill: str, note: str | None, by: str, now: float, mode: str = "blind") -> bool:
+    def transferred(self, to_skill: str, note: str | None, by: str, now: float, mode: str = "blind",
+                    to_seat: str | None = None) -> bool:
         """A blind transfer: the seat's part is over (wrap-up), the caller, never hung up, waits
         for ``to_skill`` at the head of their priority (their place is their first queueing
         time), carrying the IVR record, the screen pop and every transfer note so far."""
         from_seat = self.seat_id
-        if not self._move(Cause.TRANSFERRED, now, f"seat {from_seat} -> {to_skill} ({mode}, by {by})"):
+        target = f"seat {to_seat} ({to_skill})" if to_seat else to_skill
+        if not self._move(Cause.TRANSFERRED, now, f"seat {from_seat} -> {target} ({mode}, by {by})"):
             return False
         self.seat_id = None
         self._report("call_completed", "transfer")
-        hop = {"from_seat": from_seat, "to_skill": to_skill, "note": note, "by": by, "mode": mode, "at": now}
+        hop = {"from_seat": from_seat, "to_skill": to_skill, "to_seat": to_seat, "note": note, "by": by, "mode": mode,
+               "at": now}
         self.queue_info = {**self.queue_info, "transfers": [*self.queue_info.get("transfers", []), hop],
                            "transfer_note": note, "transferred_from": from_seat}
         self.skill = to_skill
         self._report("enqueue", to_skill, self.priority or REQUEUE_PRIORITY, caller=self.caller,
-                     info=self.queue_info, place_at=self.queued_at)
+                     info=self.queue_info, place_at=self.queued_at, only_seat=to_seat)
         return True
 
     def held(self, by: str, now: float) -> bool:

@@ -273,17 +273,20 @@ class Acd:
 
     # -- calls ---------------------------------------------------------------------------------
     def enqueue(self, call_id: str, skill: str, priority: int, now: float, caller: str | None = None,
-                info: dict[str, Any] | None = None, place_at: float | None = None) -> list[Event]:
+                info: dict[str, Any] | None = None, place_at: float | None = None,
+                only_seat: str | None = None) -> list[Event]:
         """``place_at``: the call's place among its priority (a transferred caller keeps the time
         they first queued, so they go ahead of callers who came later); wait figures still run
-        from ``now``."""
+        from ``now``.  ``only_seat``: a transfer to a named seat; if that seat does not take it (ring-no-
+        answer, failure) the call falls back to the whole skill's queue, so no caller waits for one
+        person who is not there."""
         _check_skill(skill)
         if call_id in self._calls:
             raise DuplicateId(f"call {call_id} is already routed")
         self._call_seq += 1
         call = QueuedCall(id=call_id, skill=skill, priority=int(priority), enqueued_at=now, seq=self._call_seq,
                           caller=caller, info=dict(info or {}), skill_entered_at=now, visited={skill},
-                          place_at=place_at)
+                          place_at=place_at, only_seat=only_seat)
         self._calls[call_id] = call
         position = self._queues[skill].push(call)
         self._arm_escalation(call, now)
@@ -595,7 +598,7 @@ class Acd:
         for skill, penalty in seat.skills.items():
             for call_id in self._queues[skill].call_ids():
                 call = calls[call_id]
-                if seat.id in call.excluded:
+                if seat.id in call.excluded or (call.only_seat is not None and call.only_seat != seat.id):
                     continue
                 rank = (penalty, call.priority, call.key[1], call.seq)
                 if best is None or rank < best:
@@ -612,7 +615,7 @@ class Acd:
             return False
         for skill in call.skills:  # its own skill's seats first, then those escalation added
             for seat_id in self._available[skill].seat_ids():
-                if seat_id in call.excluded:
+                if seat_id in call.excluded or (call.only_seat is not None and call.only_seat != seat_id):
                     continue
                 self._offer(call, self._seats[seat_id], now, out)
                 return True
@@ -647,6 +650,7 @@ class Acd:
             out.append(seat.move(S.AVAILABLE, now, call_id=call.id, skill=call.skill))
         seat.call_id = None
         self._ringing[call.skill] -= 1
+        call.only_seat = None  # the named seat did not take it: any seat of the skill now
         self._requeue(call, now)
         self._offer_for_call(call, now, out)
         if not not_ready:

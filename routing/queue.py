@@ -45,6 +45,7 @@ class QueuedCall:
     also: list[str] = field(default_factory=list)     # skills it is also offered to (escalation "also")
     escalation_step: int = 0                          # rules of its skill's policy applied so far
     place_at: float | None = None                     # its place in the queue, when not enqueued_at (transfer)
+    only_seat: str | None = None                      # a transfer to a named seat: offered to that seat only
 
     @property
     def skills(self) -> list[str]:

@@ -115,3 +115,35 @@ def test_blind_transfer_to_a_skill_keeps_the_caller_the_record_and_the_recording
         assert {r["skill"]: r["answered"] for r in rep["skills"]}["insurance_claim"] == 1
     finally:
         node.stop()
+
+
+def test_blind_transfer_to_a_named_seat_rings_that_seat_only(tmp_path: Path) -> None:
+    p1, p2, p3 = free_port(), free_port(), free_port()
+    seats = ("seats:\n"
+             f"  - id: s1\n    contact: sip:s1@127.0.0.1:{p1}\n    skills: [online_determination]\n    status: available\n"
+             f"  - id: s3\n    contact: sip:s3@127.0.0.1:{p3}\n    skills: [insurance_claim]\n    status: available\n"
+             f"  - id: s2\n    contact: sip:s2@127.0.0.1:{p2}\n    skills: [insurance_claim]\n    status: available\n"
+             "  - id: s4\n    contact: sip:s4@127.0.0.1:9\n    skills: [insurance_claim]\n    status: logged_out\n")
+    node = start_node(tmp_path, workers=2, seats_yaml=seats)
+    try:
+        start_seat(node, "s1", p1, "--answer-after", "0.3", "--tone", "1000")
+        start_seat(node, "s2", p2, "--answer-after", "0.5", "--tone", "700")
+        start_seat(node, "s3", p3, "--answer-after", "0.5", "--tone", "900")
+        caller = start_caller(node, DISPUTE, gap="0.6", stay="10", record=tmp_path / "caller.wav")
+        s1 = node.wait_for(lambda: (s := status(node, "s1"))["status"] == "on_call" and s, timeout=60)
+        call_id = s1["call_id"]
+        for target, code in (("s1", 409), ("s4", 409), ("nobody", 404)):
+            r = post(node, f"/api/v1/calls/{call_id}/transfer", node.token, {"to_seat": target})
+            assert r.status_code == code, (target, r.text)
+        r = post(node, f"/api/v1/calls/{call_id}/transfer", node.token, {"to_seat": "s2", "note": "请您接"})
+        assert r.status_code == 200 and r.json()["to_seat"] == "s2", r.text
+        res = caller_result(caller)
+        assert res["answered"] and res["hung_up_by"] == "caller", res
+        s2 = node.wait_for(lambda: seat_reports(node, "s2"))[0]
+        assert s2["call_id"] == call_id
+        assert seat_reports(node, "s3") == []
+        rate, heard = read_pcm16(tmp_path / "caller.wav")
+        assert share(heard[-rate * 3:], rate, 700) > 0.1
+        assert node.journey_errors() == []
+    finally:
+        node.stop()
