@@ -21,7 +21,22 @@ from api.auth import get_ctx, principal
 from api.body_limit import BodySizeLimit, BodyTooLarge, reraise_body_too_large
 from api.context import ApiContext
 from api.errors import install_database_outage_handler
-from api.routes import admin, audit, callbacks, calls, events_ws, health, metrics, queues, recordings, seats
+from api.routes import (
+    admin,
+    audit,
+    callbacks,
+    calls,
+    dispositions,
+    events_ws,
+    health,
+    metrics,
+    monitor,
+    queues,
+    recordings,
+    reports,
+    seats,
+    transfers,
+)
 from api.schemas import Me
 from api.throttle import BadTokenThrottle
 from api.tokens import Principal
@@ -77,7 +92,8 @@ def create_app(ctx: ApiContext, ingress: Iterable[APIRouter] = ()) -> FastAPI:
     # Outside the routes and their dependencies: a body over the limit is refused before anything
     # (authentication included) reads it.
     app.add_middleware(BodySizeLimit, limit_for=ctx.limits.body_limit_for)
-    for module in (health, seats, queues, calls, recordings, callbacks, audit, admin, events_ws, metrics):
+    for module in (health, seats, queues, calls, dispositions, reports, transfers, monitor, recordings, callbacks, audit, admin, events_ws,
+                   metrics):
         app.include_router(module.router)
     for router in ingress:
         app.include_router(router)

@@ -20,6 +20,7 @@ from api.tokens import Principal
 
 RECORDING_DOWNLOAD = "recording.download"
 SEAT_STATUS = "seat.status"
+CALL_MONITOR = "call.monitor"
 
 
 class AuditLog:

@@ -19,6 +19,7 @@ from api.bridge import ControlLoopBridge
 from api.limits import ApiLimits
 from api.readmodel import LiveViews
 from api.tokens import TokenStore
+from routing.daily_report import OutcomePolicy
 
 
 class FlowProblemLike(Protocol):
@@ -49,6 +50,7 @@ class Routing(Protocol):
 
     def set_status(self, seat_id: str, status: Any, reason: str | None = None) -> Awaitable[Any]: ...
     def end_wrap_up(self, seat_id: str) -> Awaitable[Any]: ...
+    def record(self, events: list[Any]) -> Awaitable[Any]: ...
     def add_seat(self, spec: Any) -> Awaitable[Any]: ...
     def update_seat(self, spec: Any) -> Awaitable[Any]: ...
     def remove_seat(self, seat_id: str) -> Awaitable[Any]: ...
@@ -97,6 +99,16 @@ class ApiContext:
     #: The observed counters and histograms (``journey.metrics.REGISTRY``) when they live in
     #: another process (the API process asks the control process, cached briefly).
     observed_metrics: Callable[[], Awaitable[bytes]] | None = None
+    #: The configured dispositions and what counts as fast-handled (issue 15).
+    outcomes: OutcomePolicy = field(default_factory=OutcomePolicy)
+    #: The day's figures from the event log (``api.reports.DailyReports``); None without a store.
+    reports: Any = None
+    #: Transfers a live call (``gateway.node.Node.transfer_call``); None where no media runs.
+    transfer: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
+    #: Seat hold / resume of a live call (``gateway.node.Node.hold_call``).
+    hold: Callable[[str, bool, str], Awaitable[dict[str, Any]]] | None = None
+    #: A supervisor listens / whispers / barges (``gateway.node.Node.monitor_call``).
+    monitor: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""

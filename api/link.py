@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 #: The routing service's commands a route may forward (add the name of a new one here).
 ROUTING_COMMANDS = frozenset({"set_status", "end_wrap_up", "add_seat", "update_seat", "remove_seat",
-                              "take_callback", "complete_callback"})
+                              "take_callback", "complete_callback", "record"})
 #: Reads of the ACD that the pushed views do not carry, answered by the control process (a route
 #: reads them with ``ctx.read_control(ctx.routing.acd.<name>, ...)``; add the name of a new one).
 ACD_READS = frozenset({"call_view"})
@@ -70,6 +70,13 @@ def _default(obj: Any) -> Any:
 
 
 def _decode_arg(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("__dataclass__") in ("TransferRequest", "MonitorRequest"):
+        from journey import transfer
+
+        cls = getattr(transfer, value["__dataclass__"])
+        return cls(**{k: v for k, v in value.items() if k != "__dataclass__"})
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "kind" in v and "at" in v for v in value):
+        return [Event.from_dict(v) for v in value]  # ``routing.record([...])``: events travel as dicts
     if isinstance(value, dict) and value.get("__dataclass__") == "SeatSpec":
         from routing.acd import SeatSpec
         from routing.status import SeatStatus
@@ -93,10 +100,12 @@ def _decode_result(result: Any) -> Any:
 
 def _error_classes() -> dict[str, type[Exception]]:
     from api.twilio.calls import StaleStep, UnknownTwilioCall
+    from journey.transfer import TransferRefused
     from routing import errors
     from routing.callbacks import UnknownCallback
 
     found: dict[str, type[Exception]] = {"UnknownCallback": UnknownCallback, "StaleStep": StaleStep,
+                                         "TransferRefused": TransferRefused,
                                          "UnknownTwilioCall": UnknownTwilioCall, "ValueError": ValueError,
                                          "KeyError": KeyError, "LookupError": LookupError}
     for name in dir(errors):
@@ -217,7 +226,8 @@ class ControlDesk:
         except Exception as e:
             if not isinstance(e, tuple(_error_classes().values())):
                 log.exception("forwarded_command_failed", extra={"target": msg.get("target"), "op": op})
-            reply = {"t": "reply", "id": rid, "ok": False, "error": type(e).__name__, "detail": str(e)[:500]}
+            reply = {"t": "reply", "id": rid, "ok": False, "error": type(e).__name__, "detail": str(e)[:500],
+                     "status": getattr(e, "status", None)}
         if self.feed is not None:
             self.feed.push_views()  # before the reply: the API's read model shows the change first
         if self._writer is writer:
@@ -298,6 +308,10 @@ class ControlLink:
             self._waiting.pop(rid, None)
         if reply.get("ok"):
             return _decode_result(reply.get("result"))
+        if reply.get("error") == "TransferRefused":  # carries its HTTP status (journey.transfer)
+            from journey.transfer import TransferRefused
+
+            raise TransferRefused(int(reply.get("status") or 409), str(reply.get("detail") or ""))
         cls = self.errors.get(str(reply.get("error")))
         if cls is None:
             raise HTTPException(500, detail=f"{op} failed in the control process")

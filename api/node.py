@@ -21,11 +21,13 @@ from api.audit import AuditLog
 from api.context import ApiContext
 from api.flow_admin import FlowFileAdmin
 from api.limits import ApiLimits
+from api.reports import DailyReports
 from api.server import ApiServer, ControlLoopBridge
 from api.signin import OneTimeSignIn, first_sign_in, signin_router
 from api.tokens import TokenStore
 from api.twilio import TwilioCalls, TwilioContext, twilio_router
 from ivr.flow import Flow
+from routing.daily_report import OutcomePolicy
 from routing.store.journeys import JourneyStore
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,14 @@ class NodeSettings(Protocol):
     def hold_announce_interval(self) -> float: ...
     @property
     def data_dir(self) -> Path: ...
+    @property
+    def dispositions(self) -> list[str]: ...
+    @property
+    def fast_handled_dispositions(self) -> list[str]: ...
+    @property
+    def not_accident_dispositions(self) -> list[str]: ...
+    @property
+    def report_timezone(self) -> str: ...
     @property
     def db_url(self) -> str | None: ...
     @property
@@ -86,6 +96,15 @@ class ApiHost(Protocol):
 
     def media_stats(self) -> dict[str, float]:
         """Live media objects across workers (``handoff122_gateway_*`` in /metrics)."""
+
+    async def monitor_call(self, req: Any) -> dict[str, Any]:
+        """A supervisor's phone joins a live call (``journey.transfer.MonitorRequest``)."""
+
+    async def hold_call(self, call_id: str, on: bool, by: str) -> dict[str, Any]:
+        """Seat hold (``on``) or resume of a live call; raises ``TransferRefused``."""
+
+    async def transfer_call(self, req: Any) -> dict[str, Any]:
+        """A transfer of a live call (``journey.transfer``); raises ``TransferRefused``."""
 
 
 @dataclass
@@ -135,10 +154,15 @@ async def build_api(node: ApiHost) -> RunningApi:
     flow_admin = FlowFileAdmin(save_to=s.flow, on_installed=node.install_flow, base_dir=s.flow_file.parent,
                                parse_timeout_s=limits.flow_parse_timeout_s)
     bridge = ControlLoopBridge(asyncio.get_running_loop())
+    outcomes = OutcomePolicy(tuple(s.dispositions), frozenset(s.fast_handled_dispositions),
+                             frozenset(s.not_accident_dispositions))
     ctx = ApiContext(routing=node.routing, calls=node.calls, tokens=tokens, recordings=node.catalog,
                      flow_admin=flow_admin, service_level_s=s.service_level_s, node_id=node.node_id,
                      bridge=bridge, gateway_stats=node.media_stats, limits=limits,
-                     audit=AuditLog(node.engine, node_id=node.node_id))
+                     audit=AuditLog(node.engine, node_id=node.node_id), outcomes=outcomes,
+                     reports=DailyReports(node.engine, outcomes, s.service_level_s, s.report_timezone),
+                     transfer=node.transfer_call, hold=node.hold_call,
+                     monitor=node.monitor_call)
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     signin = await first_sign_in(tokens)
@@ -205,6 +229,8 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
         "twilio": (twilio, TWILIO_COMMANDS),
         "flow": (flow_admin, frozenset({"install_flow"})),
         "metrics": (ObservedMetrics(), frozenset({"observed"})),
+        # live calls (issue 15): their media and journeys are here
+        "node": (node, frozenset({"transfer_call", "hold_call", "monitor_call"})),
     })
     feed = ViewsFeed(node.routing, desk, node.media_stats)
     desk.feed = feed
@@ -216,5 +242,7 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
         channel=str(channel), secret=secret, node_id=node.node_id,
         service_level_s=s.service_level_s, limits=asdict(limits), twilio_auth_token=s.twilio_auth_token,
         public_base_url=s.public_base_url, signin_code=signin.code if signin else None,
+        dispositions=list(s.dispositions), fast_handled_dispositions=list(s.fast_handled_dispositions),
+        not_accident_dispositions=list(s.not_accident_dispositions), report_timezone=s.report_timezone,
         token_command=f"handoff122 token create --role supervisor {where}")
     return ApiDesk(desk=desk, feed=feed, twilio=twilio, config=config, signin=signin)

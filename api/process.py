@@ -32,10 +32,12 @@ from api.context import ApiContext
 from api.limits import ApiLimits
 from api.link import ControlLink, RemoteFlowAdmin, RemoteObservedMetrics, RemoteRouting, RemoteTwilioCalls
 from api.readmodel import LiveViews
+from api.reports import DailyReports
 from api.server import WS_MAX_MESSAGE
 from api.signin import OneTimeSignIn, signin_router
 from api.tokens import TokenStore
 from api.twilio import TwilioContext, twilio_router
+from routing.daily_report import OutcomePolicy
 
 log = logging.getLogger("api.process")
 
@@ -59,6 +61,11 @@ class ApiProcessConfig:
     signin_code: str | None = field(default=None, repr=False)
     token_command: str = "handoff122 token create --role supervisor"
     forward_timeout_s: float = 5.0
+    #: The disposition list and the headline figure's rules (issue 15), and the report's day.
+    dispositions: list[str] = field(default_factory=list)
+    fast_handled_dispositions: list[str] = field(default_factory=list)
+    not_accident_dispositions: list[str] = field(default_factory=list)
+    report_timezone: str = "Asia/Shanghai"
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -120,12 +127,19 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
         async with asyncio.timeout(10):
             await live.ready.wait()
     tokens = TokenStore(engine)
+    outcomes = OutcomePolicy(tuple(cfg.dispositions), frozenset(cfg.fast_handled_dispositions),
+                             frozenset(cfg.not_accident_dispositions)) if cfg.dispositions else OutcomePolicy()
     ctx = ApiContext(routing=cast(Any, RemoteRouting(link, live)), calls=CallRecords(reads), tokens=tokens,
                      recordings=Catalog(reads, Path(cfg.recordings_dir)), flow_admin=RemoteFlowAdmin(link),
                      service_level_s=cfg.service_level_s, node_id=cfg.node_id, bridge=None,
                      gateway_stats=lambda: live.gateway, limits=ApiLimits(**cfg.limits),
                      audit=AuditLog(engine, node_id=cfg.node_id), live=live,
-                     observed_metrics=RemoteObservedMetrics(link))
+                     observed_metrics=RemoteObservedMetrics(link), outcomes=outcomes,
+                     reports=DailyReports(reads, outcomes, cfg.service_level_s, cfg.report_timezone),
+                     # live calls are the control process's: transfers, hold and monitoring go there
+                     transfer=lambda req: link.forward("node", "transfer_call", req),
+                     hold=lambda call_id, on, by: link.forward("node", "hold_call", call_id, on, by),
+                     monitor=lambda req: link.forward("node", "monitor_call", req))
     twilio = TwilioContext(routing=cast(Any, None), flow=cast(Any, lambda: None), auth_token=cfg.twilio_auth_token,
                            public_base_url=cfg.public_base_url or f"http://{cfg.host}:{cfg.port}",
                            node_id=cfg.node_id)

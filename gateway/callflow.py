@@ -26,8 +26,10 @@ from ivr.screen_pop import describe
 from journey.call import CallJourney, Offer
 from journey.failures import from_sip
 from journey.notifier import JourneyNotifier
-from journey.stages import Stage
-from routing.events import Event
+from journey.stages import CONVERSATION, Stage
+from journey.transfer import MonitorRequest, TransferRefused, TransferRequest
+from routing.events import Event, EventKind
+from routing.skills import SKILLS
 
 log = logging.getLogger("gateway.callflow")
 
@@ -59,6 +61,7 @@ class CallFlow:
     hold_token: int = 1_000_000
     last_position_at: float = 0.0
     recording_path: str | None = None
+    monitors: int = 0
 
     @property
     def call_id(self) -> str:
@@ -115,6 +118,8 @@ class CallDirector:
                 self._apply(call, call.ivr.prompt_finished(msg.token, self.clock()))
             elif call.journey.waiting and msg.token == call.hold_token:
                 self._announce(call)
+            elif call.stage is Stage.ON_HOLD and msg.token == call.hold_token and call.leg_id:
+                self._hold_audio(call, on=True)  # hold audio again: never silence on hold
         elif isinstance(msg, ch.SeatRinging):
             if msg.leg_id == call.leg_id and call.journey.offer is not None:
                 call.journey.seat_ringing(call.journey.offer.seat_id, msg.at)
@@ -122,6 +127,13 @@ class CallDirector:
             self._seat_answered(call, msg)
         elif isinstance(msg, ch.SeatFailed):
             self._seat_failed(call, msg)
+        elif isinstance(msg, ch.SeatReferred):
+            self._seat_referred(call, msg)
+        elif isinstance(msg, ch.MonitorAnswered):
+            self._monitor_event(call, msg.leg_id, "answered", msg.at, mode=msg.mode)
+        elif isinstance(msg, ch.MonitorEnded):
+            self._monitor_event(call, msg.leg_id, "ended", msg.at, reason=msg.reason, code=msg.code,
+                                answered=msg.answered)
         elif isinstance(msg, ch.CallEnded):
             self._call_ended(call, msg.ended_by, msg.recording_error)
         elif isinstance(msg, ch.CommandFailed):
@@ -264,7 +276,7 @@ class CallDirector:
         now = self.clock()
         log.warning("seat_failed", extra={"call_id": call.call_id, "code": msg.code, "reason": msg.reason,
                                           "local": msg.local, "stage": call.stage.value})
-        if call.stage is Stage.TALKING:
+        if call.stage in CONVERSATION:
             call.journey.seat_leg_lost(msg.code, msg.reason, now)
         elif call.journey.offer is not None:
             # the gateway's own failure (PJSIP refused to dial) is never the seat's
@@ -272,6 +284,126 @@ class CallDirector:
             call.journey.seat_not_taken(call.journey.offer.seat_id, from_sip(msg.code, reason, msg.cancelled), now)
         if call.journey.waiting:
             self._announce(call)
+
+    # ------------------------------------------------------------------------------------------
+    # transfers (docs/SEATS.md): the caller's leg is never touched
+    # ------------------------------------------------------------------------------------------
+    def transfer(self, req: TransferRequest) -> dict[str, Any]:
+        """Send a talking caller on; raises ``TransferRefused`` with the API's status.
+
+        Order matters: the worker is told to release seat 1's leg *before* the journey re-queues
+        the caller, because the ACD may offer seat 2 at once and its dial must find no seat leg."""
+        call = self.calls.get(req.call_id)
+        if call is None:
+            raise TransferRefused(404, f"no live call {req.call_id!r} on this node")
+        if req.mode != "blind":
+            raise TransferRefused(409, "warm (consult) transfer is not available on this node yet")
+        to_skill = req.to_skill
+        if req.to_seat is not None:
+            to_skill = self._seat_target(req.to_seat, call.journey.seat_id)
+        if to_skill not in SKILLS:
+            raise TransferRefused(422, f"unknown skill {to_skill!r}")
+        if call.stage not in CONVERSATION or call.leg_id is None:
+            raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}, not talking to a seat")
+        from_seat = call.journey.seat_id
+        leg = call.leg_id
+        if not self.media.send(call.call_id, ch.ReleaseSeat(call_id=call.call_id, leg_id=leg, reason="transfer")):
+            raise TransferRefused(409, "the call's media worker is not reachable")
+        call.leg_id = None
+        now = self.clock()
+        call.journey.transferred(to_skill, req.note, req.by, now, mode="blind", to_seat=req.to_seat)
+        log.info("transferred", extra={"call_id": call.call_id, "from_seat": from_seat, "to_skill": to_skill,
+                                       "to_seat": req.to_seat, "by": req.by, "mode": req.mode})
+        if call.journey.waiting and call.leg_id is None:
+            self._announce(call)  # hold audio until the next seat answers
+        elif call.journey.waiting:
+            # seat 2 was offered at once and is being dialled: the caller hears hold audio meanwhile
+            call.hold_token += 1
+            self.media.send(call.call_id, ch.Play(call_id=call.call_id, token=call.hold_token,
+                                                  files=[str(p) for p in hold_prompts()]))
+        return {"call_id": call.call_id, "mode": req.mode, "to_skill": to_skill, "to_seat": req.to_seat,
+                "from_seat": from_seat, "stage": call.stage.value}
+
+    def _seat_target(self, seat_id: str, own: str | None) -> str:
+        """The skill a transfer to ``seat_id`` queues in (its first-choice skill); only a seat that
+        is free now is a target, so the caller never waits for someone who is not there."""
+        if seat_id == own:
+            raise TransferRefused(409, "a seat cannot transfer a call to itself")
+        try:
+            view = self.routing.acd.seat_view(seat_id, self.clock())
+        except Exception:
+            raise TransferRefused(404, f"unknown seat {seat_id!r}") from None
+        if str(view.get("status")) != "available":
+            raise TransferRefused(409, f"seat {seat_id} is {view.get('status')}, not available: transfer to its skill "
+                                       "instead, or wait until it is free")
+        skills = view.get("skills") or {}
+        if isinstance(skills, dict):
+            return min(skills, key=lambda s: skills[s])
+        return str(next(iter(skills)))
+
+    # ------------------------------------------------------------------------------------------
+    # supervisors: listen, whisper, barge (a third leg in the worker's bridge)
+    # ------------------------------------------------------------------------------------------
+    def monitor(self, req: MonitorRequest) -> dict[str, Any]:
+        call = self.calls.get(req.call_id)
+        if call is None:
+            raise TransferRefused(404, f"no live call {req.call_id!r} on this node")
+        if call.stage not in CONVERSATION:
+            raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}; a supervisor joins a conversation")
+        call.monitors += 1
+        leg_id = f"{call.call_id}-m{call.monitors}"
+        cmd = ch.DialMonitor(call_id=call.call_id, leg_id=leg_id, uri=req.contact, mode=req.mode,  # type: ignore[arg-type]
+                             headers={"X-Handoff-Call-Id": call.call_id, "X-Handoff-Monitor": req.mode})
+        if not self.media.send(call.call_id, cmd):
+            raise TransferRefused(409, "the call's media worker is not reachable")
+        self._monitor_event(call, leg_id, "dialing", self.clock(), mode=req.mode, contact=req.contact, by=req.by)
+        return {"call_id": call.call_id, "leg_id": leg_id, "mode": req.mode, "contact": req.contact,
+                "state": "dialing"}
+
+    def _monitor_event(self, call: CallFlow, leg_id: str, state: str, at: float, **data: Any) -> None:
+        log.info("monitor", extra={"call_id": call.call_id, "leg_id": leg_id, "state": state, **data})
+        self.notifier.record([Event(EventKind.MONITOR, at, call_id=call.call_id, seat_id=call.journey.seat_id,
+                                    data={"leg_id": leg_id, "state": state, **data})])
+
+    def _seat_referred(self, call: CallFlow, msg: ch.SeatReferred) -> None:
+        """A REFER from the seat's own phone on its leg: trusted (the gateway dialled that seat), but
+        only ever as our own transfer to a skill; anything else is refused and logged."""
+        if msg.leg_id != call.leg_id:
+            return
+        seat = call.journey.seat_id
+        if msg.target not in SKILLS:
+            log.warning("seat_refer_refused", extra={"call_id": call.call_id, "seat_id": seat, "target": msg.target})
+            return
+        try:
+            self.transfer(TransferRequest(call_id=call.call_id, to_skill=msg.target, by=f"refer:{seat}"))
+        except TransferRefused as e:
+            log.warning("seat_refer_refused", extra={"call_id": call.call_id, "seat_id": seat, "target": msg.target,
+                                                     "error": e.detail})
+
+    def hold(self, call_id: str, on: bool, by: str) -> dict[str, Any]:
+        """Seat hold / resume: the caller hears hold audio, the seat stays on the line (no re-INVITE)."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise TransferRefused(404, f"no live call {call_id!r} on this node")
+        want = Stage.TALKING if on else Stage.ON_HOLD
+        if call.stage is not want or call.leg_id is None:
+            raise TransferRefused(409, f"call {call_id} is {call.stage.value}; "
+                                       f"{'hold' if on else 'resume'} needs {want.value}")
+        if not self._hold_audio(call, on):
+            raise TransferRefused(409, "the call's media worker is not reachable")
+        now = self.clock()
+        if on:
+            call.journey.held(by, now)
+        else:
+            call.journey.resumed(by, now)
+        return {"call_id": call_id, "stage": call.stage.value, "seat_id": call.journey.seat_id}
+
+    def _hold_audio(self, call: CallFlow, on: bool) -> bool:
+        assert call.leg_id is not None
+        call.hold_token += 1
+        return self.media.send(call.call_id, ch.HoldSeat(
+            call_id=call.call_id, leg_id=call.leg_id, on=on, token=call.hold_token,
+            files=[str(p) for p in hold_prompts()] if on else []))
 
     # ------------------------------------------------------------------------------------------
     # end of a call

@@ -123,6 +123,39 @@ class CallEnded(_Msg):
     recording_error: str | None = None
 
 
+class SeatReferred(_Msg):
+    """The seat's phone sent a REFER on its leg (its transfer key).  The worker refused to follow it
+    (pjsua2 would dial the target itself); the control process decides what it means."""
+
+    type: Literal["seat_referred"] = "seat_referred"
+    call_id: str
+    leg_id: str
+    target: str        # the user part of Refer-To (a skill or a seat id, when it means anything)
+    at: float
+
+
+class MonitorAnswered(_Msg):
+    """A supervisor's phone answered and is joined to the conversation in the bridge."""
+
+    type: Literal["monitor_answered"] = "monitor_answered"
+    call_id: str
+    leg_id: str
+    mode: str
+    at: float
+
+
+class MonitorEnded(_Msg):
+    """A supervisor's leg ended (hung up, refused, no free call in the worker, caller gone)."""
+
+    type: Literal["monitor_ended"] = "monitor_ended"
+    call_id: str
+    leg_id: str
+    code: int
+    reason: str
+    answered: bool = False
+    at: float
+
+
 class WorkerStats(_Msg):
     type: Literal["stats"] = "stats"
     calls: int
@@ -141,7 +174,7 @@ class CommandFailed(_Msg):
 
 WorkerEvent = Annotated[
     Hello | CallStarted | CallRejected | Dtmf | PromptFinished | SeatRinging | SeatAnswered | SeatFailed
-    | CallEnded | WorkerStats | CommandFailed,
+    | CallEnded | SeatReferred | MonitorAnswered | MonitorEnded | WorkerStats | CommandFailed,
     Field(discriminator="type"),
 ]
 
@@ -186,6 +219,48 @@ class CancelSeat(_Msg):
     reason: str = "ring_no_answer"
 
 
+class ReleaseSeat(_Msg):
+    """End the bridged seat leg of a call and keep the caller (a transfer): the caller's leg and
+    recording go on; the control process plays hold audio next and dials the next seat."""
+
+    type: Literal["release_seat"] = "release_seat"
+    call_id: str
+    leg_id: str
+    reason: str = "transfer"
+
+
+class HoldSeat(_Msg):
+    """Hold (``on``) or resume a bridged conversation: on hold the caller hears ``files`` (hold
+    audio, ``prompt_finished`` with ``token`` at its end) and the seat hears nothing; on resume
+    the two hear each other again.  No SIP re-INVITE on either leg: it happens in the bridge."""
+
+    type: Literal["hold_seat"] = "hold_seat"
+    call_id: str
+    leg_id: str
+    on: bool
+    files: list[str] = Field(default_factory=list)
+    token: int = 0
+
+
+class DialMonitor(_Msg):
+    """Call a supervisor's phone and join it to the conversation: ``listen`` hears caller and seat,
+    heard by no one; ``whisper`` is also heard by the seat; ``barge`` by both (three-way)."""
+
+    type: Literal["dial_monitor"] = "dial_monitor"
+    call_id: str
+    leg_id: str
+    uri: str
+    mode: Literal["listen", "whisper", "barge"]
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = 30.0
+
+
+class EndMonitor(_Msg):
+    type: Literal["end_monitor"] = "end_monitor"
+    call_id: str
+    leg_id: str
+
+
 class Hangup(_Msg):
     """End a call (both legs).  Only for shutdown and for calls the control process lost track of."""
 
@@ -200,7 +275,8 @@ class Shutdown(_Msg):
 
 
 WorkerCommand = Annotated[
-    Play | StopPlayback | DialSeat | CancelSeat | Hangup | Shutdown, Field(discriminator="type")
+    Play | StopPlayback | DialSeat | CancelSeat | ReleaseSeat | HoldSeat | DialMonitor | EndMonitor | Hangup
+    | Shutdown, Field(discriminator="type")
 ]
 
 _event_adapter: TypeAdapter[Any] = TypeAdapter(WorkerEvent)

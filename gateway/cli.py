@@ -82,7 +82,8 @@ def cmd_seat(args: argparse.Namespace) -> int:
     answer_after = None if args.answer_after == "never" else float(args.answer_after)
     return run_seat(seat_id=args.id, sip_port=args.sip_port, answer_after=answer_after,
                     hangup_after=args.hangup_after, record=args.record, tone_hz=args.tone,
-                    respond=args.respond, max_calls=args.max_calls, srtp=args.srtp)
+                    respond=args.respond, max_calls=args.max_calls, srtp=args.srtp,
+                    refer_to=args.refer_to, refer_after=args.refer_after)
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--respond", type=int, default=None, help="answer every INVITE with this final code (486, 603…)")
     p.add_argument("--max-calls", type=int, default=0, help="exit after this many calls (0 = run until killed)")
     p.add_argument("--srtp", choices=["off", "optional", "mandatory"], default="off", help="SRTP (SDES) on the call")
+    p.add_argument("--refer-to", default=None, help="press the phone's transfer key: REFER the call to this URI")
+    p.add_argument("--refer-after", type=float, default=2.0, help="seconds after answering to send the REFER")
     p.set_defaults(func=cmd_seat)
 
     p = sub.add_parser("call", help="a simulated caller (pjsua2)")

@@ -83,6 +83,7 @@ class EdgePolicy:
     invite_timeout_s: int = 10       # tm fr_inv_timer: a worker answers within its answer delay
     scanner_user_agents: list[str] = field(default_factory=lambda: ["friendly-scanner", "sipvicious", "sipcli",
                                                                     "VaxSIPUserAgent", "sipsak", "sundayddr"])
+    sip_realm: str = "handoff122"    # digest realm of seat phones (HA1 = md5(user:realm:password))
 
     def trusted_networks(self, host: str) -> list[str]:
         """Trunks plus the node's own SIP address (its workers and local tools speak from there)."""
@@ -190,6 +191,10 @@ loadmodule "dialog.so"
 loadmodule "dispatcher.so"
 loadmodule "ipops.so"
 loadmodule "pike.so"
+loadmodule "htable.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
 
 modparam("jsonrpcs", "transport", 4)
 modparam("jsonrpcs", "dgram_socket", "{rpc_socket}")
@@ -201,6 +206,11 @@ modparam("rr", "append_fromtag", 1)
 modparam("dialog", "enable_stats", 1)
 modparam("dialog", "default_timeout", 14400)
 modparam("dialog", "profiles_with_value", "source")
+modparam("htable", "htable", "seatha1=>size=6;")
+modparam("usrloc", "db_mode", 0)
+modparam("usrloc", "timer_interval", 5)
+modparam("registrar", "min_expires", 10)
+modparam("registrar", "max_expires", 3600)
 modparam("pike", "sampling_time_unit", 2)
 modparam("pike", "reqs_density_per_unit", {edge.requests_per_s * 2})
 modparam("pike", "remove_latency", 4)
@@ -264,9 +274,13 @@ request_route {{
         sl_send_reply("200", "OK");
         exit;
     }}
+    if (is_method("REGISTER")) {{
+        route(REGISTRAR);
+        exit;
+    }}
     if (!is_method("INVITE")) {{
-        # REFER, MESSAGE, SUBSCRIBE, PUBLISH, NOTIFY, REGISTER ...: nothing to do here
-        append_to_reply("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO\\r\\n");
+        # REFER, MESSAGE, SUBSCRIBE, PUBLISH, NOTIFY ...: nothing to do here
+        append_to_reply("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER\\r\\n");
         sl_send_reply("405", "Method Not Allowed");
         exit;
     }}
@@ -300,6 +314,35 @@ request_route {{
     t_on_failure("FAILOVER");
     t_on_reply("REPLY");
     route(RELAY);
+}}
+
+# Seat phones register with digest auth; the HA1 of each seat phone is loaded into the seatha1
+# hash table by the node over RPC (gateway.registrations): no password, no credentials file.
+route[REGISTRAR] {{
+    if (!is_present_hf("Authorization")) {{
+        auth_challenge("{edge.sip_realm}", "0");
+        exit;
+    }}
+    $var(ha1) = $sht(seatha1=>$au);
+    if ($var(ha1) == $null || $au != $tU) {{
+        xlog("L_WARN", "REGISTER of an unknown seat phone $au for $tU from $si\\n");
+        sl_send_reply("403", "Forbidden");
+        exit;
+    }}
+    $var(rc) = pv_auth_check("{edge.sip_realm}", "$var(ha1)", "1", "0");
+    if ($var(rc) == -2) {{
+        xlog("L_WARN", "REGISTER of seat phone $au from $si: wrong password\\n");
+        sl_send_reply("403", "Forbidden");
+        exit;
+    }}
+    if ($var(rc) < 0) {{
+        auth_challenge("{edge.sip_realm}", "0");
+        exit;
+    }}
+    consume_credentials();
+    if (!save("location")) {{
+        sl_reply_error();
+    }}
 }}
 
 route[WITHINDLG] {{

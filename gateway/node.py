@@ -56,6 +56,8 @@ class Node:
         self.node_id = f"{socket.gethostname()}:{settings.sip_port}"
         self.run_dir = settings.data_dir / "run"
         self.kamailio: Kamailio | None = None
+        self.registrations: Any = None      # gateway.registrations.SeatRegistrations (seat phones that REGISTER)
+        self.seat_specs: list[Any] = []     # the seats file's seats
         self.pool: WorkerPool | None = None
         self.director: CallDirector | None = None
         self.routing: Any = None
@@ -96,6 +98,7 @@ class Node:
         if s.seats is not None:
             try:
                 seats = load_seats(s.seats)
+                self.seat_specs = list(seats)
             except SeatsFileInvalid as e:
                 raise ConfigError(f"seats file {s.seats}: {e}") from None
             except OSError as e:
@@ -186,6 +189,13 @@ class Node:
                 raise ConfigError(str(e)) from None
             if self.kamailio.proc is not None:  # issue 13: found and ended by the next start after a crash
                 (self.run_dir / "kamailio.pid").write_text(str(self.kamailio.proc.pid))
+            phones = [spec for spec in self.seat_specs if spec.register_user]
+            if phones:
+                from gateway.registrations import SeatRegistrations
+
+                self.registrations = SeatRegistrations(self.kamailio.call, self.routing, phones)
+                await self.registrations.load_credentials()
+                self.registrations.start()
 
         # 5. the API, in its own process, reading what this one pushes
         if s.api_port:
@@ -243,7 +253,7 @@ class Node:
 
     def _edge(self) -> EdgePolicy:
         s = self.settings
-        return EdgePolicy(trunk_sources=s.trunk_sources, requests_per_s=s.source_requests_per_s,
+        return EdgePolicy(sip_realm=s.sip_realm, trunk_sources=s.trunk_sources, requests_per_s=s.source_requests_per_s,
                           source_max_calls=s.source_max_calls, invite_timeout_s=s.invite_timeout_s,
                           scanner_user_agents=s.scanner_user_agents)
 
@@ -276,6 +286,31 @@ class Node:
             await desk.stop()
             raise ConfigError(str(e)) from None
         return api
+
+    async def monitor_call(self, req: Any) -> dict[str, Any]:
+        """A supervisor joins a live call (``journey.transfer.MonitorRequest``); ``TransferRefused``."""
+        from journey.transfer import TransferRefused
+
+        if self.director is None:
+            raise TransferRefused(409, "no media workers on this node")
+        return self.director.monitor(req)
+
+    async def hold_call(self, call_id: str, on: bool, by: str) -> dict[str, Any]:
+        """Seat hold / resume asked through the API; ``TransferRefused`` carries the API's status."""
+        from journey.transfer import TransferRefused
+
+        if self.director is None:
+            raise TransferRefused(409, "no media workers on this node")
+        return self.director.hold(call_id, on, by)
+
+    async def transfer_call(self, req: Any) -> dict[str, Any]:
+        """A transfer asked through the API (``journey.transfer.TransferRequest``), run on the
+        control loop; ``TransferRefused`` carries the API's status."""
+        from journey.transfer import TransferRefused
+
+        if self.director is None:
+            raise TransferRefused(409, "no media workers on this node")
+        return self.director.transfer(req)
 
     def install_flow(self, flow: Any) -> None:
         """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""
@@ -341,6 +376,8 @@ class Node:
                 await self.api.stop()
             except Exception:
                 log.exception("api_stop_failed", extra={"node_id": self.node_id})
+        if self.registrations is not None:
+            await self.registrations.stop()
         if self.kamailio is not None:
             await self.kamailio.stop()
         if self.director is not None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -73,6 +75,19 @@ class Settings(BaseSettings):
     wrap_up_s: float = Field(15.0, ge=0, le=3600, description="seconds of wrap-up after a conversation")
     callback_after_s: float = Field(30.0, ge=0, le=86400,
                                     description="an abandoned caller who waited this long is put on the callback list")
+    dispositions: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["fast_handled_online", "insurance_claim_opened", "police_on_scene", "query_answered",
+                                 "not_road_accident", "caller_unreachable"],
+        description="outcome codes a seat picks when a conversation ends, comma-separated (docs/SEATS.md)")
+    fast_handled_dispositions: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["fast_handled_online", "insurance_claim_opened"],
+        description="codes that count as fast-handled in the centre's headline figure")
+    not_accident_dispositions: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["query_answered", "not_road_accident"],
+        description="codes that take a call out of the accident calls (the headline figure's denominator)")
+    sip_realm: str = Field("handoff122", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                           description="digest realm of seat phones that REGISTER (HA1 = md5(user:realm:password))")
+    report_timezone: str = Field("Asia/Shanghai", description="time zone of the centre's day (daily report)")
     recordings_retention_days: int = Field(180, ge=1, le=36500, description="recordings older than this are purged")
     caller_id_header: str = Field("from+pai", description="how the caller's number reaches a seat: from | pai | from+pai")
 
@@ -129,12 +144,27 @@ class Settings(BaseSettings):
                       description="SRTP (SDES) on the worker's legs: optional = used when the peer offers it")
 
     @model_validator(mode="after")
+    def _dispositions_known(self) -> Settings:
+        bad = [c for c in self.dispositions if not re.fullmatch(r"[a-z0-9_]{1,48}", c)]
+        if bad or not self.dispositions:
+            raise ValueError(f"dispositions must be a non-empty list of [a-z0-9_]{{1,48}} codes (bad: {bad})")
+        unknown = sorted(set(self.fast_handled_dispositions + self.not_accident_dispositions) - set(self.dispositions))
+        if unknown:
+            raise ValueError(f"fast_handled/not_accident dispositions not in dispositions: {', '.join(unknown)}")
+        try:
+            ZoneInfo(self.report_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"report_timezone {self.report_timezone!r} is not a known time zone") from None
+        return self
+
+    @model_validator(mode="after")
     def _tls_complete(self) -> Settings:
         if self.tls_port and not (self.tls_cert and self.tls_key):
             raise ValueError("tls_port needs tls_cert and tls_key (PEM files)")
         return self
 
-    @field_validator("trunk_sources", "scanner_user_agents", mode="before")
+    @field_validator("trunk_sources", "scanner_user_agents", "dispositions", "fast_handled_dispositions",
+                     "not_accident_dispositions", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
         if isinstance(v, str):

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from journey import metrics
 from journey.failures import RONA, SeatOutcome
 from journey.notifier import JourneyNotifier
-from journey.stages import WAITING, Cause, Stage, UnexpectedEvent, next_stage
+from journey.stages import CONVERSATION, WAITING, Cause, Stage, UnexpectedEvent, next_stage
 from routing.errors import RoutingError
 from routing.events import Event, EventKind
 
@@ -42,7 +42,8 @@ class RoutingPort(Protocol):
 
     def record(self, events: list[Event]) -> Any: ...
     def enqueue(self, call_id: str, skill: str, priority: int, caller: str | None = None,
-                info: dict[str, Any] | None = None) -> Any: ...
+                info: dict[str, Any] | None = None, place_at: float | None = None,
+                only_seat: str | None = None) -> Any: ...
     def seat_answered(self, call_id: str, seat_id: str | None = None) -> Any: ...
     def ring_no_answer(self, call_id: str, seat_id: str | None = None) -> Any: ...
     def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None) -> Any: ...
@@ -85,6 +86,7 @@ class CallJourney:
     ivr_record: dict[str, Any] = field(default_factory=dict)  # the IVR's decision, for every screen pop
     queue_info: dict[str, Any] = field(default_factory=dict)  # what the queue entry carries to a seat
     history: list[tuple[Stage, Cause, Stage]] = field(default_factory=list)
+    queued_at: float | None = None     # when the IVR first queued the call (its place after a transfer)
 
     # -- the table ------------------------------------------------------------------------------
     def _move(self, cause: Cause, at: float, detail: str = "") -> bool:
@@ -129,6 +131,7 @@ class CallJourney:
         if not self._move(Cause.IVR_ROUTED, at, f"{skill} p{priority} ({reason})"):
             return False
         self.skill, self.priority, self.ivr_record = skill, priority, record
+        self.queued_at = at
         metrics.count_ivr_outcome(skill, reason)
         self.notifier.record([Event(EventKind.IVRDONE, at, call_id=self.call_id, skill=skill,
                                     data={"record": record, "priority": priority, "reason": reason})])
@@ -230,6 +233,33 @@ class CallJourney:
                      info={**self.queue_info, "requeued_after": "seat_leg_failed"})
         return True
 
+    def transferred(self, to_skill: str, note: str | None, by: str, now: float, mode: str = "blind",
+                    to_seat: str | None = None) -> bool:
+        """A blind transfer: the seat's part is over (wrap-up), the caller, never hung up, waits
+        for ``to_skill`` at the head of their priority (their place is their first queueing
+        time), carrying the IVR record, the screen pop and every transfer note so far."""
+        from_seat = self.seat_id
+        target = f"seat {to_seat} ({to_skill})" if to_seat else to_skill
+        if not self._move(Cause.TRANSFERRED, now, f"seat {from_seat} -> {target} ({mode}, by {by})"):
+            return False
+        self.seat_id = None
+        self._report("call_completed", "transfer")
+        hop = {"from_seat": from_seat, "to_skill": to_skill, "to_seat": to_seat, "note": note, "by": by, "mode": mode,
+               "at": now}
+        self.queue_info = {**self.queue_info, "transfers": [*self.queue_info.get("transfers", []), hop],
+                           "transfer_note": note, "transferred_from": from_seat}
+        self.skill = to_skill
+        self._report("enqueue", to_skill, self.priority or REQUEUE_PRIORITY, caller=self.caller,
+                     info=self.queue_info, place_at=self.queued_at, only_seat=to_seat)
+        return True
+
+    def held(self, by: str, now: float) -> bool:
+        """The seat put the caller on hold (the caller hears hold audio, the seat stays on the line)."""
+        return self._move(Cause.HELD, now, f"seat {self.seat_id} (by {by})")
+
+    def resumed(self, by: str, now: float) -> bool:
+        return self._move(Cause.RESUMED, now, f"seat {self.seat_id} (by {by})")
+
     def _count_ring(self, now: float, kind: str) -> None:
         if self.offer is not None:
             metrics.observe_ring_time(now - self.offer.offered_at, self.offer.skill or self.skill or "", kind)
@@ -239,7 +269,7 @@ class CallJourney:
         """The line closed (``by`` caller | seat | gateway | error).  Tells the ACD, returns the end
         reason; ``record`` is the IVR's decision record, written when the call ends in the IVR."""
         stage = self.stage
-        cause = Cause.SEAT_HUNG_UP if by == "seat" and stage is Stage.TALKING else Cause.CALLER_HUNG_UP
+        cause = Cause.SEAT_HUNG_UP if by == "seat" and stage in CONVERSATION else Cause.CALLER_HUNG_UP
         if not self._move(cause, now, f"by {by}"):
             return None
         self.ended_by = by

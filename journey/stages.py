@@ -16,6 +16,7 @@ class Stage(StrEnum):
     OFFERED = "offered"            # the ACD reserved a seat; the seat leg is being dialled
     RINGING_SEAT = "ringing_seat"  # the seat's phone rings (180, or Twilio's <Dial> is out)
     TALKING = "talking"            # caller and seat bridged
+    ON_HOLD = "on_hold"            # the seat put the caller on hold: hold audio, the seat still on the line
     WRAP_UP = "wrap_up"            # the line is closed; the record and recording are being sealed
     ENDED = "ended"                # CALLEND written: nothing more happens to this call
 
@@ -35,11 +36,15 @@ class Cause(StrEnum):
     SEAT_HUNG_UP = "seat_hung_up"        # the seat's normal BYE after the conversation
     LINE_LOST = "line_lost"              # the media side died (worker crash)
     CLOSED = "closed"                    # recording sealed, CALLEND written
+    HELD = "held"                        # the seat put the caller on hold
+    RESUMED = "resumed"                  # the seat took the caller off hold
+    TRANSFERRED = "transferred"          # a seat (or supervisor) sent the caller on to another skill or seat
 
 
 S, C = Stage, Cause
 
-LIVE = (S.ANSWERED, S.IN_IVR, S.QUEUED, S.OFFERED, S.RINGING_SEAT, S.TALKING)
+LIVE = (S.ANSWERED, S.IN_IVR, S.QUEUED, S.OFFERED, S.RINGING_SEAT, S.TALKING, S.ON_HOLD)
+CONVERSATION = (S.TALKING, S.ON_HOLD)
 WAITING = (S.QUEUED, S.OFFERED, S.RINGING_SEAT)
 
 TRANSITIONS: dict[tuple[Stage, Cause], Stage] = {
@@ -54,6 +59,12 @@ TRANSITIONS: dict[tuple[Stage, Cause], Stage] = {
     (S.RINGING_SEAT, C.SEAT_NOT_TAKEN): S.QUEUED,
     (S.TALKING, C.SEAT_LEG_LOST): S.QUEUED,
     (S.TALKING, C.SEAT_HUNG_UP): S.WRAP_UP,
+    (S.TALKING, C.TRANSFERRED): S.QUEUED,
+    (S.TALKING, C.HELD): S.ON_HOLD,
+    (S.ON_HOLD, C.RESUMED): S.TALKING,
+    (S.ON_HOLD, C.SEAT_HUNG_UP): S.WRAP_UP,
+    (S.ON_HOLD, C.SEAT_LEG_LOST): S.QUEUED,
+    (S.ON_HOLD, C.TRANSFERRED): S.QUEUED,
     **{(s, C.CALLER_HUNG_UP): S.WRAP_UP for s in LIVE},
     **{(s, C.LINE_LOST): S.WRAP_UP for s in LIVE},
     (S.WRAP_UP, C.CLOSED): S.ENDED,

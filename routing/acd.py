@@ -66,6 +66,8 @@ class SeatSpec:
     skills: dict[str, int]
     name: str = ""
     status: SeatStatus = SeatStatus.LOGGED_OUT
+    register_user: str | None = None   # a seat phone that REGISTERs (digest user); contact comes from it
+    ha1: str | None = field(default=None, repr=False)  # md5(user:realm:password), never the password
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +245,8 @@ class Acd:
             raise IllegalTransition(f"seat {seat_id}: {status.value} is decided by the ACD, not requested")
         if seat.status in (S.RESERVED, S.ON_CALL):
             raise IllegalTransition(f"seat {seat_id} is {seat.status.value}; change its status after the call")
+        if status is S.AVAILABLE and not seat.contact:
+            raise IllegalTransition(f"seat {seat_id} has no phone to ring: its phone must register first")
         if status is S.NOT_READY:
             reason = reason or "manual"
         if seat.status is status and (status is not S.NOT_READY or seat.reason == reason):
@@ -271,13 +275,20 @@ class Acd:
 
     # -- calls ---------------------------------------------------------------------------------
     def enqueue(self, call_id: str, skill: str, priority: int, now: float, caller: str | None = None,
-                info: dict[str, Any] | None = None) -> list[Event]:
+                info: dict[str, Any] | None = None, place_at: float | None = None,
+                only_seat: str | None = None) -> list[Event]:
+        """``place_at``: the call's place among its priority (a transferred caller keeps the time
+        they first queued, so they go ahead of callers who came later); wait figures still run
+        from ``now``.  ``only_seat``: a transfer to a named seat; if that seat does not take it (ring-no-
+        answer, failure) the call falls back to the whole skill's queue, so no caller waits for one
+        person who is not there."""
         _check_skill(skill)
         if call_id in self._calls:
             raise DuplicateId(f"call {call_id} is already routed")
         self._call_seq += 1
         call = QueuedCall(id=call_id, skill=skill, priority=int(priority), enqueued_at=now, seq=self._call_seq,
-                          caller=caller, info=dict(info or {}), skill_entered_at=now, visited={skill})
+                          caller=caller, info=dict(info or {}), skill_entered_at=now, visited={skill},
+                          place_at=place_at, only_seat=only_seat)
         self._calls[call_id] = call
         position = self._queues[skill].push(call)
         self._arm_escalation(call, now)
@@ -623,6 +634,8 @@ class Acd:
         """An available seat with no reject delay pending joins the indexes and takes the best call."""
         if seat.status is not S.AVAILABLE or seat.index_keys:
             return
+        if not seat.contact:
+            return  # a seat phone that is not registered: nothing to ring (gateway.registrations)
         if seat.hold_until is not None and seat.hold_until > now:
             return
         seat.hold_until = None
@@ -637,9 +650,9 @@ class Acd:
         for skill, penalty in seat.skills.items():
             for call_id in self._queues[skill].call_ids():
                 call = calls[call_id]
-                if seat.id in call.excluded:
+                if seat.id in call.excluded or (call.only_seat is not None and call.only_seat != seat.id):
                     continue
-                rank = (penalty, call.priority, call.enqueued_at, call.seq)
+                rank = (penalty, call.priority, call.key[1], call.seq)
                 if best is None or rank < best:
                     best, best_call = rank, call
                 break
@@ -654,7 +667,7 @@ class Acd:
             return False
         for skill in call.skills:  # its own skill's seats first, then those escalation added
             for seat_id in self._available[skill].seat_ids():
-                if seat_id in call.excluded:
+                if seat_id in call.excluded or (call.only_seat is not None and call.only_seat != seat_id):
                     continue
                 self._offer(call, self._seats[seat_id], now, out)
                 return True
@@ -689,6 +702,7 @@ class Acd:
             out.append(seat.move(S.AVAILABLE, now, call_id=call.id, skill=call.skill))
         seat.call_id = None
         self._ringing[call.skill] -= 1
+        call.only_seat = None  # the named seat did not take it: any seat of the skill now
         self._requeue(call, now)
         self._offer_for_call(call, now, out)
         if not not_ready:

@@ -33,6 +33,8 @@ class EventKind(StrEnum):
     IVRDONE = "IVRDONE"
     CALLEND = "CALLEND"
     JOURNEY = "JOURNEY"              # the call's journey changed stage (data: from, to, cause, detail)
+    MONITOR = "MONITOR"              # a supervisor's leg on the call (data: leg_id, mode, contact, by, state)
+    DISPOSITION = "DISPOSITION"      # the seat (or a supervisor) recorded how the call ended (data: code, note, by)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,8 @@ class QueuedCall:
     visited: set[str] = field(default_factory=set)    # skills it waited in (no escalation loops)
     also: list[str] = field(default_factory=list)     # skills it is also offered to (escalation "also")
     escalation_step: int = 0                          # rules of its skill's policy applied so far
+    place_at: float | None = None                     # its place in the queue, when not enqueued_at (transfer)
+    only_seat: str | None = None                      # a transfer to a named seat: offered to that seat only
 
     @property
     def skills(self) -> list[str]:
@@ -52,7 +54,7 @@ class QueuedCall:
 
     @property
     def key(self) -> tuple[int, float, int, str]:
-        return (self.priority, self.enqueued_at, self.seq, self.id)
+        return (self.priority, self.enqueued_at if self.place_at is None else self.place_at, self.seq, self.id)
 
 
 class SkillQueue:

@@ -66,7 +66,8 @@ class Seat:
         check_transition(self.id, self.status, target)
         previous = self.status
         self.status = target
-        self.reason = reason if target is S.NOT_READY else None
+        # why a seat is not ready, or why it was logged out (e.g. its phone's registration expired)
+        self.reason = reason if target in (S.NOT_READY, S.LOGGED_OUT) else None
         self.since = now
         self.version += 1
         return Event(EventKind.SEATSTATUS, now, call_id=call_id, seat_id=self.id, skill=skill,

@@ -38,6 +38,9 @@ def load_seats(path: str | Path) -> list[SeatSpec]:
     return parse_seats(data, str(path))
 
 
+REGISTER_USER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+HA1 = re.compile(r"[0-9a-fA-F]{32}")
+
 def parse_seats(data: Any, where: str = "seats file") -> list[SeatSpec]:
     if not isinstance(data, dict) or not isinstance(data.get("seats"), list):
         raise SeatsFileInvalid(f"{where}: expected a mapping with a 'seats:' list")
@@ -54,11 +57,15 @@ def parse_seats(data: Any, where: str = "seats file") -> list[SeatSpec]:
         if seat_id in seen:
             raise SeatsFileInvalid(f"{label}: field id is a duplicate")
         seen.add(seat_id)
-        unknown = set(raw) - {"id", "name", "contact", "skills", "status"}
+        unknown = set(raw) - {"id", "name", "contact", "skills", "status", "register"}
         if unknown:
             raise SeatsFileInvalid(f"{label}: unknown field {sorted(unknown)[0]!r}")
-        contact = raw.get("contact")
-        if not isinstance(contact, str) or not SIP_URI.fullmatch(contact):
+        register_user, ha1 = _register(raw.get("register"), label)
+        contact = raw.get("contact", "" if register_user else None)
+        if register_user and "contact" in raw:
+            raise SeatsFileInvalid(f"{label}: give contact or register, not both (a registered phone's contact "
+                                   "is where it registers from)")
+        if not register_user and (not isinstance(contact, str) or not SIP_URI.fullmatch(contact)):
             raise SeatsFileInvalid(f"{label}: field contact {contact!r} is not a sip: URI")
         skills = _skills(raw.get("skills"), label)
         status_raw = raw.get("status", SeatStatus.LOGGED_OUT.value)
@@ -69,9 +76,26 @@ def parse_seats(data: Any, where: str = "seats file") -> list[SeatSpec]:
         if status not in INITIAL_STATUSES:
             raise SeatsFileInvalid(f"{label}: field status {status_raw!r} must be available, not_ready or logged_out")
         name = raw.get("name", "")
-        specs.append(SeatSpec(id=seat_id, contact=contact, skills=skills,
-                              name="" if name is None else str(name), status=status))
+        if register_user:
+            status = SeatStatus.LOGGED_OUT  # until its phone registers
+        specs.append(SeatSpec(id=seat_id, contact=str(contact), skills=skills,
+                              name="" if name is None else str(name), status=status,
+                              register_user=register_user, ha1=ha1))
     return specs
+
+
+def _register(raw: Any, label: str) -> tuple[str | None, str | None]:
+    """``register: {username, ha1}``: digest credentials as HA1 = md5(username:realm:password)."""
+    if raw is None:
+        return None, None
+    if not isinstance(raw, dict) or set(raw) != {"username", "ha1"}:
+        raise SeatsFileInvalid(f"{label}: field register must be {{username: ..., ha1: ...}}")
+    user, ha1 = raw["username"], raw["ha1"]
+    if not isinstance(user, str) or not REGISTER_USER.fullmatch(user):
+        raise SeatsFileInvalid(f"{label}: field register.username {user!r} must match [A-Za-z0-9_.-]{{1,64}}")
+    if not isinstance(ha1, str) or not HA1.fullmatch(ha1):
+        raise SeatsFileInvalid(f"{label}: field register.ha1 must be 32 hex digits (md5 of username:realm:password)")
+    return user, ha1.lower()
 
 
 def _skills(raw: Any, label: str) -> dict[str, int]:

@@ -224,8 +224,10 @@ class RoutingService:
         return self._emit(self.acd.end_wrap_up(seat_id, self.clock()))
 
     def enqueue(self, call_id: str, skill: str, priority: int, caller: str | None = None,
-                info: dict[str, Any] | None = None) -> Emitted:
-        events = self.acd.enqueue(call_id, skill, priority, self.clock(), caller=caller, info=info)
+                info: dict[str, Any] | None = None, place_at: float | None = None,
+                only_seat: str | None = None) -> Emitted:
+        events = self.acd.enqueue(call_id, skill, priority, self.clock(), caller=caller, info=info, place_at=place_at,
+                                  only_seat=only_seat)
         self._pop_info[call_id] = {"caller": caller, "info": dict(info or {})}
         return self._emit(events)
 

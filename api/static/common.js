@@ -29,6 +29,11 @@ const H122 = (() => {
       st_on_call: "通话中", st_wrap_up: "整理", none: "—",
       r_break: "休息", r_training: "培训", r_meeting: "会议", r_other: "其他",
       why: "转接原因", no_answers: "来电人未回答语音导航问题", requeued: "该来电在上一坐席断开后重新排队",
+      monitor: "监听", monitor_phone: "我的话机", m_listen: "监听", m_whisper: "耳语", m_barge: "插话",
+      hold: "保持", resume: "恢复通话", transferred_from: "转接自坐席", transfer_note: "转接备注（给下一坐席）", blind_transfer: "转接",
+      fast_today: "今日快处率", disposition: "通话结果", disp_note: "备注（可选）", disp_saved: "已保存",
+      d_fast_handled_online: "线上快处完成", d_insurance_claim_opened: "已报案理赔", d_police_on_scene: "转现场民警",
+      d_query_answered: "查询已答复", d_not_road_accident: "非道路交通事故", d_caller_unreachable: "联系不上来电人",
     },
     en: {
       title: "122 Fast Handling · Dashboard", seat_title: "122 Fast Handling · Seat", login: "Log in",
@@ -45,6 +50,12 @@ const H122 = (() => {
       st_on_call: "On call", st_wrap_up: "Wrap-up", none: "—",
       r_break: "Break", r_training: "Training", r_meeting: "Meeting", r_other: "Other",
       why: "Why here", no_answers: "The caller answered no IVR question", requeued: "Re-queued after the previous seat dropped",
+      monitor: "Monitor", monitor_phone: "My phone", m_listen: "Listen", m_whisper: "Whisper", m_barge: "Barge",
+      hold: "Hold", resume: "Resume", transferred_from: "Transferred from seat", transfer_note: "Note for the next seat", blind_transfer: "Transfer",
+      fast_today: "Fast-handled today", disposition: "Outcome", disp_note: "Note (optional)", disp_saved: "Saved",
+      d_fast_handled_online: "Fast-handled online", d_insurance_claim_opened: "Insurance claim opened",
+      d_police_on_scene: "Police on scene", d_query_answered: "Query answered", d_not_road_accident: "Not a road accident",
+      d_caller_unreachable: "Caller unreachable",
     },
   };
 

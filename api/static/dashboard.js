@@ -16,6 +16,7 @@
     ["offered", (q) => q.offered ?? 0],
     ["service_level", (q) => H122.fmtPct(q.service_level)],
     ["abandoned", (q) => q.abandoned ?? 0],
+    ["fast_share", () => null],  // from the daily report (renderFast)
   ];
   let api = null; let live = null; let seats = []; let queues = []; const state = { refreshes: 0, views: 0 };
   window.h122Dashboard = state;  // read by browser tests: how many call refreshes and view renders
@@ -39,6 +40,7 @@
       const tr = document.querySelector(`#skills tr[data-skill="${q.skill}"]`);
       if (!tr) continue;
       for (const [f, fmt] of FIELDS) {
+        if (f === "fast_share") continue;
         const td = tr.querySelector(`td[data-field="${f}"]`);
         td.textContent = fmt(q);
         if (f === "waiting") td.dataset.value = String(q.waiting ?? 0);
@@ -48,6 +50,23 @@
     }
     const tw = document.getElementById("total-waiting");
     tw.textContent = String(total); tw.dataset.value = String(total);
+  }
+
+  // The centre's headline figure: accident calls fast-handled today (GET /api/v1/reports/daily).
+  function fastText(r) {
+    if (!r || r.fast_handled_share == null) return t("none");
+    return `${H122.fmtPct(r.fast_handled_share)} (${r.fast_handled}/${r.accident_calls})`;
+  }
+
+  function renderFast(report) {
+    const bySkill = Object.fromEntries((report.skills || []).map((r) => [r.skill, r]));
+    document.querySelectorAll('#skills td[data-field="fast_share"]').forEach((td) => {
+      const r = bySkill[td.dataset.skill];
+      td.textContent = fastText(r); td.dataset.value = r && r.fast_handled_share != null ? String(r.fast_handled_share) : "";
+    });
+    const tf = document.getElementById("total-fast");
+    tf.textContent = fastText(report.total);
+    tf.dataset.value = report.total && report.total.fast_handled_share != null ? String(report.total.fast_handled_share) : "";
   }
 
   function renderSeats() {
@@ -76,10 +95,30 @@
     body.replaceChildren();
     for (const c of calls.slice(0, 20)) {
       const skill = (c.ivr && c.ivr.skill) || c.skill;
+      const live = c.seat_answered_at != null && !c.ended_at && !c.end_reason;
+      const monitor = el("td", {}, ...(live ? ["listen", "whisper", "barge"].map((m) => {
+        const b = el("button", { type: "button", dataset: { monitor: m, call: c.id } }, t("m_" + m));
+        b.addEventListener("click", () => startMonitor(c.id, m));
+        return b;
+      }) : []));
       body.append(el("tr", { dataset: { call: c.id, outcome: c.end_reason || "" } },
         el("td", {}, H122.fmtTime(c.started_at)), el("td", {}, c.caller || t("none")),
         el("td", {}, skill ? H122.skillLabel(skill) : t("none")), el("td", {}, c.seat_id || t("none")),
-        el("td", {}, c.end_reason || (c.seat_answered_at ? H122.statusLabel("on_call") : t("waiting")))));
+        el("td", {}, c.end_reason || (c.seat_answered_at ? H122.statusLabel("on_call") : t("waiting"))), monitor));
+    }
+  }
+
+  // Listen / whisper / barge: the gateway calls the supervisor's phone (POST /api/v1/calls/{id}/monitor).
+  async function startMonitor(callId, mode) {
+    const out = document.getElementById("monitor-result");
+    const contact = document.getElementById("monitor-phone").value.trim();
+    localStorage.setItem("h122.monitorPhone", contact);
+    try {
+      const r = await api.post(`/api/v1/calls/${encodeURIComponent(callId)}/monitor`, { mode, contact });
+      out.textContent = `${t("m_" + mode)} ${r.call_id}: ${r.state}`; out.dataset.state = r.state;
+    } catch (e) {
+      out.textContent = e.detail ? (typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail)) : String(e);
+      out.dataset.state = "refused";
     }
   }
 
@@ -125,8 +164,9 @@
   // The call history (recent calls, calls per hour): REST, because it is the database's.
   async function refreshCalls() {
     try {
-      const calls = await api.get(`/api/v1/calls?since=${midnight()}&limit=500`);
-      renderCalls(calls); renderChart(calls);
+      const [calls, report] = await Promise.all([
+        api.get(`/api/v1/calls?since=${midnight()}&limit=500`), api.get("/api/v1/reports/daily").catch(() => ({}))]);
+      renderCalls(calls); renderChart(calls); renderFast(report);
       state.refreshes += 1; document.body.dataset.refreshes = String(state.refreshes);
     } catch (e) {
       if (e.status === 401 || e.status === 403) { logout(t("bad_token")); return; }
@@ -158,9 +198,14 @@
     document.getElementById("board").classList.remove("hidden");
     document.getElementById("logout").classList.remove("hidden");
     buildSkillRows();
+    document.getElementById("monitor-phone").value = localStorage.getItem("h122.monitorPhone") || "";
     refreshCalls();
+    // a disposition reaches the report once the event writer has stored it: look again a moment later
     live = H122.liveViews(token, { onViews, onState: setLive, onDenied: () => logout(t("bad_token")),
-      onEvent: (ev) => { if (CALL_ENDS.has(ev.kind)) refreshCallsSoon(); } });
+      onEvent: (ev) => {
+        if (CALL_ENDS.has(ev.kind)) refreshCallsSoon();
+        if (ev.kind === "DISPOSITION") setTimeout(refreshCallsSoon, 1000);
+      } });
   }
 
   function logout(message) {

@@ -25,7 +25,96 @@
     try {
       const seat = await api.get(`/api/v1/seats/${encodeURIComponent(seatId)}`);
       showStatus(seat);
+      showDisposition(seat);
+      showTransfer(seat);
       await syncOffer(seat);
+    } catch (e) { report(e); }
+  }
+
+  // Dispositions: after (or during) a conversation the seat picks how it ended; saving one in
+  // wrap-up ends the wrap-up (PUT /api/v1/calls/{id}/disposition). The codes are the node's list.
+  let codes = null; let dispCall = null; let chosen = null;
+
+  async function showDisposition(seat) {
+    const box = document.getElementById("disposition");
+    // a saved outcome stays on screen (with its call id) until the next call comes
+    const busy = ["on_call", "wrap_up"].includes(seat.status) && seat.call_id;
+    const callId = busy ? seat.call_id : (chosen && seat.status !== "reserved" ? dispCall : null);
+    if (!callId) { box.classList.add("hidden"); return; }
+    if (codes == null) codes = (await api.get("/api/v1/dispositions")).codes;
+    if (dispCall !== callId) {
+      dispCall = callId; chosen = null;
+      document.getElementById("disp-note").value = "";
+      document.getElementById("disp-saved").textContent = "";
+    }
+    document.getElementById("disp-call").textContent = callId;
+    const row = document.getElementById("disp-codes");
+    row.replaceChildren(...codes.map((c) => {
+      const b = H122.el("button", { type: "button", class: c === chosen ? "disp chosen" : "disp", dataset: { code: c } },
+        t("d_" + c) === "d_" + c ? c : t("d_" + c));
+      b.addEventListener("click", () => saveDisposition(c));
+      return b;
+    }));
+    document.getElementById("disp-note").placeholder = t("disp_note");
+    box.dataset.call = callId; box.classList.remove("hidden");
+  }
+
+  // Blind transfer of the caller to another skill (POST /api/v1/calls/{id}/transfer): the caller
+  // is never hung up; this seat goes to wrap-up.
+  function showTransfer(seat) {
+    const box = document.getElementById("transfer");
+    const sel = document.getElementById("transfer-skill");
+    if (!sel.options.length) {
+      for (const s of H122.SKILLS) sel.append(H122.el("option", { value: s }, H122.skillLabel(s)));
+    }
+    document.getElementById("transfer-note").placeholder = t("transfer_note");
+    box.classList.toggle("hidden", !(seat.status === "on_call" && seat.call_id));
+    if (box.dataset.call !== (seat.call_id || "")) {  // a new call starts off hold
+      document.getElementById("btn-hold").classList.remove("hidden");
+      document.getElementById("btn-resume").classList.add("hidden");
+      box.dataset.stage = "talking";
+    }
+    box.dataset.call = seat.call_id || "";
+  }
+
+  // Hold / resume: the caller hears hold audio, this seat stays on the line (POST .../hold, .../resume).
+  async function holdNow(on) {
+    const callId = document.getElementById("transfer").dataset.call;
+    if (!callId) return;
+    document.getElementById("action-error").textContent = "";
+    try {
+      const r = await api.post(`/api/v1/calls/${encodeURIComponent(callId)}/${on ? "hold" : "resume"}`);
+      const held = r.stage === "on_hold";
+      document.getElementById("btn-hold").classList.toggle("hidden", held);
+      document.getElementById("btn-resume").classList.toggle("hidden", !held);
+      document.getElementById("transfer").dataset.stage = r.stage;
+    } catch (e) { report(e); }
+  }
+
+  async function transferNow() {
+    const callId = document.getElementById("transfer").dataset.call;
+    if (!callId) return;
+    document.getElementById("action-error").textContent = "";
+    try {
+      const note = document.getElementById("transfer-note").value.trim() || null;
+      await api.post(`/api/v1/calls/${encodeURIComponent(callId)}/transfer`,
+        { to_skill: document.getElementById("transfer-skill").value, mode: "blind", note });
+      document.getElementById("transfer-note").value = "";
+      await refresh();
+    } catch (e) { report(e); }
+  }
+
+  async function saveDisposition(code) {
+    document.getElementById("action-error").textContent = "";
+    const callId = dispCall;
+    try {
+      const note = document.getElementById("disp-note").value.trim() || null;
+      await api.put(`/api/v1/calls/${encodeURIComponent(callId)}/disposition`, { code, note });
+      chosen = code;
+      const saved = document.getElementById("disp-saved");
+      saved.textContent = `${t("disp_saved")}: ${t("d_" + code)}`; saved.dataset.code = code; saved.dataset.call = callId;
+      document.querySelectorAll("#disp-codes button").forEach((b) => b.classList.toggle("chosen", b.dataset.code === code));
+      await refresh();
     } catch (e) { report(e); }
   }
 
@@ -62,6 +151,10 @@
     const outcome = sp.outcome || {};
     document.getElementById("pop-why").textContent = words(outcome.why) || t("none");
     document.getElementById("pop-requeued").classList.toggle("hidden", !info.requeued_after);
+    // a transferred call: who sent it and what they wrote for this seat
+    document.getElementById("pop-transfer").classList.toggle("hidden", !info.transferred_from);
+    document.getElementById("pop-transfer-from").textContent = info.transferred_from || "";
+    document.getElementById("pop-transfer-note").textContent = info.transfer_note || "";
     const list = document.getElementById("pop-answers");
     list.replaceChildren();
     for (const a of sp.answers || []) {
@@ -153,6 +246,9 @@
     act(() => api.put(`${path()}/status`, { status: "logged_out", reason: null })));
   document.getElementById("btn-end-wrap-up").addEventListener("click", () =>
     act(() => api.post(`${path()}/wrap-up/end`)));
+  document.getElementById("btn-transfer").addEventListener("click", transferNow);
+  document.getElementById("btn-hold").addEventListener("click", () => holdNow(true));
+  document.getElementById("btn-resume").addEventListener("click", () => holdNow(false));
   document.getElementById("seat-login").addEventListener("submit", async (e) => {
     e.preventDefault();
     try { await login(document.getElementById("token").value.trim()); } catch (err) {

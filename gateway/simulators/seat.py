@@ -36,6 +36,8 @@ class SeatPhoneCall(pj.Call):
             self.answered_at = time.monotonic()
             if self.seat.hangup_after is not None:
                 self.seat.rt.call_later(self.seat.hangup_after, self._hang_up)
+            if self.seat.refer_to:
+                self.seat.rt.call_later(self.seat.refer_after, self._refer)
         elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self.seat.ended(self, ci.lastStatusCode, ci.lastReason)
 
@@ -43,6 +45,20 @@ class SeatPhoneCall(pj.Call):
         if self.media is not None:
             self.media.media_active(self)
         self.info["srtp"] = bool(self.info.get("srtp")) or srtp_active(self)
+
+    def _refer(self) -> None:
+        """The phone's transfer key: a REFER on this call (what the gateway does with it is its business)."""
+        if self.hung_up or self not in self.seat.calls or not self.seat.refer_to:
+            return
+        try:
+            self.xfer(self.seat.refer_to, pj.CallOpParam(True))
+            self.info["referred_to"] = self.seat.refer_to
+        except pj.Error as e:
+            self.info["refer_error"] = e.info()
+
+    def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:
+        self.info["refer_status"] = prm.statusCode
+        prm.cont = False
 
     def answer_now(self) -> None:
         if self.answered_at is not None or self.hung_up or self not in self.seat.calls:
@@ -66,8 +82,10 @@ class SeatPhoneCall(pj.Call):
 
 class SeatPhone(pj.Account):
     def __init__(self, seat_id: str, answer_after: float | None, hangup_after: float | None, record: Path | None,
-                 tone_hz: float, respond: int | None) -> None:
+                 tone_hz: float, respond: int | None, refer_to: str | None = None, refer_after: float = 2.0) -> None:
         super().__init__()
+        self.refer_to = refer_to
+        self.refer_after = refer_after
         self.seat_id = seat_id
         self.answer_after = answer_after
         self.hangup_after = hangup_after
@@ -132,10 +150,10 @@ class SeatPhone(pj.Account):
 
 def run_seat(*, seat_id: str, sip_port: int, answer_after: float | None, hangup_after: float | None,
              record: Path | None, tone_hz: float, respond: int | None = None, max_calls: int = 0,
-             srtp: str = "off") -> int:
+             srtp: str = "off", refer_to: str | None = None, refer_after: float = 2.0) -> int:
     rt = PjsipRuntime(PjsipConfig(sip_port=sip_port, rtp_port=0, tcp=True, max_calls=4, identity=seat_id,
                                   srtp=srtp))
-    phone = SeatPhone(seat_id, answer_after, hangup_after, record, tone_hz, respond)
+    phone = SeatPhone(seat_id, answer_after, hangup_after, record, tone_hz, respond, refer_to, refer_after)
     phone.rt = rt
     try:
         rt.start(lambda: phone)

@@ -25,6 +25,9 @@ class LegOwner(Protocol):
     def seat_ringing(self, leg: SeatLeg) -> None: ...
     def seat_media_changed(self, leg: SeatLeg) -> None: ...
     def seat_disconnected(self, leg: SeatLeg, code: int, reason: str) -> None: ...
+    def seat_referred(self, leg: SeatLeg, refer_to: str) -> None: ...
+    def monitor_media_changed(self, leg: MonitorLeg) -> None: ...
+    def monitor_disconnected(self, leg: MonitorLeg, code: int, reason: str) -> None: ...
 
 
 class SeatLegState(StrEnum):
@@ -122,3 +125,36 @@ class SeatLeg(pj.Call):
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         self.session.seat_media_changed(self)
+
+    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:
+        # The seat's transfer key.  pjsua2 would follow the REFER and dial the target itself (any
+        # URI the phone names); the gateway never does: it reports the target to the control
+        # process, which turns a known skill into its own transfer (the caller is never handed to
+        # the phone's choice of URI).  The REFER itself is answered 603 (pjsua2 has no "202 but do
+        # not follow"); the seat's leg is then released by the transfer.
+        self.session.seat_referred(self, str(prm.dstUri))
+        prm.statusCode = 603
+
+
+class MonitorLeg(pj.Call):
+    """The leg the gateway opens to a supervisor's phone to listen, whisper or barge.  It never
+    takes a REFER (the default pjsua2 behaviour would follow it)."""
+
+    def __init__(self, account: pj.Account, session: LegOwner, leg_id: str, mode: str) -> None:
+        super().__init__(account)
+        self.session = session
+        self.leg_id = leg_id
+        self.mode = mode
+        self.answered = False
+        self.ending: str | None = None
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:
+        info = self.getInfo()
+        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.session.monitor_disconnected(self, info.lastStatusCode, info.lastReason)
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
+        self.session.monitor_media_changed(self)
+
+    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:
+        prm.statusCode = 603

@@ -25,7 +25,7 @@ import pjsua2 as pj
 
 from gateway import channel as ch
 from gateway.pjsip import PjsipRuntime, header_value, request_uri_user, sip_user_of
-from gateway.worker.legs import SeatLeg
+from gateway.worker.legs import MonitorLeg, SeatLeg
 from gateway.worker.session import HandoffSession
 
 log = logging.getLogger("gateway.worker")
@@ -114,7 +114,7 @@ class WorkerService:
         self.send = send
         self.sessions: dict[str, HandoffSession] = {}
         self.refused: set[RefusedLeg] = set()
-        self.orphans: set[SeatLeg] = set()
+        self.orphans: set[SeatLeg | MonitorLeg] = set()
         self._graveyard: list[Any] = []
         self._raw_callers: dict[str, str] = {}
 
@@ -255,6 +255,18 @@ class WorkerService:
                 session.dial_seat(checked)
         elif isinstance(cmd, ch.CancelSeat):
             session.cancel_seat(cmd.leg_id, cmd.reason)
+        elif isinstance(cmd, ch.DialMonitor):
+            if self.rt.ep is not None and self.rt.ep.utilVerifySipUri(cmd.uri) != 0:
+                self.send(ch.MonitorEnded(call_id=cmd.call_id, leg_id=cmd.leg_id, code=0, at=time.time(),
+                                          reason=f"supervisor URI not valid: {cmd.uri[:80]!r}"))
+            else:
+                session.dial_monitor(cmd)
+        elif isinstance(cmd, ch.EndMonitor):
+            session.end_monitor(cmd.leg_id)
+        elif isinstance(cmd, ch.HoldSeat):
+            session.hold_seat(cmd.leg_id, cmd.on, cmd.files, cmd.token)
+        elif isinstance(cmd, ch.ReleaseSeat):
+            session.release_seat(cmd.leg_id, cmd.reason)
         elif isinstance(cmd, ch.Hangup):
             session.hangup(cmd.code)
 
@@ -290,13 +302,13 @@ class WorkerService:
         self.sessions.pop(session.call_id, None)
         self._raw_callers.pop(session.call_id, None)
 
-    def orphan_seat(self, leg: SeatLeg) -> None:
-        """A seat leg whose caller left: end it, keep it referenced until DISCONNECTED."""
+    def orphan_seat(self, leg: SeatLeg | MonitorLeg) -> None:
+        """A seat (or supervisor) leg whose caller left: end it, keep it referenced until DISCONNECTED."""
         self.orphans.add(leg)
         with contextlib.suppress(pj.Error):
             leg.hangup(pj.CallOpParam(True))
 
-    def forget_orphan(self, leg: SeatLeg) -> None:
+    def forget_orphan(self, leg: SeatLeg | MonitorLeg) -> None:
         self.orphans.discard(leg)
 
     def bury(self, obj: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import pjsua2 as pj
 
 from gateway import channel as ch
-from gateway.worker.legs import CallerLeg, SeatLeg, SeatLegState, active_audio, seat_leg_move
+from gateway.worker.legs import CallerLeg, MonitorLeg, SeatLeg, SeatLegState, active_audio, seat_leg_move
 from gateway.worker.media import CallRecording, PromptPlayer
 
 
@@ -38,8 +38,8 @@ class SessionHost(Protocol):
     @property
     def account(self) -> pj.Account: ...
     def session_ended(self, session: HandoffSession) -> None: ...
-    def orphan_seat(self, leg: SeatLeg) -> None: ...
-    def forget_orphan(self, leg: SeatLeg) -> None: ...
+    def orphan_seat(self, leg: SeatLeg | MonitorLeg) -> None: ...
+    def forget_orphan(self, leg: SeatLeg | MonitorLeg) -> None: ...
     def bury(self, obj: Any) -> None: ...
 
 log = logging.getLogger("gateway.worker.session")
@@ -65,6 +65,8 @@ class HandoffSession:
         self.ended_by: str | None = None
         self.pending_answer: tuple[str, str, str] | None = None  # ringing, not yet answered
         self.announced = False  # the control process knows this call (CallStarted sent)
+        self.monitor: MonitorLeg | None = None  # a supervisor listening, whispering or barging
+        self.on_hold = False  # the seat put the caller on hold: no audio between them, hold audio to the caller
 
     # -- the seat leg's states -------------------------------------------------------------------
     @property
@@ -106,7 +108,7 @@ class HandoffSession:
             self.play(files, token)
         elif self.player is not None:
             self.player.startTransmit(am)
-        if self.bridged and self.seat is not None:
+        if self.bridged and self.seat is not None and not self.on_hold:
             self._connect_seat(self.seat)
 
     def digit(self, digit: str, method: str) -> None:
@@ -123,6 +125,10 @@ class HandoffSession:
         if self.seat is not None:
             self.service.orphan_seat(self.seat)
             self.seat = None
+        if self.monitor is not None:
+            self.monitor.ending = "caller gone"
+            self.service.orphan_seat(self.monitor)
+            self.monitor = None
         self._drop_player()
         recording = self.recording
         if recording is not None:
@@ -245,6 +251,125 @@ class HandoffSession:
         with contextlib.suppress(pj.Error):
             seat.hangup(pj.CallOpParam(True))
 
+    def release_seat(self, leg_id: str, reason: str) -> None:
+        """A transfer: end the bridged seat leg, keep the caller.  The leg is hung up as an orphan
+        (its DISCONNECTED is not this session's business any more), so the seat's BYE answer can
+        never be mistaken for the end of the conversation; the caller's leg and recording are not
+        touched, and the next ``play`` gives the caller hold audio."""
+        seat = self.seat
+        if seat is None or seat.leg_id != leg_id or not self.bridged:
+            self.service.send(ch.CommandFailed(call_id=self.call_id, command="release_seat",
+                                               error=f"no bridged seat leg {leg_id}"))
+            return
+        self._seat_to(SeatLegState.ENDED, leg_id)
+        self.seat = None
+        self.on_hold = False
+        seat.cancelled = reason
+        self.service.orphan_seat(seat)
+
+    # -- supervisor monitoring -------------------------------------------------------------------
+    def dial_monitor(self, cmd: ch.DialMonitor) -> None:
+        now = time.time()
+        if self.ended or self.caller is None or self.monitor is not None:
+            why = "a supervisor is already on this call" if self.monitor is not None else "caller gone"
+            self.service.send(ch.MonitorEnded(call_id=self.call_id, leg_id=cmd.leg_id, code=0, reason=why, at=now))
+            return
+        leg = MonitorLeg(self.service.account, self, cmd.leg_id, cmd.mode)
+        prm = pj.CallOpParam(True)
+        prm.opt.audioCount = 1
+        prm.opt.videoCount = 0
+        for name, value in cmd.headers.items():
+            h = pj.SipHeader()
+            h.hName = name
+            h.hValue = value
+            prm.txOption.headers.append(h)
+        try:
+            leg.makeCall(cmd.uri, prm)
+        except pj.Error as e:
+            why = "no free call in this worker" if e.status == PJ_ETOOMANY else f"dial failed: {e.info()}"
+            self.service.send(ch.MonitorEnded(call_id=self.call_id, leg_id=cmd.leg_id, code=0, reason=why, at=now))
+            return
+        self.monitor = leg
+        self.service.rt.call_later(cmd.timeout_s, lambda: self._monitor_unanswered(leg))
+
+    def _monitor_unanswered(self, leg: MonitorLeg) -> None:
+        if leg is self.monitor and not leg.answered:
+            self.end_monitor(leg.leg_id, "no answer")
+
+    def end_monitor(self, leg_id: str, why: str = "ended by the gateway") -> None:
+        leg = self.monitor
+        if leg is None or leg.leg_id != leg_id:
+            return
+        leg.ending = why
+        with contextlib.suppress(pj.Error):
+            leg.hangup(pj.CallOpParam(True))
+
+    def monitor_media_changed(self, leg: MonitorLeg) -> None:
+        if leg is not self.monitor or self.ended:
+            return
+        if self._connect_monitor(leg) and not leg.answered:
+            leg.answered = True
+            self.service.send(ch.MonitorAnswered(call_id=self.call_id, leg_id=leg.leg_id, mode=leg.mode,
+                                                 at=time.time()))
+
+    def _connect_monitor(self, leg: MonitorLeg) -> bool:
+        """Who hears whom: the supervisor hears caller and seat; whisper adds supervisor -> seat,
+        barge supervisor -> seat and caller.  What the supervisor says is recorded when heard."""
+        mon = active_audio(leg)
+        caller_am = active_audio(self.caller) if self.caller is not None else None
+        if mon is None or caller_am is None:
+            return False
+        seat_am = active_audio(self.seat) if self.seat is not None and self.bridged else None
+        caller_am.startTransmit(mon)
+        if seat_am is not None:
+            seat_am.startTransmit(mon)
+            if leg.mode in ("whisper", "barge"):
+                mon.startTransmit(seat_am)
+        if leg.mode == "barge":
+            mon.startTransmit(caller_am)
+        if leg.mode != "listen" and self.recording is not None:
+            self.recording.feed(mon)
+        return True
+
+    def monitor_disconnected(self, leg: MonitorLeg, code: int, reason: str) -> None:
+        if leg is not self.monitor:
+            self.service.forget_orphan(leg)
+            if leg.ending == "caller gone":
+                self.service.send(ch.MonitorEnded(call_id=self.call_id, leg_id=leg.leg_id, code=code,
+                                                  reason=leg.ending, answered=leg.answered, at=time.time()))
+            return
+        self.monitor = None  # drop inside DISCONNECTED
+        self.service.send(ch.MonitorEnded(call_id=self.call_id, leg_id=leg.leg_id, code=code,
+                                          reason=leg.ending or reason, answered=leg.answered, at=time.time()))
+
+    def hold_seat(self, leg_id: str, on: bool, files: list[str], token: int) -> None:
+        """Hold or resume in the bridge (see ``ch.HoldSeat``)."""
+        seat = self.seat
+        if seat is None or seat.leg_id != leg_id or not self.bridged:
+            self.service.send(ch.CommandFailed(call_id=self.call_id, command="hold_seat",
+                                               error=f"no bridged seat leg {leg_id}"))
+            return
+        seat_am = active_audio(seat)
+        caller_am = active_audio(self.caller) if self.caller is not None else None
+        if on:
+            self.on_hold = True
+            for a, b in ((seat_am, caller_am), (caller_am, seat_am)):
+                if a is not None and b is not None:
+                    with contextlib.suppress(pj.Error):
+                        a.stopTransmit(b)
+            self.play(files, token)
+        else:
+            self.on_hold = False
+            self.stop_playback()
+            self._connect_seat(seat)
+
+    def seat_referred(self, leg: SeatLeg, refer_to: str) -> None:
+        if leg is not self.seat or not self.bridged or self.ended:
+            return
+        target = refer_to.strip("<>").split(":", 1)[-1].split("@", 1)[0].split(";", 1)[0]
+        self.service.send(ch.SeatReferred(call_id=self.call_id, leg_id=leg.leg_id, target=target[:64],
+                                          at=time.time()))
+
     def seat_ringing(self, leg: SeatLeg) -> None:
         if leg is self.seat and not self.ended and self.seat_state is SeatLegState.DIALING \
                 and self._seat_to(SeatLegState.RINGING, leg.leg_id):
@@ -253,6 +378,8 @@ class HandoffSession:
     def seat_media_changed(self, leg: SeatLeg) -> None:
         if leg is not self.seat or self.ended or self.seat_state is SeatLegState.CANCELLING:
             return  # a seat answering a leg we are hanging up is not bridged
+        if self.on_hold:
+            return  # the seat's media changed while the caller is on hold: they stay apart
         if not self._connect_seat(leg):
             return
         if not self.bridged and self._seat_to(SeatLegState.BRIDGED, leg.leg_id):
@@ -271,6 +398,8 @@ class HandoffSession:
         caller_am.startTransmit(seat_am)
         if self.recording is not None:
             self.recording.feed(seat_am)
+        if self.monitor is not None:
+            self._connect_monitor(self.monitor)
         return True
 
     def seat_disconnected(self, leg: SeatLeg, code: int, reason: str) -> None:
@@ -278,6 +407,7 @@ class HandoffSession:
             self.service.forget_orphan(leg)
             return
         self.seat = None  # drop inside DISCONNECTED
+        self.on_hold = False
         was_bridged = self.bridged
         self._seat_to(SeatLegState.ENDED, leg.leg_id)
         if self.ended:

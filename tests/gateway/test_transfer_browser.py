@@ -1,0 +1,80 @@
+"""The seat console's hold and transfer buttons over a real call, and seat 2's screen pop with the note."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import expect
+
+from tests.browser import ARTIFACTS, chromium_page
+from tests.conftest import free_port
+from tests.node_harness import RunningNode, start_caller, start_node, start_seat
+
+pytestmark = [pytest.mark.browser, pytest.mark.sip]
+NOTE = "甲方全责，已认定，请办理理赔"
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    async with chromium_page(width=1024) as p:
+        yield p
+
+
+def seat_token(node: RunningNode, seat_id: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "token", "create", "--role", "seat", "--seat", seat_id,
+                          "--data-dir", str(node.data_dir)], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+async def console(page: Any, node: RunningNode, seat_id: str) -> Any:
+    await page.goto(f"http://127.0.0.1:{node.api_port}/seat")
+    await page.fill("#token", seat_token(node, seat_id))
+    await page.click("#login-btn")
+    await expect(page.locator("#ws-status")).to_have_class("live")
+    return page.locator("#seat-status")
+
+
+async def test_the_seat_holds_then_transfers_from_its_console(tmp_path: Path, page: Any) -> None:
+    p1, p2 = free_port(), free_port()
+    seats = ("seats:\n"
+             f"  - id: s1\n    contact: sip:s1@127.0.0.1:{p1}\n    skills: [online_determination]\n    status: available\n"
+             f"  - id: s2\n    contact: sip:s2@127.0.0.1:{p2}\n    skills: [insurance_claim]\n    status: available\n")
+    node = start_node(tmp_path, workers=2, seats_yaml=seats)
+    caller = None
+    try:
+        start_seat(node, "s1", p1, "--answer-after", "0.3")
+        start_seat(node, "s2", p2, "--answer-after", "3")
+        st1 = await console(page, node, "s1")
+        # seat 2 on its own browser profile (the console keeps its token in localStorage)
+        page2 = await (await page.context.browser.new_context(viewport={"width": 1024, "height": 900})).new_page()
+        st2 = await console(page2, node, "s2")
+        caller = start_caller(node, "1 2 1 2 2 2 1", gap="0.6", stay="25")
+        await expect(st1).to_have_attribute("data-status", "on_call", timeout=60_000)
+        await expect(page.locator("#transfer")).to_be_visible()
+        await page.click("#btn-hold")
+        await expect(page.locator("#transfer")).to_have_attribute("data-stage", "on_hold")
+        await expect(page.locator("#btn-resume")).to_be_visible()
+        await page.click("#btn-resume")
+        await expect(page.locator("#transfer")).to_have_attribute("data-stage", "talking")
+        await page.select_option("#transfer-skill", "insurance_claim")
+        await page.fill("#transfer-note", NOTE)
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "seat-console-transfer.png"), full_page=True)
+        await page.click("#btn-transfer")
+        await expect(st1).to_have_attribute("data-status", "wrap_up")
+        # seat 2 rings with the first seat's note on its screen pop, then answers
+        await expect(page2.locator("#pop-transfer")).to_be_visible(timeout=20_000)
+        await expect(page2.locator("#pop-transfer-from")).to_have_text("s1")
+        await expect(page2.locator("#pop-transfer-note")).to_have_text(NOTE)
+        await expect(st2).to_have_attribute("data-status", "on_call", timeout=20_000)
+        await page2.screenshot(path=str(ARTIFACTS / "seat-console-transferred-pop.png"), full_page=True)
+    finally:
+        if caller is not None:
+            caller.kill()
+            caller.wait()
+        node.stop()
