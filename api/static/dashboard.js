@@ -173,8 +173,10 @@
       console.error(e);
     }
   }
-  const refreshCallsSoon = H122.debounce(refreshCalls, 2000);
-  const CALL_ENDS = new Set(["COMPLETE", "ABANDON", "CALLEND"]);
+  const refreshCallsSoon = H122.debounce(refreshCalls, 1000);
+  // the recent-calls table (and its listen/whisper/barge buttons on live calls) follows a call's
+  // start, its answer by a seat and its end; the queues and seats come pushed
+  const CALL_CHANGES = new Set(["CALLSTART", "CONNECT", "COMPLETE", "ABANDON", "CALLEND"]);
 
   function onViews(board, msg) {
     if (msg.kind !== "SEATS") { queues = [...board.queues.values()]; renderQueues(queues); }
@@ -203,7 +205,7 @@
     // a disposition reaches the report once the event writer has stored it: look again a moment later
     live = H122.liveViews(token, { onViews, onState: setLive, onDenied: () => logout(t("bad_token")),
       onEvent: (ev) => {
-        if (CALL_ENDS.has(ev.kind)) refreshCallsSoon();
+        if (CALL_CHANGES.has(ev.kind)) refreshCallsSoon();
         if (ev.kind === "DISPOSITION") setTimeout(refreshCallsSoon, 1000);
       } });
   }

@@ -190,6 +190,8 @@
     const seat = board.seats.get(seatId);
     if (!seat) return;
     showStatus(seat);
+    showDisposition(seat);
+    showTransfer(seat);
     syncOffer(seat);
   }
 
