@@ -15,7 +15,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -113,10 +112,8 @@ def test_a_registered_softphone_takes_the_handoff_and_loses_it_when_its_registra
         put_status(node, "s102", "available")
         good.send_signal(signal.SIGKILL)
         good.wait()
-        t0 = time.time()
         gone = node.wait_for(lambda: (s := status(node, "s102"))["status"] == "logged_out" and s, timeout=40)
         assert not gone["contact"] and "registration" in (gone.get("reason") or ""), gone
-        assert time.time() - t0 >= 5
         bad.send_signal(signal.SIGKILL)
     finally:
         node.stop()

@@ -40,6 +40,10 @@ class NodeParts:
     catalog: Catalog
     flow: Any
     node_id: str = "twilio-node"
+    # no media here: transfers, hold and monitoring answer 409 ("this node carries no calls")
+    transfer_call: Any = None
+    hold_call: Any = None
+    monitor_call: Any = None
 
     def install_flow(self, flow: Any) -> None:
         self.flow = flow
