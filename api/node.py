@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from api.app import create_app
 from api.audit import AuditLog
-from api.context import ApiContext
+from api.context import ApiContext, SeatCredentialsDoor
 from api.flow_admin import FlowFileAdmin
 from api.limits import ApiLimits
 from api.reports import DailyReports
@@ -70,6 +70,8 @@ class NodeSettings(Protocol):
     def database_url(self) -> str: ...
     @property
     def recordings_dir(self) -> Path: ...
+    @property
+    def sip_realm(self) -> str: ...
 
 
 class ApiHost(Protocol):
@@ -105,6 +107,12 @@ class ApiHost(Protocol):
 
     async def transfer_call(self, req: Any) -> dict[str, Any]:
         """A transfer of a live call (``journey.transfer``); raises ``TransferRefused``."""
+
+    async def set_seat_credentials(self, seat_id: str, username: str, ha1: str) -> dict[str, Any]:
+        """A seat phone's digest credentials (HA1), stored and loaded into the front door."""
+
+    async def remove_seat_credentials(self, seat_id: str) -> dict[str, Any]:
+        """The seat's phone may no longer register; its registration is removed."""
 
 
 @dataclass
@@ -162,7 +170,8 @@ async def build_api(node: ApiHost) -> RunningApi:
                      audit=AuditLog(node.engine, node_id=node.node_id), outcomes=outcomes,
                      reports=DailyReports(node.engine, outcomes, s.service_level_s, s.report_timezone),
                      transfer=node.transfer_call, hold=node.hold_call,
-                     monitor=node.monitor_call)
+                     monitor=node.monitor_call, credentials=SeatCredentialsDoor(
+                         node.set_seat_credentials, node.remove_seat_credentials, s.sip_realm))
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     signin = await first_sign_in(tokens)
@@ -230,7 +239,9 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
         "flow": (flow_admin, frozenset({"install_flow"})),
         "metrics": (ObservedMetrics(), frozenset({"observed"})),
         # live calls (issue 15): their media and journeys are here
-        "node": (node, frozenset({"transfer_call", "hold_call", "monitor_call"})),
+        "node": (node, frozenset({"transfer_call", "hold_call", "monitor_call",
+                                  # seat phones' credentials (HA1 only): Kamailio's RPC is here
+                                  "set_seat_credentials", "remove_seat_credentials"})),
     })
     feed = ViewsFeed(node.routing, desk, node.media_stats)
     desk.feed = feed
@@ -244,5 +255,5 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
         public_base_url=s.public_base_url, signin_code=signin.code if signin else None,
         dispositions=list(s.dispositions), fast_handled_dispositions=list(s.fast_handled_dispositions),
         not_accident_dispositions=list(s.not_accident_dispositions), report_timezone=s.report_timezone,
-        token_command=f"handoff122 token create --role supervisor {where}")
+        sip_realm=s.sip_realm, token_command=f"handoff122 token create --role supervisor {where}")
     return ApiDesk(desk=desk, feed=feed, twilio=twilio, config=config, signin=signin)

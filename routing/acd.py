@@ -190,7 +190,8 @@ class Acd:
         self._seat_seq += 1
         reason = "initial" if spec.status is S.NOT_READY else None
         seat = Seat(id=spec.id, name=spec.name, contact=spec.contact, skills=dict(spec.skills),
-                    status=spec.status, since=now, order=self._seat_seq, reason=reason, idle_since=now)
+                    status=spec.status, since=now, order=self._seat_seq, reason=reason, idle_since=now,
+                    register_user=spec.register_user)
         self._seats[seat.id] = seat
         out = [Event(EventKind.SEATADDED, now, seat_id=seat.id,
                      data={"name": seat.name, "contact": seat.contact, "skills": dict(seat.skills),
@@ -207,6 +208,7 @@ class Acd:
         was_indexed = bool(seat.index_keys)
         self._unindex(seat)
         seat.name, seat.contact, seat.skills = spec.name, spec.contact, dict(spec.skills)
+        seat.register_user = spec.register_user
         out = [Event(EventKind.SEATADDED, now, seat_id=seat.id,
                      data={"name": seat.name, "contact": seat.contact, "skills": dict(seat.skills),
                            "status": seat.status.value, "reason": seat.reason, "updated": True})]
