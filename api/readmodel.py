@@ -158,8 +158,6 @@ class LiveViews:
         self.targets = targets
         if not self.clients or not (changed or removed or qchanged):
             return
-        seat_targets = encode({"kind": "TARGETS", "rows": targets, "seq": self.seq, "at": self.at}) \
-            if new_targets else None
         sup_seats = encode({"kind": "SEATS", "rows": changed, "removed": removed, "seq": self.seq, "at": self.at}) \
             if changed or removed else None
         sup_queues = encode({"kind": "QUEUES", "rows": qchanged, "seq": self.seq, "at": self.at}) if qchanged else None
@@ -175,8 +173,9 @@ class LiveViews:
             if mine or gone:
                 c.offer(encode({"kind": "SEATS", "seat_id": c.viewer.seat_id, "rows": mine, "removed": gone,
                                 "seq": self.seq, "at": self.at}))
-            if seat_targets:
-                c.offer(seat_targets)
+            if new_targets:  # addressed to this seat, like its SEATS
+                c.offer(encode({"kind": "TARGETS", "seat_id": c.viewer.seat_id, "rows": targets,
+                                "seq": self.seq, "at": self.at}))
 
     def apply_event(self, ev: dict[str, Any]) -> None:
         """An ACD event: encoded once, offered to every client allowed to see it."""
