@@ -151,6 +151,14 @@ def twilio_context(node: ApiHost, bridge: ControlLoopBridge) -> TwilioContext:
                          journeys=JourneyStore(node.engine))  # issue 13: Twilio calls survive a restart
 
 
+def _credentials_door(node: ApiHost) -> SeatCredentialsDoor | None:
+    """Seat phones' credentials go to the node (None for a host that carries no front door)."""
+    put, remove = getattr(node, "set_seat_credentials", None), getattr(node, "remove_seat_credentials", None)
+    if put is None or remove is None:
+        return None
+    return SeatCredentialsDoor(put, remove, str(getattr(node.settings, "sip_realm", "handoff122")))
+
+
 async def build_api(node: ApiHost) -> RunningApi:
     """Runs on the control loop: the Twilio registry subscribes to the routing service here.
     Raises ``api.server.ApiServerError`` when the server cannot start (the node turns it into its
@@ -170,8 +178,7 @@ async def build_api(node: ApiHost) -> RunningApi:
                      audit=AuditLog(node.engine, node_id=node.node_id), outcomes=outcomes,
                      reports=DailyReports(node.engine, outcomes, s.service_level_s, s.report_timezone),
                      transfer=node.transfer_call, hold=node.hold_call,
-                     monitor=node.monitor_call, credentials=SeatCredentialsDoor(
-                         node.set_seat_credentials, node.remove_seat_credentials, s.sip_realm))
+                     monitor=node.monitor_call, credentials=_credentials_door(node))
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     signin = await first_sign_in(tokens)
