@@ -201,7 +201,8 @@ class Acd:
         return self._done(out)
 
     def update_seat(self, spec: SeatSpec, now: float) -> list[Event]:
-        """Change name, contact and skills; the status stays (it changes through ``set_status`` only)."""
+        """Change name, contact, skills and the phone's digest user; the status stays (it changes
+        through ``set_status`` only)."""
         seat = self._seat(spec.id)
         for skill in spec.skills:
             _check_skill(skill)

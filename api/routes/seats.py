@@ -156,6 +156,10 @@ async def set_credentials(request: Request, body: CredentialsIn, seat_id: str = 
     file says; a phone registered under the seat's previous username loses its registration."""
     door = _door(ctx)
     await current_seat(ctx, seat_id)
+    owner = next((row["id"] for row in await seat_rows(ctx) if row["id"] != seat_id
+                  and (row.get("register") or {}).get("username") == body.username), None)
+    if owner is not None:  # refused before the audit log: it records changes, not refusals
+        raise HTTPException(409, detail=f"username {body.username!r} is seat {owner}'s")
     if body.password is not None:
         ha1 = hashlib.md5(f"{body.username}:{door.realm}:{body.password}".encode()).hexdigest()
     else:

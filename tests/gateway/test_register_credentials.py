@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.sip, pytest.mark.skipif(__import__("shutil").which("ba
 PASSWORD = "api-pass-7731"
 SEATS = ("seats:\n"
          "  - id: s104\n    name: 王五\n    contact: sip:s104@127.0.0.1:9\n    skills: [intake_guidance]\n"
-         "    status: logged_out\n")
+         "    status: logged_out\n"
+         "  - id: s105\n    contact: sip:s105@127.0.0.1:9\n    skills: [rescue]\n")
 
 
 def token(node: RunningNode, role: str) -> str:
@@ -81,6 +82,12 @@ def test_credentials_set_through_the_api_let_a_softphone_register_until_they_are
         expected_ha1 = hashlib.md5(f"s104:handoff122:{PASSWORD}".encode()).hexdigest()
         assert db_rows(node) == [("s104", "s104", expected_ha1)]
         assert PASSWORD.encode() not in db_bytes(node)
+        # a username is one seat's; an HA1 may be given instead of a password
+        assert credentials(node, admin, "s105", {"username": "s104", "password": PASSWORD}).status_code == 409
+        given = hashlib.md5(b"s105:handoff122:other-pass").hexdigest()
+        r = credentials(node, admin, "s105", {"username": "s105", "ha1": given.upper()})
+        assert r.status_code == 200 and r.json()["register"]["username"] == "s105", r.text
+        assert sorted(db_rows(node)) == [("s104", "s104", expected_ha1), ("s105", "s105", given)]
         assert expected_ha1 not in node.get("/api/v1/seats/s104").text
 
         # a wrong password: 403 from the front door, the seat stays logged out with its fixed contact
@@ -122,7 +129,7 @@ def test_credentials_set_through_the_api_let_a_softphone_register_until_they_are
         gone = r.json()
         assert gone["status"] == "logged_out" and "credentials removed" in gone["reason"], gone
         assert gone["register"] is None and gone["contact"] == "sip:s104@127.0.0.1:9", gone
-        assert db_rows(node) == [("s104", None, None)]
+        assert sorted(db_rows(node)) == [("s104", None, None), ("s105", "s105", given)]
         # ... and the phone's next REGISTER is refused; the seat never gets it back
         node.wait_for(lambda: "403" in (again_conf / "out.log").read_text(errors="replace"), timeout=30)
         s104 = status(node, "s104")
@@ -135,10 +142,12 @@ def test_credentials_set_through_the_api_let_a_softphone_register_until_they_are
                           headers={"Authorization": f"Bearer {admin}"}, timeout=10)
         assert audit.status_code == 200, audit.text
         entries = audit.json()
-        assert [e["detail"]["op"] for e in entries] == ["remove", "set"], entries
-        assert all(e["target"] == "s104" and e["actor"]["role"] == "admin" for e in entries)
+        assert [(e["target"], e["detail"]["op"]) for e in entries] == [
+            ("s104", "remove"), ("s105", "set"), ("s104", "set")], entries
+        assert entries[1]["detail"]["given"] == "ha1" and entries[2]["detail"]["given"] == "password"
+        assert all(e["actor"]["role"] == "admin" for e in entries)
         text = json.dumps(entries)
-        assert PASSWORD not in text and expected_ha1 not in text
+        assert PASSWORD not in text and expected_ha1 not in text and given not in text
         assert PASSWORD.encode() not in db_bytes(node)
     finally:
         node.stop()
