@@ -111,6 +111,12 @@ async def test_the_console_lists_available_seats_and_transfers_to_the_one_chosen
         await page.fill("#transfer-note", NOTE)
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "seat-console-transfer-to-seat.png"), full_page=True)
+        # the same control opened out (a closed <select> shows only its choice; headless Chromium
+        # draws no drop-down), to show every target the console built
+        size = await page.eval_on_selector("#transfer-skill", "s => { s.size = s.options.length + 2; return s.size; }")
+        assert size > 10
+        await page.locator("#transfer").screenshot(path=str(ARTIFACTS / "seat-console-transfer-targets.png"))
+        await page.eval_on_selector("#transfer-skill", "s => { s.size = 0; }")
         await page.click("#btn-transfer")
         await expect(st1).to_have_attribute("data-status", "wrap_up")
         await expect(page2.locator("#pop-transfer-from")).to_have_text("s1", timeout=20_000)
