@@ -1,4 +1,5 @@
-"""The audit log: who downloaded which recording, who changed another seat's status.
+"""The audit log: who downloaded which recording, who changed another seat's status, who set or
+removed a seat phone's credentials (never the password nor the HA1).
 
 Written on the control loop (the engine's), before the audited thing happens where that is
 possible: a recording is not served if its download could not be recorded.  Read by supervisors
@@ -21,6 +22,7 @@ from api.tokens import Principal
 RECORDING_DOWNLOAD = "recording.download"
 SEAT_STATUS = "seat.status"
 CALL_MONITOR = "call.monitor"
+SEAT_CREDENTIALS = "seat.credentials"
 
 
 class AuditLog:

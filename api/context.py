@@ -73,6 +73,17 @@ class RecordingCatalog(Protocol):
     async def get(self, recording_id: str) -> Any: ...
 
 
+@dataclass(frozen=True)
+class SeatCredentialsDoor:
+    """Where a seat phone's digest credentials go (``gateway.node.Node.set_seat_credentials``):
+    the control process stores the HA1 and loads it into the front door.  ``realm`` is the SIP
+    realm the HA1 is computed for, here, so a password never leaves the API."""
+
+    set: Callable[[str, str, str], Awaitable[dict[str, Any]]]
+    remove: Callable[[str], Awaitable[dict[str, Any]]]
+    realm: str = "handoff122"
+
+
 @dataclass
 class ApiContext:
     routing: Routing
@@ -109,6 +120,8 @@ class ApiContext:
     hold: Callable[[str, bool, str], Awaitable[dict[str, Any]]] | None = None
     #: A supervisor listens / whispers / barges (``gateway.node.Node.monitor_call``).
     monitor: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
+    #: Seat phones' registration credentials (admin API); None where no node carries them.
+    credentials: SeatCredentialsDoor | None = None
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""

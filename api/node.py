@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from api.app import create_app
 from api.audit import AuditLog
-from api.context import ApiContext
+from api.context import ApiContext, SeatCredentialsDoor
 from api.flow_admin import FlowFileAdmin
 from api.limits import ApiLimits
 from api.reports import DailyReports
@@ -70,6 +70,8 @@ class NodeSettings(Protocol):
     def database_url(self) -> str: ...
     @property
     def recordings_dir(self) -> Path: ...
+    @property
+    def sip_realm(self) -> str: ...
 
 
 class ApiHost(Protocol):
@@ -105,6 +107,12 @@ class ApiHost(Protocol):
 
     async def transfer_call(self, req: Any) -> dict[str, Any]:
         """A transfer of a live call (``journey.transfer``); raises ``TransferRefused``."""
+
+    async def set_seat_credentials(self, seat_id: str, username: str, ha1: str) -> dict[str, Any]:
+        """A seat phone's digest credentials (HA1), stored and loaded into the front door."""
+
+    async def remove_seat_credentials(self, seat_id: str) -> dict[str, Any]:
+        """The seat's phone may no longer register; its registration is removed."""
 
 
 @dataclass
@@ -143,6 +151,14 @@ def twilio_context(node: ApiHost, bridge: ControlLoopBridge) -> TwilioContext:
                          journeys=JourneyStore(node.engine))  # issue 13: Twilio calls survive a restart
 
 
+def _credentials_door(node: ApiHost) -> SeatCredentialsDoor | None:
+    """Seat phones' credentials go to the node (None for a host that carries no front door)."""
+    put, remove = getattr(node, "set_seat_credentials", None), getattr(node, "remove_seat_credentials", None)
+    if put is None or remove is None:
+        return None
+    return SeatCredentialsDoor(put, remove, str(getattr(node.settings, "sip_realm", "handoff122")))
+
+
 async def build_api(node: ApiHost) -> RunningApi:
     """Runs on the control loop: the Twilio registry subscribes to the routing service here.
     Raises ``api.server.ApiServerError`` when the server cannot start (the node turns it into its
@@ -162,7 +178,7 @@ async def build_api(node: ApiHost) -> RunningApi:
                      audit=AuditLog(node.engine, node_id=node.node_id), outcomes=outcomes,
                      reports=DailyReports(node.engine, outcomes, s.service_level_s, s.report_timezone),
                      transfer=node.transfer_call, hold=node.hold_call,
-                     monitor=node.monitor_call)
+                     monitor=node.monitor_call, credentials=_credentials_door(node))
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     signin = await first_sign_in(tokens)
@@ -230,7 +246,9 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
         "flow": (flow_admin, frozenset({"install_flow"})),
         "metrics": (ObservedMetrics(), frozenset({"observed"})),
         # live calls (issue 15): their media and journeys are here
-        "node": (node, frozenset({"transfer_call", "hold_call", "monitor_call"})),
+        "node": (node, frozenset({"transfer_call", "hold_call", "monitor_call",
+                                  # seat phones' credentials (HA1 only): Kamailio's RPC is here
+                                  "set_seat_credentials", "remove_seat_credentials"})),
     })
     feed = ViewsFeed(node.routing, desk, node.media_stats)
     desk.feed = feed
@@ -244,5 +262,5 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
         public_base_url=s.public_base_url, signin_code=signin.code if signin else None,
         dispositions=list(s.dispositions), fast_handled_dispositions=list(s.fast_handled_dispositions),
         not_accident_dispositions=list(s.not_accident_dispositions), report_timezone=s.report_timezone,
-        token_command=f"handoff122 token create --role supervisor {where}")
+        sip_realm=s.sip_realm, token_command=f"handoff122 token create --role supervisor {where}")
     return ApiDesk(desk=desk, feed=feed, twilio=twilio, config=config, signin=signin)

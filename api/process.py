@@ -28,7 +28,7 @@ import uvicorn
 
 from api.app import create_app
 from api.audit import AuditLog
-from api.context import ApiContext
+from api.context import ApiContext, SeatCredentialsDoor
 from api.limits import ApiLimits
 from api.link import ControlLink, RemoteFlowAdmin, RemoteObservedMetrics, RemoteRouting, RemoteTwilioCalls
 from api.readmodel import LiveViews
@@ -66,6 +66,8 @@ class ApiProcessConfig:
     fast_handled_dispositions: list[str] = field(default_factory=list)
     not_accident_dispositions: list[str] = field(default_factory=list)
     report_timezone: str = "Asia/Shanghai"
+    #: The realm seat phones' HA1s are computed for (``PUT /api/v1/seats/{id}/credentials``).
+    sip_realm: str = "handoff122"
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -139,7 +141,11 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
                      # live calls are the control process's: transfers, hold and monitoring go there
                      transfer=lambda req: link.forward("node", "transfer_call", req),
                      hold=lambda call_id, on, by: link.forward("node", "hold_call", call_id, on, by),
-                     monitor=lambda req: link.forward("node", "monitor_call", req))
+                     monitor=lambda req: link.forward("node", "monitor_call", req),
+                     # seat phones' credentials: stored and loaded into Kamailio by the control process
+                     credentials=SeatCredentialsDoor(
+                         lambda seat_id, user, ha1: link.forward("node", "set_seat_credentials", seat_id, user, ha1),
+                         lambda seat_id: link.forward("node", "remove_seat_credentials", seat_id), cfg.sip_realm))
     twilio = TwilioContext(routing=cast(Any, None), flow=cast(Any, lambda: None), auth_token=cfg.twilio_auth_token,
                            public_base_url=cfg.public_base_url or f"http://{cfg.host}:{cfg.port}",
                            node_id=cfg.node_id)

@@ -8,7 +8,10 @@ each change out to the WebSocket clients as deltas:
 - ``SNAPSHOT`` ``{seats, queues, seq}``: what a client starts from (and restarts from after a
   ``RESYNC``);
 - ``SEATS`` ``{rows, removed}`` and ``QUEUES`` ``{rows}``: the rows that changed since the last push;
-- the ACD events themselves (``OFFER``, ``CONNECT``, ...) unchanged, as before.
+- the ACD events themselves (``OFFER``, ``CONNECT``, ...) unchanged, as before;
+- for seats only, ``TARGETS`` ``{rows}``: the seats a transfer may name now (``available``: id,
+  name, skills; nothing else of the other seats), whole, whenever that list changes; a seat's
+  ``SNAPSHOT`` carries it as ``targets``.  The seat console's transfer control lists them.
 
 Every client has a bounded queue.  A client that cannot keep up (its queue is full) loses what
 was queued and gets ``RESYNC`` followed by a fresh ``SNAPSHOT``; one that falls behind again and
@@ -40,6 +43,12 @@ CLOCK_FIELDS = ("idle_s",)
 
 def _steady(row: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if row is None else {k: v for k, v in row.items() if k not in CLOCK_FIELDS}
+
+
+def transfer_targets(seats: Any) -> list[dict[str, Any]]:
+    """The seats a transfer may name now (``to_seat`` takes only an available seat), by id."""
+    return sorted(({"id": str(s["id"]), "name": s.get("name") or "", "skills": s.get("skills") or {}}
+                   for s in seats if str(s.get("status")) == "available"), key=lambda t: t["id"])
 
 
 def encode(msg: dict[str, Any]) -> str:
@@ -122,6 +131,7 @@ class LiveViews:
         self.resyncs = 0
         self._call_view = call_view
         self.callbacks = PushedCallbacks([])
+        self.targets: list[dict[str, Any]] = []
 
     # ---- the feed's side -------------------------------------------------------------------
     def apply_views_full(self, views: dict[str, Any]) -> None:
@@ -143,6 +153,9 @@ class LiveViews:
         self.at = at if at is not None else time.time()
         self.seq += 1
         self.ready.set()
+        targets = transfer_targets(new_seats.values()) if changed or removed else self.targets
+        new_targets = targets != self.targets
+        self.targets = targets
         if not self.clients or not (changed or removed or qchanged):
             return
         sup_seats = encode({"kind": "SEATS", "rows": changed, "removed": removed, "seq": self.seq, "at": self.at}) \
@@ -159,6 +172,9 @@ class LiveViews:
             gone = [sid for sid in removed if c.viewer.sees_seat(sid)]
             if mine or gone:
                 c.offer(encode({"kind": "SEATS", "seat_id": c.viewer.seat_id, "rows": mine, "removed": gone,
+                                "seq": self.seq, "at": self.at}))
+            if new_targets:  # addressed to this seat, like its SEATS
+                c.offer(encode({"kind": "TARGETS", "seat_id": c.viewer.seat_id, "rows": targets,
                                 "seq": self.seq, "at": self.at}))
 
     def apply_event(self, ev: dict[str, Any]) -> None:
@@ -187,6 +203,7 @@ class LiveViews:
         snap = {"kind": "SNAPSHOT", "seats": seats, "queues": queues, "seq": self.seq, "at": self.at}
         if not viewer.supervisor:
             snap["seat_id"] = viewer.seat_id
+            snap["targets"] = self.targets
         return snap
 
     # ---- the ACD's read interface, for the REST routes ---------------------------------------

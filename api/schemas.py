@@ -35,6 +35,13 @@ class QueueRow(Open):
     aht_s: float | None = None
 
 
+class SeatRegister(Open):
+    """A seat phone that REGISTERs: its digest user (the HA1 is never shown)."""
+
+    username: str
+    has_credentials: bool = True
+
+
 class SeatView(Open):
     id: str
     name: str = ""
@@ -43,6 +50,8 @@ class SeatView(Open):
     reason: str | None = None
     skills: dict[str, int] = Field(default_factory=dict)
     call_id: str | None = None
+    #: ``register`` in JSON (the name would shadow ``BaseModel.register``)
+    seat_register: SeatRegister | None = Field(None, alias="register")
 
 
 class SeatOffer(Open):

@@ -367,18 +367,33 @@ class CallDirector:
 
     def _seat_referred(self, call: CallFlow, msg: ch.SeatReferred) -> None:
         """A REFER from the seat's own phone on its leg: trusted (the gateway dialled that seat), but
-        only ever as our own transfer to a skill; anything else is refused and logged."""
+        only ever as our own blind transfer, to a skill (``sip:insurance_claim@...``) or to a seat
+        (``sip:s2@...``) on the same rules as the API's ``to_seat``; anything else is refused and
+        logged, and the conversation goes on."""
         if msg.leg_id != call.leg_id:
             return
         seat = call.journey.seat_id
-        if msg.target not in SKILLS:
-            log.warning("seat_refer_refused", extra={"call_id": call.call_id, "seat_id": seat, "target": msg.target})
+        target = msg.target
+        if target in SKILLS:
+            req = TransferRequest(call_id=call.call_id, to_skill=target, by=f"refer:{seat}")
+        elif self._is_seat(target):
+            req = TransferRequest(call_id=call.call_id, to_seat=target, by=f"refer:{seat}")
+        else:
+            log.warning("seat_refer_refused", extra={"call_id": call.call_id, "seat_id": seat, "target": target,
+                                                     "reason": "neither a skill nor a seat"})
             return
         try:
-            self.transfer(TransferRequest(call_id=call.call_id, to_skill=msg.target, by=f"refer:{seat}"))
+            self.transfer(req)
         except TransferRefused as e:
-            log.warning("seat_refer_refused", extra={"call_id": call.call_id, "seat_id": seat, "target": msg.target,
-                                                     "error": e.detail})
+            log.warning("seat_refer_refused", extra={"call_id": call.call_id, "seat_id": seat, "target": target,
+                                                     "reason": e.detail, "status": e.status})
+
+    def _is_seat(self, seat_id: str) -> bool:
+        try:
+            self.routing.acd.seat_view(seat_id, self.clock())
+        except Exception:
+            return False
+        return True
 
     def hold(self, call_id: str, on: bool, by: str) -> dict[str, Any]:
         """Seat hold / resume: the caller hears hold audio, the seat stays on the line (no re-INVITE)."""

@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from gateway.banner import NodeFacts, no_seats_hint, render_banner
@@ -148,6 +149,7 @@ class Node:
         from gateway.reconcile import live_calls_at_start, seal_after_crash
 
         kept = await live_calls_at_start(self.pool, self.engine, self.node_id)
+        seats = await self._with_stored_credentials(seats)
         await self.routing.start(seats, live_calls=kept)
         recovered = await seal_after_crash(self.catalog, self.calls, time.time())
         if recovered:
@@ -189,13 +191,15 @@ class Node:
                 raise ConfigError(str(e)) from None
             if self.kamailio.proc is not None:  # issue 13: found and ended by the next start after a crash
                 (self.run_dir / "kamailio.pid").write_text(str(self.kamailio.proc.pid))
-            phones = [spec for spec in self.seat_specs if spec.register_user]
-            if phones:
-                from gateway.registrations import SeatRegistrations
+            from gateway.registrations import SeatRegistrations
 
-                self.registrations = SeatRegistrations(self.kamailio.call, self.routing, phones)
-                await self.registrations.load_credentials()
-                self.registrations.start()
+            # seats file + credentials set through the API; each keeps the file's fixed contact (if
+            # any), given back when its credentials are removed
+            fixed = {spec.id: spec.contact for spec in self.seat_specs}
+            phones = [replace(spec, contact=fixed.get(spec.id, "")) for spec in seats if spec.register_user]
+            self.registrations = SeatRegistrations(self.kamailio.call, self.routing, phones)
+            await self.registrations.load_credentials()
+            self.registrations.start()
 
         # 5. the API, in its own process, reading what this one pushes
         if s.api_port:
@@ -311,6 +315,47 @@ class Node:
         if self.director is None:
             raise TransferRefused(409, "no media workers on this node")
         return self.director.transfer(req)
+
+    async def _with_stored_credentials(self, seats: list[Any]) -> list[Any]:
+        """The seats file's seats with the credentials set through the admin API (the database wins)."""
+        from gateway.seat_credentials import SeatCredentials, merge
+
+        stored = await SeatCredentials(self.engine).all()
+        unknown = sorted(set(stored) - {spec.id for spec in seats})
+        if unknown:
+            log.warning("seat_credentials_without_seat", extra={"seat_ids": unknown})
+        return merge(seats, stored)
+
+    async def set_seat_credentials(self, seat_id: str, username: str, ha1: str) -> dict[str, Any]:
+        """Credentials set through the admin API (HA1 only): stored, then loaded into Kamailio at once.
+        Raises ``UnknownSeat`` (404), ``DuplicateId`` (409: the username is another seat's)."""
+        from gateway.seat_credentials import SeatCredentials
+        from routing.acd import SeatSpec
+        from routing.errors import DuplicateId
+
+        view = self.routing.acd.seat_view(seat_id, time.time())  # UnknownSeat
+        regs = self.registrations
+        owner = regs.by_user.get(username) if regs is not None else None
+        if owner is not None and owner.id != seat_id:
+            raise DuplicateId(f"username {username!r} is seat {owner.id}'s")
+        await SeatCredentials(self.engine).put(seat_id, username, ha1)
+        if regs is None:
+            return {"seat_id": seat_id, "username": username, "loaded": False}
+        previous = regs.by_user.get(regs.user_of(seat_id) or "")
+        fixed = previous.contact if previous is not None else str(view.get("contact") or "")
+        await regs.set_credentials(SeatSpec(id=seat_id, contact=fixed, skills=dict(view.get("skills") or {}),
+                                            name=str(view.get("name") or ""), register_user=username, ha1=ha1))
+        return {"seat_id": seat_id, "username": username, "loaded": True}
+
+    async def remove_seat_credentials(self, seat_id: str) -> dict[str, Any]:
+        """The seat's phone may no longer register (until credentials are set again), even if the
+        seats file gives it some; a current registration is removed and the seat logged out."""
+        from gateway.seat_credentials import SeatCredentials
+
+        self.routing.acd.seat_view(seat_id, time.time())  # UnknownSeat
+        await SeatCredentials(self.engine).put(seat_id, None, None)
+        removed = await self.registrations.remove_credentials(seat_id) if self.registrations is not None else None
+        return {"seat_id": seat_id, "removed": removed is not None}
 
     def install_flow(self, flow: Any) -> None:
         """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""

@@ -11,6 +11,10 @@ turns what changed into routing commands:
 
 The ACD refuses ``available`` for a seat without a contact (``routing.acd``), so a registered seat is
 offered calls only while it is registered and its agent is ready.
+
+Credentials set or removed through the admin API (``gateway.seat_credentials``) take effect here at
+once: ``set_credentials`` loads the HA1 into the hash table, ``remove_credentials`` deletes it,
+removes the phone's current registration (``ul.rm``) and logs the seat out with the reason.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from routing.acd import SeatSpec
-from routing.errors import RoutingError
+from routing.errors import DuplicateId, RoutingError
 from routing.status import SeatStatus
 
 log = logging.getLogger("gateway.registrations")
 
 HA1_TABLE = "seatha1"
+LOCATION_TABLE = "location"
+CREDENTIALS_REMOVED = "registration credentials removed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +93,67 @@ class SeatRegistrations:
             await self.rpc("htable.sets", HA1_TABLE, user, spec.ha1 or "")
 
     def start(self) -> None:
-        if self.by_user:
-            self._task = asyncio.ensure_future(self._run())
+        """Poll the registrations (idle while no seat has credentials: the admin API may add some)."""
+        self._task = asyncio.ensure_future(self._run())
+
+    def user_of(self, seat_id: str) -> str | None:
+        return next((u for u, spec in self.by_user.items() if spec.id == seat_id), None)
+
+    async def set_credentials(self, spec: SeatSpec) -> None:
+        """Let ``spec.id``'s phone register as ``spec.register_user`` with ``spec.ha1`` from now on.
+
+        ``spec.contact`` is the seat's fixed contact, given back if the credentials are removed.
+        A phone registered under the seat's previous username loses its registration.
+        """
+        user = spec.register_user
+        assert user and spec.ha1
+        other = self.by_user.get(user)
+        if other is not None and other.id != spec.id:
+            raise DuplicateId(f"username {user!r} is seat {other.id}'s")
+        previous = self.user_of(spec.id)
+        if previous is not None and previous != user:
+            await self._forget(previous)
+            self._lost(self.by_user.pop(previous), "registration credentials changed",
+                       logout=spec.id in self.current)
+        await self.rpc("htable.sets", HA1_TABLE, user, spec.ha1)
+        self.by_user[user] = spec
+        self._update(spec, self.current.get(spec.id, self._contact_now(spec)))
+        log.info("seat_credentials_set", extra={"seat_id": spec.id, "username": user})
+
+    async def remove_credentials(self, seat_id: str) -> SeatSpec | None:
+        """The seat's phone may no longer register: HA1 deleted, its registration removed, the seat
+        given back its fixed contact (if any) and logged out with the reason.  Its spec, or None."""
+        user = self.user_of(seat_id)
+        if user is None:
+            return None
+        spec = self.by_user.pop(user)
+        await self._forget(user)
+        self._lost(spec, CREDENTIALS_REMOVED)
+        log.info("seat_credentials_removed", extra={"seat_id": seat_id, "username": user})
+        return spec
+
+    async def _forget(self, user: str) -> None:
+        await self.rpc("htable.delete", HA1_TABLE, user)
+        try:
+            await self.rpc("ul.rm", LOCATION_TABLE, user)
+        except Exception as e:  # not registered now: nothing to remove
+            log.debug("seat_registration_not_removed", extra={"username": user, "error": str(e)[:200]})
+
+    def _lost(self, spec: SeatSpec, reason: str, logout: bool = True) -> None:
+        """A seat that no longer has a registered phone: its fixed contact (if any), logged out."""
+        was = self.current.pop(spec.id, None)
+        fixed = replace(spec, register_user=None, ha1=None) if self.user_of(spec.id) is None else spec
+        self._update(fixed, spec.contact)
+        if was is not None:
+            log.info("seat_registration_lost", extra={"seat_id": spec.id, "contact": was})
+        if logout:
+            self._logged_out(spec.id, reason)
+
+    def _contact_now(self, spec: SeatSpec) -> str:
+        try:
+            return str(self.routing.acd.seat_view(spec.id, time.time()).get("contact") or "")
+        except RoutingError:
+            return spec.contact
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -99,7 +164,8 @@ class SeatRegistrations:
     async def _run(self) -> None:
         while True:
             try:
-                self.apply(parse_ul_dump(await self.rpc("ul.dump")))
+                if self.by_user:
+                    self.apply(parse_ul_dump(await self.rpc("ul.dump")))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Kamailio busy or restarting: keep what we know, try again
@@ -126,6 +192,7 @@ class SeatRegistrations:
             view = self.routing.acd.seat_view(spec.id, time.time())
             skills = view.get("skills") or spec.skills
             self.routing.update_seat(replace(spec, contact=contact, skills=dict(skills),
+                                             name=str(view.get("name") or spec.name),
                                              status=SeatStatus(str(view.get("status", spec.status)))))
         except (RoutingError, KeyError, ValueError) as e:
             log.warning("seat_registration_update_failed", extra={"seat_id": spec.id, "error": str(e)})

@@ -19,11 +19,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 def target_metadata() -> list[MetaData]:
     from api.tokens import metadata as api_metadata
+    from gateway.seat_credentials import metadata as credentials_metadata
     from recordings.catalog import metadata as recordings_metadata
     from routing.store.authority_tables import metadata as authority_metadata
     from routing.store.models import metadata as routing_metadata
 
-    return [routing_metadata, recordings_metadata, api_metadata, authority_metadata]
+    return [routing_metadata, recordings_metadata, api_metadata, authority_metadata, credentials_metadata]
 
 
 def alembic_config(connection: Any = None) -> Config:

@@ -190,7 +190,8 @@ class Acd:
         self._seat_seq += 1
         reason = "initial" if spec.status is S.NOT_READY else None
         seat = Seat(id=spec.id, name=spec.name, contact=spec.contact, skills=dict(spec.skills),
-                    status=spec.status, since=now, order=self._seat_seq, reason=reason, idle_since=now)
+                    status=spec.status, since=now, order=self._seat_seq, reason=reason, idle_since=now,
+                    register_user=spec.register_user)
         self._seats[seat.id] = seat
         out = [Event(EventKind.SEATADDED, now, seat_id=seat.id,
                      data={"name": seat.name, "contact": seat.contact, "skills": dict(seat.skills),
@@ -200,13 +201,15 @@ class Acd:
         return self._done(out)
 
     def update_seat(self, spec: SeatSpec, now: float) -> list[Event]:
-        """Change name, contact and skills; the status stays (it changes through ``set_status`` only)."""
+        """Change name, contact, skills and the phone's digest user; the status stays (it changes
+        through ``set_status`` only)."""
         seat = self._seat(spec.id)
         for skill in spec.skills:
             _check_skill(skill)
         was_indexed = bool(seat.index_keys)
         self._unindex(seat)
         seat.name, seat.contact, seat.skills = spec.name, spec.contact, dict(spec.skills)
+        seat.register_user = spec.register_user
         out = [Event(EventKind.SEATADDED, now, seat_id=seat.id,
                      data={"name": seat.name, "contact": seat.contact, "skills": dict(seat.skills),
                            "status": seat.status.value, "reason": seat.reason, "updated": True})]

@@ -59,6 +59,8 @@ class Seat:
     wrap_skill: str | None = None
     wrap_talk_s: float = 0.0
     call_ended_at: float = 0.0
+    #: the digest user of a seat phone that REGISTERs (its HA1 stays with the gateway, never here)
+    register_user: str | None = None
 
     def move(self, target: SeatStatus, now: float, reason: str | None = None,
              call_id: str | None = None, skill: str | None = None, **data: object) -> Event:
@@ -85,6 +87,7 @@ class Seat:
             "call_id": self.call_id,
             "calls_taken": self.calls_taken,
             "idle_s": max(0.0, now - self.idle_since) if self.status is S.AVAILABLE else None,
+            "register": {"username": self.register_user, "has_credentials": True} if self.register_user else None,
         }
 
 

@@ -182,8 +182,8 @@ class RoutingService:
         try:
             if current is None:
                 self._emit(self.acd.add_seat(spec, now))
-            elif (current["contact"], current["skills"], current["name"]) != (spec.contact, dict(spec.skills),
-                                                                              spec.name):
+            elif (current["contact"], current["skills"], current["name"], (current.get("register") or {}).get("username")) \
+                    != (spec.contact, dict(spec.skills), spec.name, spec.register_user):
                 self._emit(self.acd.update_seat(spec, now))
         except RoutingError as e:
             log.error("seat from the seats file refused", extra={"seat_id": spec.id, "error": str(e)})

@@ -70,7 +70,9 @@ async def update_seat(body: SeatUpdate, seat_id: str = SeatId, ctx: ApiContext =
         raise HTTPException(404, detail=f"unknown seat {seat_id!r}")
     spec = SeatSpec(id=seat_id, contact=body.contact, skills=body.skill_penalties(), name=body.name,
                     status=SeatStatus(current["status"]) if current["status"] in SeatStatus.__members__.values()
-                    else SeatStatus.LOGGED_OUT)
+                    else SeatStatus.LOGGED_OUT,
+                    # its phone's credentials change through PUT /api/v1/seats/{id}/credentials only
+                    register_user=(current.get("register") or {}).get("username"))
     await ctx.on_control(ctx.routing.update_seat, spec)
     return await _seat(ctx, seat_id) or current
 

@@ -64,9 +64,7 @@
   function showTransfer(seat) {
     const box = document.getElementById("transfer");
     const sel = document.getElementById("transfer-skill");
-    if (!sel.options.length) {
-      for (const s of H122.SKILLS) sel.append(H122.el("option", { value: s }, H122.skillLabel(s)));
-    }
+    if (!sel.options.length) renderTargets();
     document.getElementById("transfer-note").placeholder = t("transfer_note");
     box.classList.toggle("hidden", !(seat.status === "on_call" && seat.call_id));
     if (box.dataset.call !== (seat.call_id || "")) {  // a new call starts off hold
@@ -75,6 +73,32 @@
       box.dataset.stage = "talking";
     }
     box.dataset.call = seat.call_id || "";
+  }
+
+  // The transfer control's targets: every skill, then the seats that are available now (pushed by
+  // the server as TARGETS, and in the SNAPSHOT), this seat left out. A skill's option value is the
+  // skill, a seat's "seat:<id>"; transferTarget() turns the choice into the request's target.
+  let targets = [];
+
+  function renderTargets() {
+    const sel = document.getElementById("transfer-skill");
+    const was = sel.value;
+    const skills = H122.el("optgroup", { label: t("to_skill") },
+      ...H122.SKILLS.map((s) => H122.el("option", { value: s }, H122.skillLabel(s))));
+    const others = targets.filter((x) => x.id !== seatId);
+    const seats = H122.el("optgroup", { id: "transfer-seats", label: t("to_seat") },
+      ...(others.length ? others.map((x) => H122.el("option", { value: `seat:${x.id}`, dataset: { seat: x.id } },
+        `${x.id}${x.name ? " " + x.name : ""} · ${Object.keys(x.skills || {}).map(H122.skillLabel).join("、")}`))
+        : [H122.el("option", { value: "", disabled: "" }, t("no_free_seat"))]));
+    sel.replaceChildren(skills, seats);
+    if ([...sel.options].some((o) => o.value === was && !o.disabled)) sel.value = was;
+  }
+
+  function onTargets(rows) { targets = rows || []; renderTargets(); }
+
+  function transferTarget() {
+    const v = document.getElementById("transfer-skill").value;
+    return v.startsWith("seat:") ? { to_seat: v.slice(5) } : { to_skill: v };
   }
 
   // Hold / resume: the caller hears hold audio, this seat stays on the line (POST .../hold, .../resume).
@@ -98,7 +122,7 @@
     try {
       const note = document.getElementById("transfer-note").value.trim() || null;
       await api.post(`/api/v1/calls/${encodeURIComponent(callId)}/transfer`,
-        { to_skill: document.getElementById("transfer-skill").value, mode: "blind", note });
+        { ...transferTarget(), mode: "blind", note });
       document.getElementById("transfer-note").value = "";
       await refresh();
     } catch (e) { report(e); }
@@ -186,7 +210,8 @@
 
   // The seat's own row, pushed: a SNAPSHOT on (re)connect, a SEATS delta when it changes.  A
   // SNAPSHOT also re-checks the offer (syncOffer fetches it when the pop does not show that call).
-  function onViews(board) {
+  function onViews(board, msg) {
+    if (msg && msg.kind === "SNAPSHOT" && msg.targets) onTargets(msg.targets);
     const seat = board.seats.get(seatId);
     if (!seat) return;
     showStatus(seat);
@@ -204,6 +229,7 @@
         }
         break;
       case "RINGNOANSWER": case "SEATFAILED": case "ABANDON": case "COMPLETE": hidePop(ev.call_id); break;
+      case "TARGETS": onTargets(ev.rows); break;
       default: break;
     }
   }
@@ -258,7 +284,7 @@
     }
   });
   document.getElementById("logout").addEventListener("click", () => logout());
-  H122.bindLanguageToggle(() => { renderPop(); if (api) refresh(); });
+  H122.bindLanguageToggle(() => { renderPop(); renderTargets(); if (api) refresh(); });
   setInterval(tick, 1000);
   const saved = localStorage.getItem(KEY);
   if (saved) login(saved).catch(() => logout()); else document.getElementById("seat-login").classList.remove("hidden");

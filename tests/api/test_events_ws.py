@@ -79,6 +79,9 @@ async def test_seat_sees_only_its_own_events(node: Node, client: httpx.AsyncClie
                 while True:
                     seen.append(json.loads(await ws2.recv()))
         assert all(e.get("seat_id") == "s2" for e in seen), seen
+        # of the other seats, only the transfer targets: available ones, their id, name and skills
+        targets = [e for e in seen if e["kind"] == "TARGETS"]
+        assert targets and all(set(row) == {"id", "name", "skills"} for e in targets for row in e["rows"]), seen
 
 
 async def test_the_subprotocol_carries_the_token_and_is_never_echoed(node: Node) -> None:
