@@ -109,6 +109,8 @@ class ApiContext:
     hold: Callable[[str, bool, str], Awaitable[dict[str, Any]]] | None = None
     #: A supervisor listens / whispers / barges (``gateway.node.Node.monitor_call``).
     monitor: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
+    #: Completes (True) or cancels a warm transfer (``gateway.node.Node.consult_call``).
+    consult: Callable[[str, bool, str], Awaitable[dict[str, Any]]] | None = None
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""

@@ -106,6 +106,9 @@ class ApiHost(Protocol):
     async def transfer_call(self, req: Any) -> dict[str, Any]:
         """A transfer of a live call (``journey.transfer``); raises ``TransferRefused``."""
 
+    async def consult_call(self, call_id: str, complete: bool, by: str) -> dict[str, Any]:
+        """Complete (``complete``) or cancel the warm transfer of a live call; raises ``TransferRefused``."""
+
 
 @dataclass
 class RunningApi:
@@ -162,7 +165,7 @@ async def build_api(node: ApiHost) -> RunningApi:
                      audit=AuditLog(node.engine, node_id=node.node_id), outcomes=outcomes,
                      reports=DailyReports(node.engine, outcomes, s.service_level_s, s.report_timezone),
                      transfer=node.transfer_call, hold=node.hold_call,
-                     monitor=node.monitor_call)
+                     monitor=node.monitor_call, consult=node.consult_call)
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     signin = await first_sign_in(tokens)
@@ -230,7 +233,7 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
         "flow": (flow_admin, frozenset({"install_flow"})),
         "metrics": (ObservedMetrics(), frozenset({"observed"})),
         # live calls (issue 15): their media and journeys are here
-        "node": (node, frozenset({"transfer_call", "hold_call", "monitor_call"})),
+        "node": (node, frozenset({"transfer_call", "hold_call", "monitor_call", "consult_call"})),
     })
     feed = ViewsFeed(node.routing, desk, node.media_stats)
     desk.feed = feed

@@ -139,7 +139,8 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
                      # live calls are the control process's: transfers, hold and monitoring go there
                      transfer=lambda req: link.forward("node", "transfer_call", req),
                      hold=lambda call_id, on, by: link.forward("node", "hold_call", call_id, on, by),
-                     monitor=lambda req: link.forward("node", "monitor_call", req))
+                     monitor=lambda req: link.forward("node", "monitor_call", req),
+                     consult=lambda call_id, complete, by: link.forward("node", "consult_call", call_id, complete, by))
     twilio = TwilioContext(routing=cast(Any, None), flow=cast(Any, lambda: None), auth_token=cfg.twilio_auth_token,
                            public_base_url=cfg.public_base_url or f"http://{cfg.host}:{cfg.port}",
                            node_id=cfg.node_id)

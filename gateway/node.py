@@ -310,7 +310,17 @@ class Node:
 
         if self.director is None:
             raise TransferRefused(409, "no media workers on this node")
+        if req.mode == "warm":
+            return await self.director.consult(req)
         return self.director.transfer(req)
+
+    async def consult_call(self, call_id: str, complete: bool, by: str) -> dict[str, Any]:
+        """Complete or cancel a warm transfer asked through the API; ``TransferRefused`` carries the status."""
+        from journey.transfer import TransferRefused
+
+        if self.director is None:
+            raise TransferRefused(409, "no media workers on this node")
+        return await self.director.end_consult(call_id, complete, by)
 
     def install_flow(self, flow: Any) -> None:
         """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""
