@@ -290,10 +290,7 @@ class CallJourney:
         try:
             events = self.routing.consult_reserve(self.call_id, seat_id=to_seat, skill=to_skill, info=info)
         except RoutingError as e:
-            text = str(e)
-            if text.startswith("no seat available"):
-                text = f"no seat available: {text}"
-            raise TransferRefused(409, text) from None
+            raise TransferRefused(409, str(e)) from None
         ev = next(e for e in events if e.seat_id)
         view = self.routing.acd.seat_view(ev.seat_id, now)
         self.queue_info = {**self.queue_info, **info}

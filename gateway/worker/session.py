@@ -128,9 +128,9 @@ class HandoffSession:
             self.service.orphan_seat(self.seat)
             self.seat = None
         if self.consult is not None:
-            self.consult.cancelled = "caller gone"
-            self.service.orphan_seat(self.consult)
-            self.consult = None
+            consult, self.consult = self.consult, None
+            consult.cancelled = "caller gone"
+            self.service.orphan_seat(consult)
         if self.monitor is not None:
             self.monitor.ending = "caller gone"
             self.service.orphan_seat(self.monitor)
@@ -555,11 +555,13 @@ class HandoffSession:
         new, old = self.consult, self.seat
         assert new is not None
         self.consult, self.consult_answered = None, False
+        # seat 2 is the seat leg *before* seat 1's hang-up: PJSIP may report its DISCONNECTED at
+        # once, and it must find an orphan there, not the end of the conversation
+        self.seat = new
+        self.seat_state, self.seat_leg_id = SeatLegState.BRIDGED, new.leg_id
         if old is not None:
             old.cancelled = "transfer"
             self.service.orphan_seat(old)
-        self.seat = new
-        self.seat_state, self.seat_leg_id = SeatLegState.BRIDGED, new.leg_id
         log.info("consult_handed_over", extra={"call_id": self.call_id, "leg_id": new.leg_id, "reason": reason})
         self.on_hold = False
         self.stop_playback()
