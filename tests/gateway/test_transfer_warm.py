@@ -216,3 +216,56 @@ def test_warm_transfer_needs_a_free_call_in_the_worker(tmp_path: Path) -> None:
         assert node.journey_errors() == []
     finally:
         node.stop()
+
+
+def test_seat_1_hanging_up_completes_and_a_caller_hanging_up_ends_every_leg(tmp_path: Path) -> None:
+    """Call A: s1 hangs up during the consult after s2 answered: s2 keeps the caller (as Asterisk
+    does).  Call B: the caller hangs up while s4 still rings for the consult: every leg ends, s3 goes
+    to wrap-up and s4 straight back to available."""
+    p1, p2, p3, p4 = free_port(), free_port(), free_port(), free_port()
+    extra = (f"  - id: s3\n    contact: sip:s3@127.0.0.1:{p3}\n    skills: [online_determination]\n"
+             "    status: not_ready\n"
+             f"  - id: s4\n    contact: sip:s4@127.0.0.1:{p4}\n    skills: [insurance_claim]\n    status: available\n")
+    node = start_node(tmp_path, workers=2, seats_yaml=seats_yaml(p1, p2, extra))
+    try:
+        start_seat(node, "s1", p1, "--answer-after", "0.3", "--tone", "1000", "--hangup-after", "7")
+        start_seat(node, "s2", p2, "--answer-after", "0.5", "--tone", "700")
+        start_seat(node, "s3", p3, "--answer-after", "0.3", "--tone", "1000")
+        start_seat(node, "s4", p4, "--answer-after", "never", "--tone", "900")   # rings, never answers
+        caller = start_caller(node, DISPUTE, gap="0.6", stay="16", record=tmp_path / "a.wav")
+        s1 = node.wait_for(lambda: (s := status(node, "s1"))["status"] == "on_call" and s, timeout=60)
+        call_a = s1["call_id"]
+        r = post(node, f"/api/v1/calls/{call_a}/transfer", node.token, {"to_seat": "s2", "mode": "warm"})
+        assert r.status_code == 200, r.text
+        node.wait_for(lambda: any(e["data"]["cause"] == "consult_completed" for e in journey(node.call(call_a))),
+                      timeout=20)
+        done = next(e for e in journey(node.call(call_a)) if e["data"]["cause"] == "consult_completed")
+        assert "seat 1 hung up" in done["data"]["detail"], done
+        assert status(node, "s2")["status"] == "on_call" and status(node, "s2")["call_id"] == call_a
+        res = caller_result(caller)
+        assert res["answered"] and res["hung_up_by"] == "caller" and res["received_requests"] == [], res
+        rate, heard = read_pcm16(tmp_path / "a.wav")
+        assert share(heard[-rate * 3:], rate, 700) > 0.1
+
+        # call B: s3 takes it, consults s4 (ringing), the caller hangs up meanwhile
+        for seat_id, st in (("s1", "not_ready"), ("s3", "available")):   # s3 (not s1) takes call B
+            assert httpx.put(f"http://127.0.0.1:{node.api_port}/api/v1/seats/{seat_id}/status", json={"status": st},
+                             headers={"Authorization": f"Bearer {node.token}"}, timeout=10).status_code == 200
+        caller = start_caller(node, DISPUTE, gap="0.6", hangup_at="14", record=tmp_path / "b.wav")
+        s3 = node.wait_for(lambda: (s := status(node, "s3"))["status"] == "on_call" and s, timeout=60)
+        call_b = s3["call_id"]
+        r = post(node, f"/api/v1/calls/{call_b}/transfer", token(node, "seat", "s3"),
+                 {"to_skill": "insurance_claim", "mode": "warm"})
+        assert r.status_code == 200 and r.json()["to_seat"] == "s4", r.text     # s2 is busy with call A's caller
+        assert status(node, "s4")["status"] == "reserved"
+        res = caller_result(caller)
+        assert res["answered"] and res["hung_up_by"] == "caller" and res["received_requests"] == [], res
+        node.wait_for(lambda: status(node, "s4")["status"] == "available" and status(node, "s3")["status"] == "wrap_up")
+        s4rep = node.wait_for(lambda: seat_reports(node, "s4"))[0]
+        assert s4rep["call_id"] == call_b and not s4rep["answered"], s4rep
+        call = node.wait_for(lambda: (c := node.call(call_b)).get("recording_id") and c, timeout=30)
+        moves = [(e["data"]["from"], e["data"]["cause"]) for e in journey(call)]
+        assert ("consulting", "caller_hung_up") in moves, moves
+        assert node.journey_errors() == []
+    finally:
+        node.stop()
