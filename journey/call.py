@@ -108,7 +108,7 @@ class CallJourney:
     consult: Consult | None = None     # a warm transfer under way
 
     # -- the table ------------------------------------------------------------------------------
-    def _move(self, cause: Cause, at: float, detail: str = "") -> bool:
+    def _move(self, cause: Cause, at: float, detail: str = "", seat_id: str | None = None) -> bool:
         try:
             dst = next_stage(self.stage, cause)
         except UnexpectedEvent:
@@ -116,7 +116,10 @@ class CallJourney:
             return False
         src, self.stage = self.stage, dst
         self.history.append((src, cause, dst))
-        self.notifier.transition(self.call_id, src, dst, cause, at, detail)
+        if seat_id is None:
+            self.notifier.transition(self.call_id, src, dst, cause, at, detail)
+        else:
+            self.notifier.transition(self.call_id, src, dst, cause, at, detail, seat_id=seat_id)
         return True
 
     def _report(self, command: str, *args: Any, **kw: Any) -> None:
@@ -307,7 +310,8 @@ class CallJourney:
     def consult_started(self, now: float) -> bool:
         c = self.consult
         if c is None or not self._move(Cause.CONSULT_STARTED, now,
-                                       f"seat {c.from_seat} -> seat {c.seat_id} ({c.skill}) (warm, by {c.by})"):
+                                       f"seat {c.from_seat} -> seat {c.seat_id} ({c.skill}) (warm, by {c.by})",
+                                       seat_id=c.from_seat):
             return False
         c.started = True
         return True
@@ -316,7 +320,8 @@ class CallJourney:
         """Seat 2 has the caller: seat 1 to wrap-up (as after a blind transfer), seat 2 on the call."""
         c = self.consult
         if c is None or not self._move(Cause.CONSULT_COMPLETED, now,
-                                       f"seat {c.from_seat} -> seat {c.seat_id} ({c.skill}): {reason}"):
+                                       f"seat {c.from_seat} -> seat {c.seat_id} ({c.skill}): {reason}",
+                                       seat_id=c.from_seat):
             return False
         self.consult, self.seat_id, self.skill = None, c.seat_id, c.skill
         self._report("consult_complete")
@@ -325,7 +330,8 @@ class CallJourney:
     def consult_cancelled(self, now: float, reason: str) -> bool:
         """The caller is back with seat 1; seat 2 is released without any penalty."""
         c = self.consult
-        if c is None or not self._move(Cause.CONSULT_CANCELLED, now, f"seat {c.seat_id}: {reason}"):
+        if c is None or not self._move(Cause.CONSULT_CANCELLED, now, f"seat {c.seat_id}: {reason}",
+                                       seat_id=c.from_seat):
             return False
         self.consult = None
         self._report("consult_release", reason)
