@@ -318,8 +318,9 @@ class CallDirector:
             to_skill = self._seat_target(req.to_seat, call.journey.seat_id)
         if to_skill not in SKILLS:
             raise TransferRefused(422, f"unknown skill {to_skill!r}")
-        if call.stage not in CONVERSATION or call.leg_id is None:
-            raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}, not talking to a seat")
+        if call.stage not in CONVERSATION or call.leg_id is None or call.journey.consult is not None:
+            raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}, not talking to a seat"
+                                  + (" (a consult is starting)" if call.journey.consult is not None else ""))
         from_seat = call.journey.seat_id
         leg = call.leg_id
         if not self.media.send(call.call_id, ch.ReleaseSeat(call_id=call.call_id, leg_id=leg, reason="transfer")):
@@ -549,7 +550,7 @@ class CallDirector:
         if call is None:
             raise TransferRefused(404, f"no live call {call_id!r} on this node")
         want = Stage.TALKING if on else Stage.ON_HOLD
-        if call.stage is not want or call.leg_id is None:
+        if call.stage is not want or call.leg_id is None or call.journey.consult is not None:
             raise TransferRefused(409, f"call {call_id} is {call.stage.value}; "
                                        f"{'hold' if on else 'resume'} needs {want.value}")
         if not self._hold_audio(call, on):
