@@ -560,6 +560,11 @@ class HandoffSession:
         self.seat = new
         self.seat_state, self.seat_leg_id = SeatLegState.BRIDGED, new.leg_id
         if old is not None:
+            old_am, new_am = active_audio(old), active_audio(new)
+            if old_am is not None and new_am is not None:  # seat 1 hears nothing more while its BYE goes out
+                for a, b in ((old_am, new_am), (new_am, old_am)):
+                    with contextlib.suppress(pj.Error):
+                        a.stopTransmit(b)
             old.cancelled = "transfer"
             self.service.orphan_seat(old)
         log.info("consult_handed_over", extra={"call_id": self.call_id, "leg_id": new.leg_id, "reason": reason})

@@ -269,3 +269,31 @@ def test_seat_1_hanging_up_completes_and_a_caller_hanging_up_ends_every_leg(tmp_
         assert node.journey_errors() == []
     finally:
         node.stop()
+
+
+def test_seat_1_leaving_before_seat_2_answers_sends_the_caller_to_seat_2(tmp_path: Path) -> None:
+    """s1 hangs up while s2 still rings for the consult: the consult becomes a blind transfer to s2
+    (the caller keeps hearing hold audio, s2 is rung again and takes the caller)."""
+    p1, p2 = free_port(), free_port()
+    node = start_node(tmp_path, workers=2, seats_yaml=seats_yaml(p1, p2))
+    try:
+        start_seat(node, "s1", p1, "--answer-after", "0.3", "--tone", "1000", "--hangup-after", "2.5")
+        start_seat(node, "s2", p2, "--answer-after", "5", "--tone", "700")
+        caller = start_caller(node, DISPUTE, gap="0.6", stay="22", record=tmp_path / "caller.wav")
+        s1 = node.wait_for(lambda: (s := status(node, "s1"))["status"] == "on_call" and s, timeout=60)
+        call_id = s1["call_id"]
+        r = post(node, f"/api/v1/calls/{call_id}/transfer", node.token, {"to_seat": "s2", "mode": "warm", "note": NOTE})
+        assert r.status_code == 200, r.text
+        node.wait_for(lambda: status(node, "s2")["status"] == "on_call", timeout=30)
+        res = caller_result(caller)
+        assert res["answered"] and res["hung_up_by"] == "caller" and res["received_requests"] == [], res
+        reports = node.wait_for(lambda: (r := seat_reports(node, "s2")) and len(r) >= 2 and r)
+        assert [x["answered"] for x in reports] == [False, True], reports   # the consult INVITE, then the transfer
+        rate, heard = read_pcm16(tmp_path / "caller.wav")
+        assert share(heard[-rate * 3:], rate, 700) > 0.1
+        call = node.wait_for(lambda: (c := node.call(call_id)).get("recording_id") and c, timeout=30)
+        moves = [(e["data"]["from"], e["data"]["cause"]) for e in journey(call)]
+        assert ("consulting", "transferred") in moves and ("talking", "consult_started") in moves, moves
+        assert node.journey_errors() == []
+    finally:
+        node.stop()
