@@ -124,7 +124,11 @@ class WorkerService:
         return self.rt.account
 
     def live_calls(self) -> int:
-        return len(self.sessions) + len(self.refused) + len(self.orphans)
+        """Callers, refused INVITEs, orphans and a conversation's third legs (a supervisor's, a warm
+        transfer's consult leg: a caller admitted in the overlap would find no call for its seat).
+        A caller's own seat leg is not counted: each admitted caller stands for two calls."""
+        third = sum((s.consult is not None) + (s.monitor is not None) for s in self.sessions.values())
+        return len(self.sessions) + len(self.refused) + len(self.orphans) + third
 
     def _room_for_caller(self) -> bool:
         """The front door sends at most ``callers`` callers, but it frees a slot when a BYE passes
