@@ -122,6 +122,8 @@ class ApiContext:
     monitor: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
     #: Seat phones' registration credentials (admin API); None where no node carries them.
     credentials: SeatCredentialsDoor | None = None
+    #: Completes (True) or cancels a warm transfer (``gateway.node.Node.consult_call``).
+    consult: Callable[[str, bool, str], Awaitable[dict[str, Any]]] | None = None
 
     async def on_control(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Await a coroutine function of the node on the control loop."""

@@ -114,6 +114,9 @@ class ApiHost(Protocol):
     async def remove_seat_credentials(self, seat_id: str) -> dict[str, Any]:
         """The seat's phone may no longer register; its registration is removed."""
 
+    async def consult_call(self, call_id: str, complete: bool, by: str) -> dict[str, Any]:
+        """Complete (``complete``) or cancel the warm transfer of a live call; raises ``TransferRefused``."""
+
 
 @dataclass
 class RunningApi:
@@ -178,7 +181,8 @@ async def build_api(node: ApiHost) -> RunningApi:
                      audit=AuditLog(node.engine, node_id=node.node_id), outcomes=outcomes,
                      reports=DailyReports(node.engine, outcomes, s.service_level_s, s.report_timezone),
                      transfer=node.transfer_call, hold=node.hold_call,
-                     monitor=node.monitor_call, credentials=_credentials_door(node))
+                     monitor=node.monitor_call, credentials=_credentials_door(node),
+                     consult=node.consult_call)
     twilio = TwilioCalls(twilio_context(node, bridge))
     twilio.listen()
     signin = await first_sign_in(tokens)
@@ -246,7 +250,7 @@ async def build_api_desk(node: ApiHost, channel: Path, secret: str) -> ApiDesk:
         "flow": (flow_admin, frozenset({"install_flow"})),
         "metrics": (ObservedMetrics(), frozenset({"observed"})),
         # live calls (issue 15): their media and journeys are here
-        "node": (node, frozenset({"transfer_call", "hold_call", "monitor_call",
+        "node": (node, frozenset({"transfer_call", "hold_call", "monitor_call", "consult_call",
                                   # seat phones' credentials (HA1 only): Kamailio's RPC is here
                                   "set_seat_credentials", "remove_seat_credentials"})),
     })

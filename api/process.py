@@ -145,7 +145,8 @@ async def serve_api(cfg: ApiProcessConfig, stop: asyncio.Event | None = None) ->
                      # seat phones' credentials: stored and loaded into Kamailio by the control process
                      credentials=SeatCredentialsDoor(
                          lambda seat_id, user, ha1: link.forward("node", "set_seat_credentials", seat_id, user, ha1),
-                         lambda seat_id: link.forward("node", "remove_seat_credentials", seat_id), cfg.sip_realm))
+                         lambda seat_id: link.forward("node", "remove_seat_credentials", seat_id), cfg.sip_realm),
+                     consult=lambda call_id, complete, by: link.forward("node", "consult_call", call_id, complete, by))
     twilio = TwilioContext(routing=cast(Any, None), flow=cast(Any, lambda: None), auth_token=cfg.twilio_auth_token,
                            public_base_url=cfg.public_base_url or f"http://{cfg.host}:{cfg.port}",
                            node_id=cfg.node_id)

@@ -35,6 +35,8 @@ log = logging.getLogger("gateway.callflow")
 
 #: The worker's own ring timer is a backstop, this long after the ACD's.
 WORKER_RING_MARGIN_S = 5.0
+#: How long an API request about a consult waits for the worker's answer before it gives up.
+CONSULT_REPLY_S = 4.0
 
 
 class Media(Protocol):
@@ -62,6 +64,9 @@ class CallFlow:
     last_position_at: float = 0.0
     recording_path: str | None = None
     monitors: int = 0
+    consults: int = 0
+    consult_leg: str | None = None     # the warm transfer's leg to seat 2, while it lasts
+    consult_waiter: asyncio.Future[dict[str, Any]] | None = None  # an API request awaiting the worker
 
     @property
     def call_id(self) -> str:
@@ -120,6 +125,8 @@ class CallDirector:
                 self._announce(call)
             elif call.stage is Stage.ON_HOLD and msg.token == call.hold_token and call.leg_id:
                 self._hold_audio(call, on=True)  # hold audio again: never silence on hold
+            elif call.stage is Stage.CONSULTING and msg.token == call.hold_token:
+                self._play_hold(call)  # the caller waits while seat 1 consults seat 2
         elif isinstance(msg, ch.SeatRinging):
             if msg.leg_id == call.leg_id and call.journey.offer is not None:
                 call.journey.seat_ringing(call.journey.offer.seat_id, msg.at)
@@ -134,9 +141,17 @@ class CallDirector:
         elif isinstance(msg, ch.MonitorEnded):
             self._monitor_event(call, msg.leg_id, "ended", msg.at, reason=msg.reason, code=msg.code,
                                 answered=msg.answered)
+        elif isinstance(msg, ch.ConsultDialing):
+            self._consult_dialing(call, msg)
+        elif isinstance(msg, ch.ConsultAnswered):
+            self._consult_answered(call, msg)
+        elif isinstance(msg, ch.ConsultEnded):
+            self._consult_ended(call, msg)
         elif isinstance(msg, ch.CallEnded):
             self._call_ended(call, msg.ended_by, msg.recording_error)
         elif isinstance(msg, ch.CommandFailed):
+            if msg.command == "end_consult":
+                self._answer_waiter(call, TransferRefused(409, msg.error))
             log.warning("worker_command_failed", extra={"call_id": call.call_id, "command": msg.command,
                                                         "error": msg.error})
 
@@ -297,14 +312,15 @@ class CallDirector:
         if call is None:
             raise TransferRefused(404, f"no live call {req.call_id!r} on this node")
         if req.mode != "blind":
-            raise TransferRefused(409, "warm (consult) transfer is not available on this node yet")
+            raise TransferRefused(409, "a warm transfer is a consult (CallDirector.consult)")
         to_skill = req.to_skill
         if req.to_seat is not None:
             to_skill = self._seat_target(req.to_seat, call.journey.seat_id)
         if to_skill not in SKILLS:
             raise TransferRefused(422, f"unknown skill {to_skill!r}")
-        if call.stage not in CONVERSATION or call.leg_id is None:
-            raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}, not talking to a seat")
+        if call.stage not in CONVERSATION or call.leg_id is None or call.journey.consult is not None:
+            raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}, not talking to a seat"
+                                  + (" (a consult is starting)" if call.journey.consult is not None else ""))
         from_seat = call.journey.seat_id
         leg = call.leg_id
         if not self.media.send(call.call_id, ch.ReleaseSeat(call_id=call.call_id, leg_id=leg, reason="transfer")):
@@ -323,6 +339,154 @@ class CallDirector:
                                                   files=[str(p) for p in hold_prompts()]))
         return {"call_id": call.call_id, "mode": req.mode, "to_skill": to_skill, "to_seat": req.to_seat,
                 "from_seat": from_seat, "stage": call.stage.value}
+
+    # ------------------------------------------------------------------------------------------
+    # warm (consult) transfers: seat 2 as a third leg in the caller's worker (docs/SEATS.md)
+    # ------------------------------------------------------------------------------------------
+    async def consult(self, req: TransferRequest) -> dict[str, Any]:
+        """Start a warm transfer: seat 2 is reserved, the caller hears hold audio and seat 1 talks
+        to seat 2.  The journey moves when the worker says it is dialling (its events drive every
+        move, in order); this request waits for that answer.  ``TransferRefused`` otherwise."""
+        call = self.calls.get(req.call_id)
+        if call is None:
+            raise TransferRefused(404, f"no live call {req.call_id!r} on this node")
+        if req.to_skill is not None and req.to_skill not in SKILLS:
+            raise TransferRefused(422, f"unknown skill {req.to_skill!r}")
+        journey = call.journey
+        if call.stage not in CONVERSATION or call.leg_id is None:
+            raise TransferRefused(409, f"call {req.call_id} is {call.stage.value}, not talking to a seat")
+        if req.to_seat is not None:
+            if req.to_seat == journey.seat_id:
+                raise TransferRefused(409, "a seat cannot transfer a call to itself")
+            try:
+                self.routing.acd.seat_view(req.to_seat, self.clock())
+            except Exception:
+                raise TransferRefused(404, f"unknown seat {req.to_seat!r}") from None
+        if call.consult_waiter is not None:
+            raise TransferRefused(409, "another transfer request for this call is under way")
+        c = journey.consult_reserve(req.to_seat, req.to_skill, req.note, req.by, self.clock())
+        call.consults += 1
+        call.consult_leg = leg_id = f"{call.call_id}-x{call.consults}"
+        headers = {"X-Handoff-Call-Id": call.call_id, "X-Handoff-Skill": c.skill,
+                   "X-Handoff-Consult": str(c.from_seat)}
+        from_uri = None
+        caller = journey.caller or "anonymous"
+        if "pai" in self.caller_id_header:
+            headers["P-Asserted-Identity"] = f"<sip:{caller}@{self.sip_host}>"
+        if "from" in self.caller_id_header:
+            from_uri = f"sip:{caller}@{self.sip_host}"
+        call.hold_token += 1
+        log.info("consult_dial", extra={"call_id": call.call_id, "from_seat": c.from_seat, "seat_id": c.seat_id,
+                                        "contact": c.contact, "leg_id": leg_id, "by": req.by})
+        waiter = call.consult_waiter = self._loop.create_future()
+        ring_s = float(getattr(self.routing.acd.config, "ring_timeout_s", 20.0))
+        if not self.media.send(call.call_id, ch.DialConsult(
+                call_id=call.call_id, leg_id=leg_id, uri=c.contact, headers=headers, from_uri=from_uri,
+                timeout_s=ring_s, files=[str(p) for p in hold_prompts()], token=call.hold_token)):
+            call.consult_leg = call.consult_waiter = None
+            journey.consult_unreserve("media worker not reachable")
+            raise TransferRefused(409, "the call's media worker is not reachable")
+        return await self._await_worker(call, waiter, leg_id)
+
+    async def end_consult(self, call_id: str, complete: bool, by: str) -> dict[str, Any]:
+        """Complete (seat 2 keeps the caller, seat 1's leg gets a BYE) or cancel (caller back with
+        seat 1, seat 2 released without penalty) the consult of ``call_id``."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise TransferRefused(404, f"no live call {call_id!r} on this node")
+        c = call.journey.consult
+        if call.stage is not Stage.CONSULTING or c is None or call.consult_leg is None:
+            raise TransferRefused(409, f"call {call_id} is {call.stage.value}; no consult (warm transfer) "
+                                       "is under way")
+        if complete and not c.answered:
+            raise TransferRefused(409, f"seat {c.seat_id} has not answered yet: wait for it, or cancel")
+        if call.consult_waiter is not None:
+            raise TransferRefused(409, "another transfer request for this call is under way")
+        what = "completed" if complete else "cancelled"
+        waiter = call.consult_waiter = self._loop.create_future()
+        leg_id = call.consult_leg
+        if not self.media.send(call_id, ch.EndConsult(call_id=call_id, leg_id=leg_id, complete=complete,
+                                                      reason=f"{what} by {by}")):
+            call.consult_waiter = None
+            raise TransferRefused(409, "the call's media worker is not reachable")
+        return await self._await_worker(call, waiter, leg_id)
+
+    async def _await_worker(self, call: CallFlow, waiter: asyncio.Future[dict[str, Any]],
+                            leg_id: str) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(CONSULT_REPLY_S):
+                return await waiter
+        except TimeoutError:
+            log.error("consult_worker_silent", extra={"call_id": call.call_id, "leg_id": leg_id})
+            raise TransferRefused(409, "the call's media worker did not answer; try again") from None
+        finally:
+            if call.consult_waiter is waiter:
+                call.consult_waiter = None
+
+    def _answer_waiter(self, call: CallFlow, result: dict[str, Any] | Exception) -> None:
+        waiter, call.consult_waiter = call.consult_waiter, None
+        if waiter is None or waiter.done():
+            return
+        if isinstance(result, Exception):
+            waiter.set_exception(result)
+        else:
+            waiter.set_result(result)
+
+    def _consult_view(self, call: CallFlow, state: str, seat_id: str | None, skill: str | None,
+                      from_seat: str | None) -> dict[str, Any]:
+        return {"call_id": call.call_id, "mode": "warm", "state": state, "to_seat": seat_id, "to_skill": skill,
+                "from_seat": from_seat, "seat_id": call.journey.seat_id, "stage": call.stage.value}
+
+    def _play_hold(self, call: CallFlow) -> None:
+        call.hold_token += 1
+        self.media.send(call.call_id, ch.Play(call_id=call.call_id, token=call.hold_token,
+                                              files=[str(p) for p in hold_prompts()]))
+
+    def _consult_dialing(self, call: CallFlow, msg: ch.ConsultDialing) -> None:
+        c = call.journey.consult
+        if msg.leg_id != call.consult_leg or c is None:
+            return
+        call.journey.consult_started(msg.at)
+        self._answer_waiter(call, self._consult_view(call, "dialing", c.seat_id, c.skill, c.from_seat))
+
+    def _consult_answered(self, call: CallFlow, msg: ch.ConsultAnswered) -> None:
+        c = call.journey.consult
+        if msg.leg_id != call.consult_leg or c is None:
+            return
+        c.answered = True
+        log.info("consult_answered", extra={"call_id": call.call_id, "seat_id": c.seat_id, "leg_id": msg.leg_id})
+
+    def _consult_ended(self, call: CallFlow, msg: ch.ConsultEnded) -> None:
+        c = call.journey.consult
+        if msg.leg_id != call.consult_leg or c is None:
+            return
+        call.consult_leg = None
+        now = self.clock()
+        journey = call.journey
+        log.info("consult_ended", extra={"call_id": call.call_id, "seat_id": c.seat_id, "outcome": msg.outcome,
+                                         "reason": msg.reason, "code": msg.code})
+        if msg.outcome == "refused":
+            journey.consult_unreserve(msg.reason)
+            self._answer_waiter(call, TransferRefused(409, f"the consult could not start: {msg.reason}"))
+        elif msg.outcome == "completed":
+            call.leg_id = msg.leg_id  # the consult leg is the seat leg now
+            journey.consult_completed(now, msg.reason)
+            self._answer_waiter(call, self._consult_view(call, "completed", c.seat_id, c.skill, c.from_seat))
+        elif msg.outcome == "seat_left":
+            call.leg_id = None
+            journey.consult_seat_left(now)
+            if journey.waiting and call.leg_id is None:
+                self._announce(call)
+            self._answer_waiter(call, TransferRefused(409, f"seat {c.from_seat} left before seat {c.seat_id} "
+                                                           "answered; the caller waits for that seat"))
+        else:
+            why = msg.reason if msg.outcome == "cancelled" else \
+                f"seat {c.seat_id} {'hung up' if msg.answered else 'did not answer'} ({msg.code} {msg.reason})"
+            journey.consult_cancelled(now, why)
+            if msg.outcome == "cancelled":
+                self._answer_waiter(call, self._consult_view(call, "cancelled", c.seat_id, c.skill, c.from_seat))
+            else:
+                self._answer_waiter(call, TransferRefused(409, f"{why}; the caller is back with seat {c.from_seat}"))
 
     def _seat_target(self, seat_id: str, own: str | None) -> str:
         """The skill a transfer to ``seat_id`` queues in (its first-choice skill); only a seat that
@@ -401,7 +565,7 @@ class CallDirector:
         if call is None:
             raise TransferRefused(404, f"no live call {call_id!r} on this node")
         want = Stage.TALKING if on else Stage.ON_HOLD
-        if call.stage is not want or call.leg_id is None:
+        if call.stage is not want or call.leg_id is None or call.journey.consult is not None:
             raise TransferRefused(409, f"call {call_id} is {call.stage.value}; "
                                        f"{'hold' if on else 'resume'} needs {want.value}")
         if not self._hold_audio(call, on):
@@ -426,6 +590,7 @@ class CallDirector:
     def _call_ended(self, call: CallFlow, ended_by: str, recording_error: str | None) -> None:
         self.calls.pop(call.call_id, None)
         self._cancel_timers(call)
+        self._answer_waiter(call, TransferRefused(409, f"the call ended (by {ended_by})"))
         outcome = call.journey.hung_up(ended_by, self.clock(), record=call.ivr.record.to_dict())
         log.info("call_ended", extra={"call_id": call.call_id, "ended_by": ended_by, "outcome": outcome})
         self._spawn(self._finish(call, recording_error))
@@ -447,6 +612,7 @@ class CallDirector:
         if call is None:
             return False
         self._cancel_timers(call)
+        self._answer_waiter(call, TransferRefused(409, f"the call's media was lost ({reason})"))
         stage = call.stage
         outcome = call.journey.line_lost(reason, self.clock(), record=call.ivr.record.to_dict())
         log.warning("call_lost", extra={"call_id": call_id, "reason": reason, "stage": stage.value,

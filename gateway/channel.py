@@ -156,6 +156,41 @@ class MonitorEnded(_Msg):
     at: float
 
 
+class ConsultDialing(_Msg):
+    """A warm transfer's consult leg is being dialled; the caller is on hold (hold audio)."""
+
+    type: Literal["consult_dialing"] = "consult_dialing"
+    call_id: str
+    leg_id: str
+    at: float
+
+
+class ConsultAnswered(_Msg):
+    """Seat 2 answered the consult leg: seat 1 and seat 2 hear each other, the caller hold audio."""
+
+    type: Literal["consult_answered"] = "consult_answered"
+    call_id: str
+    leg_id: str
+    at: float
+
+
+class ConsultEnded(_Msg):
+    """The consult is over.  ``outcome``: ``completed`` (seat 2 has the caller, seat 1's leg released),
+    ``cancelled`` (asked; caller back with seat 1), ``failed`` (seat 2 did not answer or left; caller
+    back with seat 1), ``refused`` (never dialled, e.g. no free call in this worker; nothing changed),
+    ``seat_left`` (seat 1 hung up before seat 2 answered; the consult leg is cancelled, the caller
+    keeps hearing hold audio and the control process decides)."""
+
+    type: Literal["consult_ended"] = "consult_ended"
+    call_id: str
+    leg_id: str
+    outcome: Literal["completed", "cancelled", "failed", "refused", "seat_left"]
+    code: int = 0
+    reason: str = ""
+    answered: bool = False
+    at: float
+
+
 class WorkerStats(_Msg):
     type: Literal["stats"] = "stats"
     calls: int
@@ -174,7 +209,8 @@ class CommandFailed(_Msg):
 
 WorkerEvent = Annotated[
     Hello | CallStarted | CallRejected | Dtmf | PromptFinished | SeatRinging | SeatAnswered | SeatFailed
-    | CallEnded | SeatReferred | MonitorAnswered | MonitorEnded | WorkerStats | CommandFailed,
+    | CallEnded | SeatReferred | MonitorAnswered | MonitorEnded | ConsultDialing | ConsultAnswered | ConsultEnded
+    | WorkerStats | CommandFailed,
     Field(discriminator="type"),
 ]
 
@@ -261,6 +297,33 @@ class EndMonitor(_Msg):
     leg_id: str
 
 
+class DialConsult(_Msg):
+    """Warm transfer: put the caller on hold (``files`` as hold audio, ``prompt_finished`` with
+    ``token``) and dial seat 2 as a third leg of this call in the worker's bridge; when it answers,
+    seat 1 and seat 2 hear each other.  The caller's leg is never re-INVITEd, REFERred or hung up."""
+
+    type: Literal["dial_consult"] = "dial_consult"
+    call_id: str
+    leg_id: str
+    uri: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    from_uri: str | None = None
+    timeout_s: float = 30.0
+    files: list[str] = Field(default_factory=list)
+    token: int = 0
+
+
+class EndConsult(_Msg):
+    """``complete``: release seat 1's leg (BYE to seat 1 only) and bridge the caller with seat 2;
+    otherwise end the consult leg and bridge the caller with seat 1 again."""
+
+    type: Literal["end_consult"] = "end_consult"
+    call_id: str
+    leg_id: str
+    complete: bool
+    reason: str = ""
+
+
 class Hangup(_Msg):
     """End a call (both legs).  Only for shutdown and for calls the control process lost track of."""
 
@@ -275,8 +338,8 @@ class Shutdown(_Msg):
 
 
 WorkerCommand = Annotated[
-    Play | StopPlayback | DialSeat | CancelSeat | ReleaseSeat | HoldSeat | DialMonitor | EndMonitor | Hangup
-    | Shutdown, Field(discriminator="type")
+    Play | StopPlayback | DialSeat | CancelSeat | ReleaseSeat | HoldSeat | DialMonitor | EndMonitor | DialConsult
+    | EndConsult | Hangup | Shutdown, Field(discriminator="type")
 ]
 
 _event_adapter: TypeAdapter[Any] = TypeAdapter(WorkerEvent)

@@ -314,6 +314,8 @@ class Node:
 
         if self.director is None:
             raise TransferRefused(409, "no media workers on this node")
+        if req.mode == "warm":
+            return await self.director.consult(req)
         return self.director.transfer(req)
 
     async def _with_stored_credentials(self, seats: list[Any]) -> list[Any]:
@@ -356,6 +358,13 @@ class Node:
         await SeatCredentials(self.engine).put(seat_id, None, None)
         removed = await self.registrations.remove_credentials(seat_id) if self.registrations is not None else None
         return {"seat_id": seat_id, "removed": removed is not None}
+    async def consult_call(self, call_id: str, complete: bool, by: str) -> dict[str, Any]:
+        """Complete or cancel a warm transfer asked through the API; ``TransferRefused`` carries the status."""
+        from journey.transfer import TransferRefused
+
+        if self.director is None:
+            raise TransferRefused(409, "no media workers on this node")
+        return await self.director.end_consult(call_id, complete, by)
 
     def install_flow(self, flow: Any) -> None:
         """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""

@@ -51,6 +51,10 @@ class RoutingPort(Protocol):
     def call_completed(self, call_id: str, ended_by: str) -> Any: ...
     def call_lost(self, call_id: str, reason: str, caller: str | None = None,
                   info: dict[str, Any] | None = None, enqueued_at: float | None = None) -> Any: ...
+    def consult_reserve(self, call_id: str, seat_id: str | None = None, skill: str | None = None,
+                        info: dict[str, Any] | None = None) -> Any: ...
+    def consult_release(self, call_id: str, reason: str) -> Any: ...
+    def consult_complete(self, call_id: str) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -64,6 +68,20 @@ class Offer:
     attempt: int
     offered_at: float
     rang_at: float | None = None
+
+
+@dataclass(slots=True)
+class Consult:
+    """A warm transfer under way: seat 2, reserved for this call by the ACD, is being called."""
+
+    seat_id: str
+    contact: str
+    skill: str
+    note: str | None
+    by: str
+    from_seat: str | None
+    started: bool = False          # the worker is dialling (the journey is in ``consulting``)
+    answered: bool = False         # seat 2 answered and talks with seat 1
 
 
 @dataclass
@@ -87,9 +105,10 @@ class CallJourney:
     queue_info: dict[str, Any] = field(default_factory=dict)  # what the queue entry carries to a seat
     history: list[tuple[Stage, Cause, Stage]] = field(default_factory=list)
     queued_at: float | None = None     # when the IVR first queued the call (its place after a transfer)
+    consult: Consult | None = None     # a warm transfer under way
 
     # -- the table ------------------------------------------------------------------------------
-    def _move(self, cause: Cause, at: float, detail: str = "") -> bool:
+    def _move(self, cause: Cause, at: float, detail: str = "", seat_id: str | None = None) -> bool:
         try:
             dst = next_stage(self.stage, cause)
         except UnexpectedEvent:
@@ -97,7 +116,10 @@ class CallJourney:
             return False
         src, self.stage = self.stage, dst
         self.history.append((src, cause, dst))
-        self.notifier.transition(self.call_id, src, dst, cause, at, detail)
+        if seat_id is None:
+            self.notifier.transition(self.call_id, src, dst, cause, at, detail)
+        else:
+            self.notifier.transition(self.call_id, src, dst, cause, at, detail, seat_id=seat_id)
         return True
 
     def _report(self, command: str, *args: Any, **kw: Any) -> None:
@@ -253,6 +275,80 @@ class CallJourney:
                      info=self.queue_info, place_at=self.queued_at, only_seat=to_seat)
         return True
 
+    # -- warm (consult) transfer ------------------------------------------------------------------
+    def consult_reserve(self, to_seat: str | None, to_skill: str | None, note: str | None, by: str,
+                        now: float) -> Consult:
+        """Ask the ACD for seat 2 (the named seat if available now, else a free seat of the skill),
+        reserved for this call; its screen pop gets seat 1's note.  ``TransferRefused`` (409) when
+        none can take it.  The journey does not move until the worker is dialling."""
+        from journey.transfer import TransferRefused
+
+        if self.consult is not None:
+            raise TransferRefused(409, f"call {self.call_id} is already consulting seat {self.consult.seat_id}")
+        from_seat = self.seat_id
+        hop = {"from_seat": from_seat, "to_skill": to_skill, "to_seat": to_seat, "note": note, "by": by,
+               "mode": "warm", "at": now}
+        info = {"transfers": [*self.queue_info.get("transfers", []), hop], "transfer_note": note,
+                "transferred_from": from_seat}
+        try:
+            events = self.routing.consult_reserve(self.call_id, seat_id=to_seat, skill=to_skill, info=info)
+        except RoutingError as e:
+            raise TransferRefused(409, str(e)) from None
+        ev = next(e for e in events if e.seat_id)
+        view = self.routing.acd.seat_view(ev.seat_id, now)
+        self.queue_info = {**self.queue_info, **info}
+        self.consult = Consult(seat_id=str(ev.seat_id), contact=str(view.get("contact") or ""),
+                               skill=str(ev.skill or to_skill or self.skill), note=note, by=by, from_seat=from_seat)
+        return self.consult
+
+    def consult_unreserve(self, reason: str) -> None:
+        """The consult never started (the worker had no free call): seat 2 is free again, no move."""
+        if self.consult is not None and not self.consult.started:
+            self.consult = None
+            self._report("consult_release", reason)
+
+    def consult_started(self, now: float) -> bool:
+        c = self.consult
+        if c is None or not self._move(Cause.CONSULT_STARTED, now,
+                                       f"seat {c.from_seat} -> seat {c.seat_id} ({c.skill}) (warm, by {c.by})",
+                                       seat_id=c.from_seat):
+            return False
+        c.started = True
+        return True
+
+    def consult_completed(self, now: float, reason: str) -> bool:
+        """Seat 2 has the caller: seat 1 to wrap-up (as after a blind transfer), seat 2 on the call."""
+        c = self.consult
+        if c is None or not self._move(Cause.CONSULT_COMPLETED, now,
+                                       f"seat {c.from_seat} -> seat {c.seat_id} ({c.skill}): {reason}",
+                                       seat_id=c.from_seat):
+            return False
+        self.consult, self.seat_id, self.skill = None, c.seat_id, c.skill
+        self._report("consult_complete")
+        return True
+
+    def consult_cancelled(self, now: float, reason: str) -> bool:
+        """The caller is back with seat 1; seat 2 is released without any penalty."""
+        c = self.consult
+        if c is None or not self._move(Cause.CONSULT_CANCELLED, now, f"seat {c.seat_id}: {reason}",
+                                       seat_id=c.from_seat):
+            return False
+        self.consult = None
+        self._report("consult_release", reason)
+        return True
+
+    def consult_seat_left(self, now: float) -> bool:
+        """Seat 1 left before seat 2 answered: the consult becomes a blind transfer to seat 2 (its
+        reservation is given back and the caller queues for that seat first, then its skill)."""
+        c = self.consult
+        if c is None:
+            return False
+        self.consult = None
+        self._report("consult_release", "seat 1 left before seat 2 answered")
+        hops = self.queue_info.get("transfers", [])
+        self.queue_info = {**self.queue_info, "transfers": hops[:-1]}  # transferred() writes this hop again
+        return self.transferred(c.skill, c.note, c.by, now, mode="warm", to_seat=c.seat_id)
+
     def held(self, by: str, now: float) -> bool:
         """The seat put the caller on hold (the caller hears hold audio, the seat stays on the line)."""
         return self._move(Cause.HELD, now, f"seat {self.seat_id} (by {by})")
@@ -273,6 +369,7 @@ class CallJourney:
         if not self._move(cause, now, f"by {by}"):
             return None
         self.ended_by = by
+        self.consult = None  # the ACD frees a reserved seat 2 with the call (call_completed / call_lost)
         if stage in (Stage.ANSWERED, Stage.IN_IVR):
             outcome = "caller_hangup_in_ivr"
             self._ivr_ended(now, outcome, "caller_hangup", record)
@@ -302,6 +399,7 @@ class CallJourney:
         if not self._move(Cause.LINE_LOST, now, reason):
             return None
         self.ended_by = "error"
+        self.consult = None
         record = record or self.ivr_record
         if stage in (Stage.ANSWERED, Stage.IN_IVR):
             self._ivr_ended(now, reason, "line_lost", record)

@@ -27,10 +27,12 @@ class JourneyNotifier:
         self.recorder = recorder
         self.ingress = ingress
 
-    def transition(self, call_id: str, src: Stage, dst: Stage, cause: Cause, at: float, detail: str = "") -> None:
+    def transition(self, call_id: str, src: Stage, dst: Stage, cause: Cause, at: float, detail: str = "",
+                   seat_id: str | None = None) -> None:
+        """``seat_id``: the seat the move concerns, when its console must see it (a warm transfer's)."""
         log.info("journey", extra={"call_id": call_id, "from": src.value, "to": dst.value, "cause": cause.value,
                                    "detail": detail, "ingress": self.ingress})
-        self.recorder.record([Event(EventKind.JOURNEY, at, call_id=call_id, data={
+        self.recorder.record([Event(EventKind.JOURNEY, at, call_id=call_id, seat_id=seat_id, data={
             "from": src.value, "to": dst.value, "cause": cause.value, "detail": detail})])
 
     def unexpected(self, call_id: str, stage: Stage, cause: Cause, detail: str = "") -> None:

@@ -17,6 +17,7 @@ class Stage(StrEnum):
     RINGING_SEAT = "ringing_seat"  # the seat's phone rings (180, or Twilio's <Dial> is out)
     TALKING = "talking"            # caller and seat bridged
     ON_HOLD = "on_hold"            # the seat put the caller on hold: hold audio, the seat still on the line
+    CONSULTING = "consulting"      # warm transfer: caller on hold, seat 1 calls/talks to seat 2
     WRAP_UP = "wrap_up"            # the line is closed; the record and recording are being sealed
     ENDED = "ended"                # CALLEND written: nothing more happens to this call
 
@@ -39,11 +40,14 @@ class Cause(StrEnum):
     HELD = "held"                        # the seat put the caller on hold
     RESUMED = "resumed"                  # the seat took the caller off hold
     TRANSFERRED = "transferred"          # a seat (or supervisor) sent the caller on to another skill or seat
+    CONSULT_STARTED = "consult_started"  # warm transfer: seat 2 is being called, the caller hears hold audio
+    CONSULT_COMPLETED = "consult_completed"  # seat 2 took the caller over; seat 1's leg released
+    CONSULT_CANCELLED = "consult_cancelled"  # the consult ended without a hand-over: caller back with seat 1
 
 
 S, C = Stage, Cause
 
-LIVE = (S.ANSWERED, S.IN_IVR, S.QUEUED, S.OFFERED, S.RINGING_SEAT, S.TALKING, S.ON_HOLD)
+LIVE = (S.ANSWERED, S.IN_IVR, S.QUEUED, S.OFFERED, S.RINGING_SEAT, S.TALKING, S.ON_HOLD, S.CONSULTING)
 CONVERSATION = (S.TALKING, S.ON_HOLD)
 WAITING = (S.QUEUED, S.OFFERED, S.RINGING_SEAT)
 
@@ -65,6 +69,11 @@ TRANSITIONS: dict[tuple[Stage, Cause], Stage] = {
     (S.ON_HOLD, C.SEAT_HUNG_UP): S.WRAP_UP,
     (S.ON_HOLD, C.SEAT_LEG_LOST): S.QUEUED,
     (S.ON_HOLD, C.TRANSFERRED): S.QUEUED,
+    (S.TALKING, C.CONSULT_STARTED): S.CONSULTING,
+    (S.ON_HOLD, C.CONSULT_STARTED): S.CONSULTING,
+    (S.CONSULTING, C.CONSULT_COMPLETED): S.TALKING,   # with seat 2
+    (S.CONSULTING, C.CONSULT_CANCELLED): S.TALKING,   # with seat 1 again
+    (S.CONSULTING, C.TRANSFERRED): S.QUEUED,          # seat 1 left before seat 2 answered: seat 2 is rung
     **{(s, C.CALLER_HUNG_UP): S.WRAP_UP for s in LIVE},
     **{(s, C.LINE_LOST): S.WRAP_UP for s in LIVE},
     (S.WRAP_UP, C.CLOSED): S.ENDED,

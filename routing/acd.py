@@ -384,8 +384,11 @@ class Acd:
             raise IllegalTransition(f"call {call_id} is {call.state.value}; only a connected call completes")
         seat = self._seats[call.seat_id]  # type: ignore[index]
         talk_s = now - (call.answered_at or now)
-        out = [Event(EventKind.COMPLETE, now, call_id=call.id, seat_id=seat.id, skill=call.skill,
-                     data={"talk_s": talk_s, "ended_by": ended_by, "wait_s": (call.answered_at or now) - call.enqueued_at})]
+        out: list[Event] = []
+        self._release_consult(call, now, f"call ended ({ended_by})", out)
+        out.append(Event(EventKind.COMPLETE, now, call_id=call.id, seat_id=seat.id, skill=call.skill,
+                         data={"talk_s": talk_s, "ended_by": ended_by,
+                               "wait_s": (call.answered_at or now) - call.enqueued_at}))
         del self._calls[call_id]
         wrap_s = self.policy(call.skill).wrap_up_s
         out.append(seat.move(S.WRAP_UP, now, call_id=call.id, skill=call.skill, wrap_up_s=wrap_s))
@@ -394,6 +397,86 @@ class Acd:
             self._end_wrap(seat, now, S.AVAILABLE, None, out)
         else:
             self._arm(now + wrap_s, _WRAP, seat.id, seat.version)
+        return self._done(out)
+
+    # -- warm (consult) transfers (docs/SEATS.md) ----------------------------------------------
+    def consult_reserve(self, call_id: str, now: float, seat_id: str | None = None, skill: str | None = None,
+                        info: dict[str, Any] | None = None) -> list[Event]:
+        """Reserve seat 2 for a consult on a connected call: the named seat if it is available now,
+        else the best available seat of ``skill``.  The seat is ``reserved`` for this call (never
+        offered another) until ``consult_release`` or ``consult_complete``; ``info`` (the transfer
+        note) joins the call's screen pop.  ``IllegalTransition`` when no seat can take it."""
+        call = self._call(call_id)
+        if call.state is not EntryState.CONNECTED:
+            raise IllegalTransition(f"call {call_id} is {call.state.value}; only a connected call consults")
+        if call.consult_seat is not None:
+            raise IllegalTransition(f"call {call_id} is already consulting seat {call.consult_seat}")
+        if seat_id is not None:
+            seat = self._seat(seat_id)
+            if seat.id == call.seat_id:
+                raise IllegalTransition("a seat cannot consult itself")
+            if seat.status is not S.AVAILABLE or not seat.contact:
+                raise IllegalTransition(f"seat {seat_id} is {seat.status.value}, not available")
+            target = skill or min(seat.skills, key=lambda s: seat.skills[s])
+        else:
+            _check_skill(skill or "")
+            target = str(skill)
+            free = next((sid for sid in self._available[target].seat_ids() if sid != call.seat_id), None)
+            if free is None:
+                raise IllegalTransition(f"no seat available in {target}")
+            seat = self._seats[free]
+        self._unindex(seat)
+        seat.hold_until = None
+        seat.call_id = call.id
+        call.consult_seat, call.consult_skill = seat.id, target
+        call.info.update(info or {})
+        return self._done([seat.move(S.RESERVED, now, call_id=call.id, skill=target, consult=call.seat_id)])
+
+    def consult_release(self, call_id: str, now: float, reason: str) -> list[Event]:
+        """The consult ended without a hand-over (cancelled, seat 2 did not answer, the caller left):
+        seat 2 goes straight back to available, keeping its idle time (no ring-no-answer penalty)."""
+        call = self._call(call_id)
+        out: list[Event] = []
+        self._release_consult(call, now, reason, out)
+        return self._done(out)
+
+    def _release_consult(self, call: QueuedCall, now: float, reason: str, out: list[Event]) -> None:
+        seat = self._seats.get(call.consult_seat or "")
+        skill = call.consult_skill
+        call.consult_seat = call.consult_skill = None
+        if seat is None or seat.status is not S.RESERVED or seat.call_id != call.id:
+            return
+        out.append(seat.move(S.AVAILABLE, now, call_id=call.id, skill=skill, consult_ended=reason))
+        seat.call_id = None
+        self._make_offerable(seat, now, out)
+
+    def consult_complete(self, call_id: str, now: float) -> list[Event]:
+        """The hand-over: seat 1's part ends (COMPLETE, wrap-up, as after a blind transfer) and seat 2
+        is on the call; the call stays connected, now in the consult's skill."""
+        call = self._call(call_id)
+        if call.state is not EntryState.CONNECTED or call.consult_seat is None:
+            raise IllegalTransition(f"call {call_id} is not consulting")
+        seat2 = self._seats[call.consult_seat]
+        if seat2.status is not S.RESERVED or seat2.call_id != call.id:
+            raise IllegalTransition(f"seat {seat2.id} is {seat2.status.value}, not reserved for {call_id}")
+        seat1 = self._seats[call.seat_id]  # type: ignore[index]
+        talk_s = now - (call.answered_at or now)
+        out = [Event(EventKind.COMPLETE, now, call_id=call.id, seat_id=seat1.id, skill=call.skill,
+                     data={"talk_s": talk_s, "ended_by": "transfer", "to_seat": seat2.id,
+                           "wait_s": (call.answered_at or now) - call.enqueued_at})]
+        wrap_s = self.policy(call.skill).wrap_up_s
+        out.append(seat1.move(S.WRAP_UP, now, call_id=call.id, skill=call.skill, wrap_up_s=wrap_s))
+        seat1.wrap_skill, seat1.wrap_talk_s, seat1.call_ended_at = call.skill, talk_s, now
+        if wrap_s <= 0:
+            self._end_wrap(seat1, now, S.AVAILABLE, None, out)
+        else:
+            self._arm(now + wrap_s, _WRAP, seat1.id, seat1.version)
+        call.skill = call.consult_skill or call.skill
+        call.seat_id, call.answered_at = seat2.id, now
+        call.consult_seat = call.consult_skill = None
+        seat2.consecutive_rona = 0
+        seat2.calls_taken += 1
+        out.append(seat2.move(S.ON_CALL, now, call_id=call.id, skill=call.skill, transferred_from=seat1.id))
         return self._done(out)
 
     # -- callbacks -----------------------------------------------------------------------------
@@ -435,6 +518,7 @@ class Acd:
             info = {**call.info, **(info or {})}
             seat = self._seats.get(call.seat_id) if call.seat_id else None
             state = call.state
+            self._release_consult(call, now, reason, out)
             call.state = EntryState.CONNECTED  # gone: any timer left for it is stale
             if state is EntryState.WAITING:
                 self._queues[call.skill].remove(call)
@@ -553,7 +637,7 @@ class Acd:
         return {"id": call.id, "call_id": call.id, "skill": call.skill, "priority": call.priority,
                 "enqueued_at": call.enqueued_at, "state": call.state.value, "seat_id": call.seat_id,
                 "attempt": call.attempt, "caller": call.caller, "position": self.queue_position(call_id),
-                "offered_at": call.offered_at, "info": dict(call.info)}
+                "offered_at": call.offered_at, "info": dict(call.info), "consult_seat": call.consult_seat}
 
     def seat_view(self, seat_id: str, now: float) -> dict[str, Any]:
         return self._seat(seat_id).view(now)

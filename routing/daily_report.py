@@ -11,7 +11,7 @@ never disagree on a definition.  Around it, the business figures the centre repo
   understated by a missing disposition, never flattered;
 * ``fast_handled``: accident calls whose disposition is one of ``OutcomePolicy.fast_handled``
   (by default ``fast_handled_online`` and ``insurance_claim_opened``, per docs/DOMAIN.md);
-* ``transfers``: journey moves whose cause starts with ``transfer`` (blind, warm, completed).
+* ``transfers``: journey moves whose cause starts with ``transfer`` (blind), or ``consult_completed`` (warm).
 
 A call is counted in the skill whose seat answered it (its CONNECT), like ``answered``.
 """
@@ -82,7 +82,8 @@ def daily_report(events: Iterable[Event], date: str, policy: OutcomePolicy, serv
             calls += 1
         elif ev.kind is EventKind.CONNECT and ev.call_id and ev.skill:
             answered_skill.setdefault(ev.call_id, ev.skill)
-        elif ev.kind is EventKind.JOURNEY and str(ev.data.get("cause", "")).startswith("transfer") and ev.call_id:
+        elif ev.kind is EventKind.JOURNEY and ev.call_id and (
+                str(ev.data.get("cause", "")).startswith("transfer") or ev.data.get("cause") == "consult_completed"):
             transfers[ev.call_id] += 1
 
     business: dict[str, _Business] = {}

@@ -46,6 +46,8 @@ class QueuedCall:
     escalation_step: int = 0                          # rules of its skill's policy applied so far
     place_at: float | None = None                     # its place in the queue, when not enqueued_at (transfer)
     only_seat: str | None = None                      # a transfer to a named seat: offered to that seat only
+    consult_seat: str | None = None                   # a warm transfer: the seat reserved to consult (connected call)
+    consult_skill: str | None = None                  # ... and the skill the caller is handed over in
 
     @property
     def skills(self) -> list[str]:

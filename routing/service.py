@@ -253,6 +253,23 @@ class RoutingService:
         return self._emit(self.acd.call_lost(call_id, self.clock(), reason, caller=caller, info=info,
                                              enqueued_at=enqueued_at))
 
+    def consult_reserve(self, call_id: str, seat_id: str | None = None, skill: str | None = None,
+                        info: dict[str, Any] | None = None) -> Emitted:
+        """Seat 2 of a warm transfer; its phone's screen pop (MQTT) carries the call and the note."""
+        out = self._emit(self.acd.consult_reserve(call_id, self.clock(), seat_id=seat_id, skill=skill, info=info))
+        view = self.acd.call_view(call_id)
+        if self.bus is not None and out and out[0].seat_id and view is not None:
+            self.bus.publish_screen_pop(out[0].seat_id, {
+                "call_id": call_id, "seat_id": out[0].seat_id, "skill": out[0].skill, "at": out[0].at,
+                "caller": view["caller"], "info": view["info"], "consult": True})
+        return out
+
+    def consult_release(self, call_id: str, reason: str) -> Emitted:
+        return self._emit(self.acd.consult_release(call_id, self.clock(), reason))
+
+    def consult_complete(self, call_id: str) -> Emitted:
+        return self._emit(self.acd.consult_complete(call_id, self.clock()))
+
     def take_callback(self, seat_id: str) -> Emitted:
         return self._emit(self.acd.take_callback(seat_id, self.clock()))
 

@@ -3,7 +3,10 @@
 Open to the seat on the call and to supervisors.  The node decides (``gateway.callflow``): the
 journey moves ``talking -> queued`` (cause ``transferred``), seat 1 goes to wrap-up, the caller hears
 hold audio and waits for the target skill at the head of their priority with the IVR record, the
-screen pop and the note; the recording runs on.  See docs/SEATS.md.
+screen pop and the note; the recording runs on.  A warm transfer (``mode: "warm"``) is a consult:
+the caller hears hold audio while seat 1 talks to seat 2 (a third leg in the caller's media
+worker), then ``.../transfer/complete`` hands the caller to seat 2 or ``.../transfer/cancel`` takes
+them back.  See docs/SEATS.md.
 """
 
 from __future__ import annotations
@@ -92,3 +95,31 @@ async def transfer(body: TransferIn, call_id: str = Path(max_length=128), who: P
         return await ctx.on_control(ctx.transfer, req)
     except TransferRefused as e:
         raise HTTPException(e.status, detail=e.detail) from None
+
+
+async def _end_consult(ctx: ApiContext, who: Principal, call_id: str, complete: bool) -> dict[str, Any]:
+    if ctx.consult is None:
+        raise HTTPException(409, detail="this node carries no calls")
+    by = await _caller_of_this_seat(ctx, who, call_id)
+    try:
+        return await ctx.on_control(ctx.consult, call_id, complete, by)
+    except TransferRefused as e:
+        raise HTTPException(e.status, detail=e.detail) from None
+
+
+@router.post("/{call_id}/transfer/complete",
+             responses={403: {"description": "not this call's seat"}, 404: {"description": "no such live call"},
+                        409: {"description": "no consult under way, or seat 2 has not answered"}})
+async def complete_transfer(call_id: str = Path(max_length=128), who: Principal = Depends(principal),
+                            ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+    """Warm transfer: seat 2 keeps the caller, seat 1's leg is released (it goes to wrap-up)."""
+    return await _end_consult(ctx, who, call_id, True)
+
+
+@router.post("/{call_id}/transfer/cancel",
+             responses={403: {"description": "not this call's seat"}, 404: {"description": "no such live call"},
+                        409: {"description": "no consult under way"}})
+async def cancel_transfer(call_id: str = Path(max_length=128), who: Principal = Depends(principal),
+                          ctx: ApiContext = Depends(get_ctx)) -> dict[str, Any]:
+    """Warm transfer: the consult ends, the caller is back with seat 1, seat 2 is free again."""
+    return await _end_consult(ctx, who, call_id, False)

@@ -27,6 +27,7 @@
       showStatus(seat);
       showDisposition(seat);
       showTransfer(seat);
+      showConsult(seat);
       await syncOffer(seat);
     } catch (e) { report(e); }
   }
@@ -128,6 +129,44 @@
     } catch (e) { report(e); }
   }
 
+  // Warm (consult) transfer: the caller hears hold audio while this seat talks to seat 2, then
+  // "complete" hands the caller over (this seat goes to wrap-up) or "cancel" takes them back.
+  // POST .../transfer {mode: "warm", to_seat}, .../transfer/complete, .../transfer/cancel.
+  function showConsult(seat) {
+    const box = document.getElementById("consult");
+    document.getElementById("consult-seat").placeholder = t("consult_seat");
+    box.classList.toggle("hidden", !(seat.status === "on_call" && seat.call_id));
+    if (box.dataset.call !== (seat.call_id || "")) consultStage("talking", "");
+    box.dataset.call = seat.call_id || "";
+  }
+
+  function consultStage(stage, text) {
+    document.getElementById("consult").dataset.stage = stage;
+    const on = stage === "consulting";
+    document.getElementById("btn-consult").classList.toggle("hidden", on);
+    document.getElementById("btn-consult-complete").classList.toggle("hidden", !on);
+    document.getElementById("btn-consult-cancel").classList.toggle("hidden", !on);
+    document.getElementById("consult-state").textContent = text;
+  }
+
+  async function consultNow(action) {
+    const callId = document.getElementById("consult").dataset.call;
+    if (!callId) return;
+    document.getElementById("action-error").textContent = "";
+    const base = `/api/v1/calls/${encodeURIComponent(callId)}/transfer`;
+    try {
+      if (action === "start") {
+        const note = document.getElementById("transfer-note").value.trim() || null;
+        const r = await api.post(base, { to_seat: document.getElementById("consult-seat").value.trim(), mode: "warm", note });
+        consultStage(r.stage, r.stage === "consulting" ? `${t("consulting")} (${r.to_seat})` : "");
+      } else {
+        const r = await api.post(`${base}/${action}`);
+        consultStage(r.stage === "consulting" ? "consulting" : "talking", action === "cancel" ? t("consult_ended") : "");
+        await refresh();
+      }
+    } catch (e) { report(e); }
+  }
+
   async function saveDisposition(code) {
     document.getElementById("action-error").textContent = "";
     const callId = dispCall;
@@ -217,6 +256,7 @@
     showStatus(seat);
     showDisposition(seat);
     showTransfer(seat);
+    showConsult(seat);
     syncOffer(seat);
   }
 
@@ -230,6 +270,11 @@
         break;
       case "RINGNOANSWER": case "SEATFAILED": case "ABANDON": case "COMPLETE": hidePop(ev.call_id); break;
       case "TARGETS": onTargets(ev.rows); break;
+      case "JOURNEY":  // this seat's consult ended by itself (seat 2 did not answer or hung up)
+        if (ev.data && ev.data.cause === "consult_cancelled" && ev.seat_id === seatId) {
+          consultStage("talking", `${t("consult_ended")}: ${ev.data.detail || ""}`);
+        }
+        break;
       default: break;
     }
   }
@@ -277,6 +322,9 @@
   document.getElementById("btn-transfer").addEventListener("click", transferNow);
   document.getElementById("btn-hold").addEventListener("click", () => holdNow(true));
   document.getElementById("btn-resume").addEventListener("click", () => holdNow(false));
+  document.getElementById("btn-consult").addEventListener("click", () => consultNow("start"));
+  document.getElementById("btn-consult-complete").addEventListener("click", () => consultNow("complete"));
+  document.getElementById("btn-consult-cancel").addEventListener("click", () => consultNow("cancel"));
   document.getElementById("seat-login").addEventListener("submit", async (e) => {
     e.preventDefault();
     try { await login(document.getElementById("token").value.trim()); } catch (err) {

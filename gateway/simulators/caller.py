@@ -34,6 +34,19 @@ class CallerPhone(pj.Call):
         self.sim.media.media_active(self)
         self.sim.srtp = self.sim.srtp or srtp_active(self)
 
+    def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
+        # Every request the gateway sent this caller in the dialog (re-INVITE, UPDATE, REFER, BYE,
+        # INFO ...), as the caller itself saw it: the proof that a hand-off never touched its leg.
+        if prm.e.type != pj.PJSIP_EVENT_TSX_STATE:
+            return
+        tsx = prm.e.body.tsxState.tsx
+        if tsx.role == pj.PJSIP_ROLE_UAS and tsx.state == pj.PJSIP_TSX_STATE_TRYING:
+            self.sim.received.append(str(tsx.method))
+
+    def onCallTransferRequest(self, prm: pj.OnCallTransferRequestParam) -> None:
+        self.sim.received.append("REFER(followed?)")
+        prm.statusCode = 603
+
 
 class CallerSimulation:
     def __init__(self, rt: PjsipRuntime, to: str, digits: list[str], gap: float, first_after: float,
@@ -56,6 +69,7 @@ class CallerSimulation:
         self.status_code = 0
         self.reason = ""
         self.sent: list[str] = []
+        self.received: list[str] = []  # the methods of requests received in the call (after our INVITE)
         self.done = False
         self.srtp = False
 
@@ -133,6 +147,7 @@ class CallerSimulation:
             "status_code": self.status_code,
             "reason": self.reason,
             "srtp": self.srtp,
+            "received_requests": list(self.received),
         }
         if answered:
             out["seat_tone_s"] = heard_tone(self.record, SEAT_TONE_HZ)

@@ -124,7 +124,11 @@ class WorkerService:
         return self.rt.account
 
     def live_calls(self) -> int:
-        return len(self.sessions) + len(self.refused) + len(self.orphans)
+        """Callers, refused INVITEs, orphans and a conversation's third legs (a supervisor's, a warm
+        transfer's consult leg: a caller admitted in the overlap would find no call for its seat).
+        A caller's own seat leg is not counted: each admitted caller stands for two calls."""
+        third = sum((s.consult is not None) + (s.monitor is not None) for s in self.sessions.values())
+        return len(self.sessions) + len(self.refused) + len(self.orphans) + third
 
     def _room_for_caller(self) -> bool:
         """The front door sends at most ``callers`` callers, but it frees a slot when a BYE passes
@@ -244,6 +248,9 @@ class WorkerService:
             if isinstance(cmd, ch.DialSeat):
                 self.send(ch.SeatFailed(call_id=cmd.call_id, leg_id=cmd.leg_id, code=0,
                                         reason="caller gone", cancelled=True, at=time.time()))
+            elif isinstance(cmd, ch.DialConsult):
+                self.send(ch.ConsultEnded(call_id=cmd.call_id, leg_id=cmd.leg_id, outcome="refused",
+                                          reason="caller gone", at=time.time()))
             return
         if isinstance(cmd, ch.Play):
             session.play(cmd.files, cmd.token)
@@ -267,10 +274,16 @@ class WorkerService:
             session.hold_seat(cmd.leg_id, cmd.on, cmd.files, cmd.token)
         elif isinstance(cmd, ch.ReleaseSeat):
             session.release_seat(cmd.leg_id, cmd.reason)
+        elif isinstance(cmd, ch.DialConsult):
+            checked = self._checked_dial(cmd)
+            if checked is not None:
+                session.dial_consult(checked)
+        elif isinstance(cmd, ch.EndConsult):
+            session.end_consult(cmd)
         elif isinstance(cmd, ch.Hangup):
             session.hangup(cmd.code)
 
-    def _checked_dial(self, cmd: ch.DialSeat) -> ch.DialSeat | None:
+    def _checked_dial(self, cmd: Any) -> Any:
         """What PJSIP would refuse, caught before it can count against the seat: an invalid
         caller identity is dropped (the seat is still called, as from the gateway), header values
         that could break the message are left out, and a seat URI PJSIP cannot parse is reported
@@ -278,8 +291,13 @@ class WorkerService:
         ep = self.rt.ep
         assert ep is not None
         if ep.utilVerifySipUri(cmd.uri) != 0:
-            self.send(ch.SeatFailed(call_id=cmd.call_id, leg_id=cmd.leg_id, code=0, local=True,
-                                    reason=f"local_error: seat URI not valid: {cmd.uri[:80]!r}", at=time.time()))
+            why = f"seat URI not valid: {cmd.uri[:80]!r}"
+            if isinstance(cmd, ch.DialConsult):
+                self.send(ch.ConsultEnded(call_id=cmd.call_id, leg_id=cmd.leg_id, outcome="refused", reason=why,
+                                          at=time.time()))
+            else:
+                self.send(ch.SeatFailed(call_id=cmd.call_id, leg_id=cmd.leg_id, code=0, local=True,
+                                        reason=f"local_error: {why}", at=time.time()))
             return None
         update: dict[str, Any] = {}
         headers = {k: v for k, v in cmd.headers.items() if _safe_header(k, v)}

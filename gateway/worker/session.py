@@ -67,6 +67,8 @@ class HandoffSession:
         self.announced = False  # the control process knows this call (CallStarted sent)
         self.monitor: MonitorLeg | None = None  # a supervisor listening, whispering or barging
         self.on_hold = False  # the seat put the caller on hold: no audio between them, hold audio to the caller
+        self.consult: SeatLeg | None = None  # warm transfer: the leg to seat 2 (a third leg of this call)
+        self.consult_answered = False
 
     # -- the seat leg's states -------------------------------------------------------------------
     @property
@@ -125,6 +127,10 @@ class HandoffSession:
         if self.seat is not None:
             self.service.orphan_seat(self.seat)
             self.seat = None
+        if self.consult is not None:
+            consult, self.consult = self.consult, None
+            consult.cancelled = "caller gone"
+            self.service.orphan_seat(consult)
         if self.monitor is not None:
             self.monitor.ending = "caller gone"
             self.service.orphan_seat(self.monitor)
@@ -376,6 +382,9 @@ class HandoffSession:
             self.service.send(ch.SeatRinging(call_id=self.call_id, leg_id=leg.leg_id, at=time.time()))
 
     def seat_media_changed(self, leg: SeatLeg) -> None:
+        if leg is self.consult:
+            self._consult_media_changed(leg)
+            return
         if leg is not self.seat or self.ended or self.seat_state is SeatLegState.CANCELLING:
             return  # a seat answering a leg we are hanging up is not bridged
         if self.on_hold:
@@ -403,6 +412,9 @@ class HandoffSession:
         return True
 
     def seat_disconnected(self, leg: SeatLeg, code: int, reason: str) -> None:
+        if leg is self.consult:
+            self._consult_disconnected(leg, code, reason)
+            return
         if leg is not self.seat:
             self.service.forget_orphan(leg)
             return
@@ -413,6 +425,9 @@ class HandoffSession:
         if self.ended:
             return
         now = time.time()
+        if was_bridged and self.consult is not None:
+            self._seat_left_consult(code, reason)
+            return
         if was_bridged and (code in (0, 200) or 200 <= code < 300):
             # The seat's normal BYE after the conversation ends the call for both sides.
             self.ended_by = "seat"
@@ -425,6 +440,153 @@ class HandoffSession:
         cancelled = leg.cancelled
         self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=leg.leg_id, code=code,
                                         reason=cancelled or reason, cancelled=bool(cancelled), at=now))
+
+    # -- warm transfer: the consult leg (docs/SEATS.md) ------------------------------------------
+    def dial_consult(self, cmd: ch.DialConsult) -> None:
+        """Seat 2 as a third leg of this call: the caller is put on hold (hold audio, as ``hold_seat``;
+        no re-INVITE) only once PJSIP has taken the INVITE, so a refusal changes nothing."""
+        why = None
+        if self.ended or self.caller is None:
+            why = "caller gone"
+        elif self.seat is None or not self.bridged:
+            why = "no seat is talking to the caller"
+        elif self.consult is not None:
+            why = "a consult is already under way"
+        if why is None:
+            leg = SeatLeg(self.service.account, self, cmd.leg_id)
+            prm = pj.CallOpParam(True)
+            prm.opt.audioCount = 1
+            prm.opt.videoCount = 0
+            for name, value in cmd.headers.items():
+                h = pj.SipHeader()
+                h.hName = name
+                h.hValue = value
+                prm.txOption.headers.append(h)
+            if cmd.from_uri:
+                prm.txOption.localUri = cmd.from_uri
+            try:
+                leg.makeCall(cmd.uri, prm)
+            except pj.Error as e:
+                why = "no free call in this worker" if e.status == PJ_ETOOMANY else f"dial failed: {e.info()}"
+        if why is not None:
+            self.service.send(ch.ConsultEnded(call_id=self.call_id, leg_id=cmd.leg_id, outcome="refused",
+                                              reason=why, at=time.time()))
+            return
+        self.consult, self.consult_answered = leg, False
+        self._hold_caller(cmd.files, cmd.token)
+        log.info("consult_dialing", extra={"call_id": self.call_id, "leg_id": cmd.leg_id})
+        self.service.send(ch.ConsultDialing(call_id=self.call_id, leg_id=cmd.leg_id, at=time.time()))
+        self.service.rt.call_later(cmd.timeout_s, lambda: self._consult_unanswered(leg))
+
+    def _hold_caller(self, files: list[str], token: int) -> None:
+        seat_am = active_audio(self.seat) if self.seat is not None else None
+        caller_am = active_audio(self.caller) if self.caller is not None else None
+        self.on_hold = True
+        for a, b in ((seat_am, caller_am), (caller_am, seat_am)):
+            if a is not None and b is not None:
+                with contextlib.suppress(pj.Error):
+                    a.stopTransmit(b)
+        self.play(files, token)
+
+    def _back_to_seat(self) -> None:
+        """The consult is over without a hand-over: caller and seat 1 hear each other again."""
+        self.on_hold = False
+        self.stop_playback()
+        if self.seat is not None and self.bridged:
+            self._connect_seat(self.seat)
+
+    def _consult_unanswered(self, leg: SeatLeg) -> None:
+        if leg is self.consult and not self.consult_answered:
+            leg.cancelled = "no answer"
+            with contextlib.suppress(pj.Error):
+                leg.hangup(pj.CallOpParam(True))
+
+    def _consult_media_changed(self, leg: SeatLeg) -> None:
+        if self.ended or leg.cancelled:
+            return
+        am = active_audio(leg)
+        seat_am = active_audio(self.seat) if self.seat is not None else None
+        if am is None or seat_am is None:
+            return
+        am.startTransmit(seat_am)
+        seat_am.startTransmit(am)
+        if self.recording is not None:
+            self.recording.feed(am)
+        if not self.consult_answered:
+            self.consult_answered = True
+            log.info("consult_answered", extra={"call_id": self.call_id, "leg_id": leg.leg_id})
+            self.service.send(ch.ConsultAnswered(call_id=self.call_id, leg_id=leg.leg_id, at=time.time()))
+
+    def _consult_disconnected(self, leg: SeatLeg, code: int, reason: str) -> None:
+        """Seat 2 did not answer, refused or hung up: the caller is back with seat 1."""
+        answered = self.consult_answered
+        self.consult, self.consult_answered = None, False  # drop inside DISCONNECTED
+        if self.ended:
+            return
+        self._back_to_seat()
+        self.service.send(ch.ConsultEnded(call_id=self.call_id, leg_id=leg.leg_id, outcome="failed", code=code,
+                                          reason=leg.cancelled or reason, answered=answered, at=time.time()))
+
+    def end_consult(self, cmd: ch.EndConsult) -> None:
+        leg = self.consult
+        if leg is None or leg.leg_id != cmd.leg_id:
+            self.service.send(ch.CommandFailed(call_id=self.call_id, command="end_consult",
+                                               error=f"no consult leg {cmd.leg_id}"))
+            return
+        if cmd.complete:
+            if not self.consult_answered or self.seat is None:
+                self.service.send(ch.CommandFailed(call_id=self.call_id, command="end_consult",
+                                                   error="seat 2 has not answered"))
+                return
+            self._hand_over(cmd.reason or "completed")
+            return
+        answered = self.consult_answered
+        self.consult, self.consult_answered = None, False
+        leg.cancelled = cmd.reason or "cancelled"
+        self.service.orphan_seat(leg)
+        self._back_to_seat()
+        self.service.send(ch.ConsultEnded(call_id=self.call_id, leg_id=leg.leg_id, outcome="cancelled",
+                                          reason=leg.cancelled, answered=answered, at=time.time()))
+
+    def _hand_over(self, reason: str) -> None:
+        """Seat 2 takes the caller: seat 1's leg (if still there) is released with a BYE as an orphan,
+        the consult leg becomes the seat leg, caller and seat 2 are bridged.  The caller's leg and
+        the recording are not touched."""
+        new, old = self.consult, self.seat
+        assert new is not None
+        self.consult, self.consult_answered = None, False
+        # seat 2 is the seat leg *before* seat 1's hang-up: PJSIP may report its DISCONNECTED at
+        # once, and it must find an orphan there, not the end of the conversation
+        self.seat = new
+        self.seat_state, self.seat_leg_id = SeatLegState.BRIDGED, new.leg_id
+        if old is not None:
+            old_am, new_am = active_audio(old), active_audio(new)
+            if old_am is not None and new_am is not None:  # seat 1 hears nothing more while its BYE goes out
+                for a, b in ((old_am, new_am), (new_am, old_am)):
+                    with contextlib.suppress(pj.Error):
+                        a.stopTransmit(b)
+            old.cancelled = "transfer"
+            self.service.orphan_seat(old)
+        log.info("consult_handed_over", extra={"call_id": self.call_id, "leg_id": new.leg_id, "reason": reason})
+        self.on_hold = False
+        self.stop_playback()
+        self._connect_seat(new)
+        self.service.send(ch.ConsultEnded(call_id=self.call_id, leg_id=new.leg_id, outcome="completed",
+                                          reason=reason, answered=True, at=time.time()))
+
+    def _seat_left_consult(self, code: int, reason: str) -> None:
+        """Seat 1 hung up during a consult: seat 2 takes the caller if it answered (as Asterisk does);
+        otherwise its leg is cancelled and the control process sends the caller on (hold audio goes on)."""
+        leg = self.consult
+        assert leg is not None
+        if self.consult_answered:
+            self._hand_over("seat 1 hung up")
+            return
+        self.consult = None
+        leg.cancelled = "seat 1 left"
+        self.service.orphan_seat(leg)
+        self.service.send(ch.ConsultEnded(call_id=self.call_id, leg_id=leg.leg_id, outcome="seat_left", code=code,
+                                          reason=reason, at=time.time()))
 
     # -- shutdown / forced end -----------------------------------------------------------------
     def hangup(self, code: int = 0) -> None:

@@ -134,3 +134,43 @@ async def test_the_console_lists_available_seats_and_transfers_to_the_one_chosen
             caller.kill()
             caller.wait()
         node.stop()
+
+
+async def test_the_seat_consults_then_completes_a_warm_transfer_from_its_console(tmp_path: Path, page: Any) -> None:
+    p1, p2 = free_port(), free_port()
+    seats = ("seats:\n"
+             f"  - id: s1\n    contact: sip:s1@127.0.0.1:{p1}\n    skills: [online_determination]\n    status: available\n"
+             f"  - id: s2\n    contact: sip:s2@127.0.0.1:{p2}\n    skills: [insurance_claim]\n    status: available\n")
+    node = start_node(tmp_path, workers=2, seats_yaml=seats)
+    caller = None
+    try:
+        start_seat(node, "s1", p1, "--answer-after", "0.3")
+        start_seat(node, "s2", p2, "--answer-after", "1.5")
+        st1 = await console(page, node, "s1")
+        page2 = await (await page.context.browser.new_context(viewport={"width": 1024, "height": 900})).new_page()
+        st2 = await console(page2, node, "s2")
+        caller = start_caller(node, "1 2 1 2 2 2 1", gap="0.6", stay="25")
+        await expect(st1).to_have_attribute("data-status", "on_call", timeout=60_000)
+        await expect(page.locator("#consult")).to_be_visible()
+        await page.fill("#consult-seat", "s2")
+        await page.fill("#transfer-note", NOTE)
+        await page.click("#btn-consult")
+        await expect(page.locator("#consult")).to_have_attribute("data-stage", "consulting", timeout=10_000)
+        await expect(page.locator("#btn-consult-complete")).to_be_visible()
+        # seat 2 is reserved for the consult, with the first seat's note on its screen pop
+        await expect(st2).to_have_attribute("data-status", "reserved")
+        await expect(page2.locator("#pop-transfer-note")).to_have_text(NOTE, timeout=20_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "seat-console-consulting.png"), full_page=True)
+        await page2.screenshot(path=str(ARTIFACTS / "seat-console-consulted-pop.png"), full_page=True)
+        node.wait_for(lambda: any(x.get("event") == "consult_answered" and x.get("seat_id") == "s2"
+                                  for x in node.logs()), timeout=20)
+        await page.click("#btn-consult-complete")
+        await expect(st1).to_have_attribute("data-status", "wrap_up", timeout=10_000)
+        await expect(st2).to_have_attribute("data-status", "on_call", timeout=10_000)
+        await page2.screenshot(path=str(ARTIFACTS / "seat-console-consult-completed.png"), full_page=True)
+    finally:
+        if caller is not None:
+            caller.kill()
+            caller.wait()
+        node.stop()

@@ -44,6 +44,7 @@ class NodeParts:
     transfer_call: Any = None
     hold_call: Any = None
     monitor_call: Any = None
+    consult_call: Any = None
 
     def install_flow(self, flow: Any) -> None:
         self.flow = flow
