@@ -378,7 +378,7 @@ class Node:
         if self.registrations is not None:
             await self.registrations.stop()
         if self.processes is not None:
-            await self.processes.stop_front_door()  # no new caller while the node stops
+            await self.processes.stopping()  # no new caller while the node stops, no worker replaced
         if self.director is not None:
             self.director.hangup_all()
             await asyncio.sleep(0.3)

@@ -96,7 +96,7 @@ class WorkerProcesses:
         self.exit_codes: dict[int, int] = {}
         self._started_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._stopping = False
+        self.stopping = False
 
     def pids(self) -> dict[int, int]:
         return {wid: p.pid for wid, p in self.procs.items() if p.returncode is None}
@@ -133,7 +133,7 @@ class WorkerProcesses:
 
     async def _watch(self, s: WorkerSpec, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
-        if self._stopping or self.procs.get(s.worker_id) is not proc:
+        if self.stopping or self.procs.get(s.worker_id) is not proc:
             return
         self.exit_codes[s.worker_id] = code
         self.run_dir.joinpath(f"worker-{s.worker_id}.pid").unlink(missing_ok=True)
@@ -142,14 +142,14 @@ class WorkerProcesses:
         # Back off if a worker keeps dying at start, but bring it back.
         quick = time.time() - self._started_at.get(s.worker_id, 0.0) < 5
         await asyncio.sleep(min(5.0, 0.2 * 2 ** min(n - 1, 5)) if quick else 0.1)
-        if not self._stopping:
+        if not self.stopping:
             await self._spawn(s)
             log.info("worker_restarted", extra={"worker_id": s.worker_id, "restarts": n})
 
     async def stop(self, grace: float = 6.0) -> None:
         """The node stops: the workers end their calls (a ``Shutdown`` from the control process,
         or SIGTERM here) and exit; one that does not within ``grace`` is killed."""
-        self._stopping = True
+        self.stopping = True
         procs = [p for p in self.procs.values() if p.returncode is None]
         if procs:
             waits = [asyncio.create_task(p.wait()) for p in procs]
@@ -204,7 +204,7 @@ class WorkerPool:
         self._server: asyncio.AbstractServer | None = None
         self._dispatching = asyncio.Event()
         self._closed: dict[int, asyncio.Event] = {}
-        self._stopping = False
+        self.stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def listen(self) -> None:
@@ -233,7 +233,7 @@ class WorkerPool:
     async def stop(self, grace: float = 6.0) -> None:
         """The node stops: each worker is told to shut down (it hangs up its calls and exits);
         waits for their connections to end."""
-        self._stopping = True
+        self.stopping = True
         for h in self.workers.values():
             if h.writer is not None:
                 with contextlib.suppress(Exception):
@@ -334,7 +334,7 @@ class WorkerPool:
         closed = self._closed.get(wid)
         if closed is not None:
             closed.set()
-        if self._stopping:
+        if self.stopping:
             return
         lost = set(h.calls)
         h.calls.clear()

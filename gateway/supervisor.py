@@ -148,7 +148,10 @@ class LocalProcesses:
         assert self.kamailio.proc is not None
         return self.kamailio.proc.pid
 
-    async def stop_front_door(self) -> None:
+    async def stopping(self) -> None:
+        """The node stops: no new caller (Kamailio goes first), and a worker that exits now (the
+        control process shut it down) is not replaced."""
+        self.workers.stopping = True
         if self.kamailio is not None:
             await self.kamailio.stop()
 
@@ -156,7 +159,7 @@ class LocalProcesses:
         return dict(self.workers.exit_codes)
 
     async def stop(self) -> None:
-        await self.stop_front_door()
+        await self.stopping()
         await self.workers.stop()
 
 
@@ -195,9 +198,9 @@ class SupervisorLink:
     async def ensure_front_door(self) -> int | None:
         return await self._ask("ensure_front_door")  # type: ignore[no-any-return]
 
-    async def stop_front_door(self) -> None:
+    async def stopping(self) -> None:
         with contextlib.suppress(RuntimeError, OSError):
-            await self._ask("stop_front_door")
+            await self._ask("stopping")
 
     async def exit_codes(self) -> dict[int, int]:
         return {int(k): v for k, v in (await self._ask("exit_codes")).items()}
@@ -246,7 +249,7 @@ class Supervisor:
                     op = json.loads(line)["op"]
                     fn = {"status": self.procs.status, "ensure_workers": self.procs.ensure_workers,
                           "ensure_front_door": self.procs.ensure_front_door,
-                          "stop_front_door": self.procs.stop_front_door, "exit_codes": self.procs.exit_codes}[op]
+                          "stopping": self.procs.stopping, "exit_codes": self.procs.exit_codes}[op]
                     result = await fn()
                     if op == "ensure_workers":
                         self.ready_once = True  # the configuration passed the control process's checks

@@ -113,10 +113,11 @@ class ControlLink:
                 on_command(cmd)
         except OSError:
             pass
-        self.closed.set()
         with contextlib.suppress(OSError):
             sock.close()
-        on_close()
+        if sock is self.sock:  # not a reader of a connection already replaced
+            self.closed.set()
+            on_close()
 
     def close(self) -> None:
         self.stopping = True
@@ -195,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         link.attach(ch.Hello(worker_id=a.worker_id, pid=os.getpid(), sip_port=rt.udp_port, max_calls=a.max_calls,
                              secret=secret, calls=calls))
         service.control_up = True
+        reconnecting[0] = False
         link.read(on_command, on_close)
         if calls:
             log.warning("control_reconnected", extra={"worker_id": a.worker_id, "calls": len(calls)})
+
+    reconnecting = [False]  # PJSIP thread only: one reconnect loop at a time
 
     def reconnect() -> None:
         if link.connect():
@@ -211,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         def lost() -> None:
             log.warning("control_lost", extra={"worker_id": a.worker_id, "calls": len(service.sessions)})
             service.control_lost()
-            threading.Thread(target=reconnect, name="channel-reconnect", daemon=True).start()
+            if not reconnecting[0]:
+                reconnecting[0] = True
+                threading.Thread(target=reconnect, name="channel-reconnect", daemon=True).start()
         rt.call_soon(lost)
         rt.wake()
 
