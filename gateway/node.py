@@ -1,9 +1,13 @@
 """``handoff122 serve``: one node, the composition root.
 
-Start order matters for the promise "never drop a caller": storage and routing first (so a call
-can be recorded and queued from its first second), then the media workers, then the front door
-(so SIP reaches workers that are ready), then the API.  Stop order is the reverse.  Any bad
-configuration (port taken, unreadable flow, invalid seats file) ends the start with one line.
+This is the control process; ``handoff122 serve`` runs it under the node's supervisor
+(``gateway.supervisor``), which owns Kamailio and the media workers and starts this process again if
+it dies.  Start order matters for the promise "never drop a caller": storage, then the media
+workers (spawned by the supervisor, or found running after a restart of this process: their events
+wait), then routing, which closes as lost only what no worker carries, then the calls the workers
+carry are taken over (``CallDirector.adopt``) and their events flow, then the front door (so SIP
+reaches workers that are ready), then the API.  Stop order is the reverse.  Any bad configuration
+(port taken, unreadable flow, invalid seats file) ends the start with one line.
 """
 
 from __future__ import annotations
