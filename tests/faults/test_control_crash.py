@@ -175,6 +175,38 @@ def test_a_waiting_caller_keeps_their_place_and_is_bridged_after_the_restart(tmp
         node.stop()
 
 
+def test_a_caller_in_the_ivr_hears_the_flow_again_and_reaches_a_seat(tmp_path: Path) -> None:
+    """Decision (docs/ARCHITECTURE.md): a caller in the IVR at the crash starts the flow again."""
+    p1 = free_port()
+    ports = NodePorts.pick(workers=2)
+    node = boot(tmp_path, ports, seats_yaml=seats_yaml(("s1", "intake_guidance", p1, "available")))
+    sim = start_seat_sim(tmp_path, "s1", p1, "--answer-after", "0.3", "--tone", str(SEAT_HZ))
+    # "1" at once (welcome -> the next question), "0" (a person) 10 s later, after the restart
+    caller = start_caller(node, "1 0", gap=10, first_digit_after=0.5, stay=40)
+    try:
+        call_id = node.wait_for(lambda: next((x["call_id"] for x in node.logs() if x.get("event") == "dtmf"), None),
+                                timeout=40)
+        kill_control(node)
+        assert any(x.get("event") == "call_adopted" and x.get("call_id") == call_id and x.get("stage") == "in_ivr"
+                   for x in node.logs())
+        assert node.call(call_id)["ended_at"] is None
+        node.wait_for(lambda: (s := on_call_with(node, "s1")) and s["call_id"] == call_id, timeout=60)
+        res = caller_result(caller, timeout=90)
+        assert res["answered"] and res["bridged"] and res["hung_up_by"] == "caller", res
+        done = node.wait_for(lambda: (c := node.call(call_id))["end_reason"] and c, timeout=20)
+        assert done["end_reason"] == "completed" and done["seat_id"] == "s1", done
+        assert node.journey_errors() == []
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+        sim.terminate()
+        try:
+            sim.wait(5)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+        node.stop()
+
+
 def test_stopping_the_whole_node_ends_every_call_with_a_reason(tmp_path: Path) -> None:
     p1 = free_port()
     ports = NodePorts.pick(workers=2)
