@@ -331,20 +331,22 @@ class Supervisor:
 
 
 async def supervise(settings: Settings, argv: list[str]) -> int:
-    from gateway.node import stop_on_signals
-
     stop = asyncio.Event()
-    stop_on_signals(stop)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and SIGTERM stop the whole node
+        loop.add_signal_handler(sig, stop.set)
     return await Supervisor(settings, argv).run(stop)
 
 
-def run_serve(settings: Settings) -> int:
-    """``handoff122 serve``: the supervisor, or (started by it) the control process."""
-    from gateway.logs import configure_logging, resolve_format
-    from gateway.node import run_node
+def supervised() -> bool:
+    """This process is a control process started by a supervisor."""
+    return bool(os.environ.get(SUPERVISOR_FD_ENV))
 
-    if os.environ.get(SUPERVISOR_FD_ENV):
-        return run_node(settings)
+
+def run_serve(settings: Settings) -> int:
+    """``handoff122 serve``: the supervisor (which starts the control process, ``gateway.node``)."""
+    from gateway.logs import configure_logging, resolve_format
+
     fmt = resolve_format(settings.log_format)
     os.environ["HANDOFF_LOG_FORMAT"] = fmt  # the control process and the workers, on the same terminal, write alike
     # on a person's terminal the first screen is the control process's banner: only warnings here
@@ -354,4 +356,4 @@ def run_serve(settings: Settings) -> int:
 
 
 __all__ = ["LocalProcesses", "Supervisor", "SupervisorLink", "direct_mode", "edge_policy", "front_door",
-           "link_from_env", "run_serve", "worker_args", "worker_specs"]
+           "link_from_env", "run_serve", "supervised", "worker_args", "worker_specs"]
