@@ -16,7 +16,8 @@ again (with backoff); the workers keep their calls meanwhile and reconnect, and 
 process takes those calls over (``gateway.node``).  SIGINT / SIGTERM stop the whole node: the
 control process first (it ends every call, each with a reason, and shuts the workers down), then
 the workers and Kamailio.  A control process that exits 0 (it was told to stop) stops the node
-too; one that refuses the configuration at the first start (exit 2) ends it with its exit code.
+too; one that fails its first start (exit 2: it refused the configuration) ends it with its exit
+code.
 
 Every child gets a parent-death signal, so ``kill -9`` of the supervisor (the whole node) takes
 them all down; the control process gets SIGKILL (a power cut: the next start reconciles).
@@ -50,8 +51,6 @@ log = logging.getLogger("gateway.supervisor")
 
 SUPERVISOR_FD_ENV = "HANDOFF_SUPERVISOR_FD"
 SUPERVISOR_PID_ENV = "HANDOFF_SUPERVISOR_PID"
-#: exit code of a control process that refused the configuration
-CONFIG_EXIT = 2
 MAX_BACKOFF_S = 5.0
 
 
@@ -295,8 +294,8 @@ class Supervisor:
             code = self.control.returncode or 0
             if code == 0:
                 break  # the control process was told to stop: so is the node
-            if code == CONFIG_EXIT and not self.ready_once:
-                break  # refused the configuration (it said why): nothing to keep running
+            if code > 0 and not self.ready_once:
+                break  # failed its first start (exit 2: refused the configuration, said why in one line)
             failures = failures + 1 if time.monotonic() - started < 10 else 1
             delay = min(MAX_BACKOFF_S, 0.25 * 2 ** (failures - 1))
             self.restarts += 1

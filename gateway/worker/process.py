@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         if link.stopping:
             return
         def lost() -> None:
+            if link.stopping:
+                return  # the Shutdown that came before the close is being carried out
             log.warning("control_lost", extra={"worker_id": a.worker_id, "calls": len(service.sessions)})
             service.control_lost()
             if not reconnecting[0]:
