@@ -232,6 +232,7 @@ class Node:
         signin = getattr(self.api, "signin_url", None)
         if signin:
             log.info("first_sign_in", extra={"url": signin, "note": "one-time link, signs in one browser as supervisor"})
+        await self.processes.ready()
         log.info("node_ready", extra={"node_id": self.node_id, "sip": f"{s.sip_host}:{s.sip_port}",
                                       "api": f"http://{s.api_host}:{s.api_port}" if s.api_port else None,
                                       "workers": len(specs), "front_door": "kamailio" if self.kamailio else "none",
@@ -342,7 +343,8 @@ class Node:
                 count_call_ended("caller_cancelled")  # the caller's own CANCEL: not a SIP error
             else:
                 count_sip_error(msg.code)
-        assert self.director is not None
+        if self.director is None:
+            return  # a start that failed before the calls could be taken over: the node stops
         self.director.worker_event(worker_id, msg)
 
     async def _worker_lost(self, spec: WorkerSpec, call_ids: set[str]) -> None:

@@ -234,6 +234,7 @@ class WorkerPool:
         """The node stops: each worker is told to shut down (it hangs up its calls and exits);
         waits for their connections to end."""
         self.stopping = True
+        self._dispatching.set()  # a connection still waiting to be dispatched ends quietly
         for h in self.workers.values():
             if h.writer is not None:
                 with contextlib.suppress(Exception):
@@ -244,6 +245,10 @@ class WorkerPool:
             await asyncio.wait(waits, timeout=grace)
             for t in waits:
                 t.cancel()
+        for h in self.workers.values():
+            if h.writer is not None:
+                with contextlib.suppress(Exception):
+                    h.writer.close()
         if self._server is not None:
             self._server.close()
         self.socket_path.unlink(missing_ok=True)

@@ -157,6 +157,9 @@ class LocalProcesses:
     async def exit_codes(self) -> dict[int, int]:
         return dict(self.workers.exit_codes)
 
+    async def ready(self) -> None:
+        """Nothing to do when the node runs without a supervisor."""
+
     async def stop(self) -> None:
         await self.stopping()
         await self.workers.stop()
@@ -204,6 +207,9 @@ class SupervisorLink:
     async def exit_codes(self) -> dict[int, int]:
         return {int(k): v for k, v in (await self._ask("exit_codes")).items()}
 
+    async def ready(self) -> None:
+        await self._ask("ready")
+
     async def stop(self) -> None:
         """The supervisor stops what it runs once this control process has exited."""
 
@@ -248,12 +254,11 @@ class Supervisor:
                     op = json.loads(line)["op"]
                     fn = {"status": self.procs.status, "ensure_workers": self.procs.ensure_workers,
                           "ensure_front_door": self.procs.ensure_front_door,
-                          "stopping": self.procs.stopping, "exit_codes": self.procs.exit_codes}[op]
+                          "stopping": self.procs.stopping, "exit_codes": self.procs.exit_codes,
+                          "ready": self._ready}[op]
                     result = await fn()
-                    if op == "ensure_workers":
-                        self.ready_once = True  # the configuration passed the control process's checks
-                        if self.control is not None:
-                            (self.run_dir / "control.pid").write_text(str(self.control.pid))
+                    if op == "ensure_workers" and self.control is not None:
+                        (self.run_dir / "control.pid").write_text(str(self.control.pid))
                     answer: dict[str, Any] = {"result": result}
                 except Exception as e:
                     answer = {"error": str(e)[:500]}
@@ -264,6 +269,10 @@ class Supervisor:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def _ready(self) -> None:
+        """The control process is serving: from now on its death is a crash to recover from."""
+        self.ready_once = True
 
     async def _spawn_control(self) -> tuple[asyncio.subprocess.Process, asyncio.Task[None]]:
         mine, theirs = socket.socketpair()
