@@ -232,7 +232,6 @@ class Node:
         signin = getattr(self.api, "signin_url", None)
         if signin:
             log.info("first_sign_in", extra={"url": signin, "note": "one-time link, signs in one browser as supervisor"})
-        await self.processes.ready()
         log.info("node_ready", extra={"node_id": self.node_id, "sip": f"{s.sip_host}:{s.sip_port}",
                                       "api": f"http://{s.api_host}:{s.api_port}" if s.api_port else None,
                                       "workers": len(specs), "front_door": "kamailio" if self.kamailio else "none",
@@ -455,6 +454,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None,
         banner.setLevel(logging.NOTSET)
     if ready is not None:
         ready.set()
+    await node.processes.ready()  # the supervisor restarts this process from now on if it dies
     await stop.wait()
     await node.stop()
     return 0
