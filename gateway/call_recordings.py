@@ -49,6 +49,18 @@ class CallRecordings:
         except Exception as e:
             log.error("recording_catalog_failed", extra={"call_id": call_id, "error": str(e)[:300]})
 
+    async def adopted(self, call_id: str, partial_path: str | None, started_at: float, error: str | None) -> None:
+        """A call a worker kept recording through a restart of the control process: sealed at its
+        end like any other (its catalog row is opened now if the crash came before it was)."""
+        try:
+            known = await self.catalog.get(call_id) is not None
+        except Exception:
+            known = False
+        if known:
+            self.started[call_id] = started_at
+        else:
+            await self.call_started(call_id, partial_path, started_at, error)
+
     async def call_ended(self, call_id: str, partial_path: str | None, error: str | None) -> str | None:
         # A short call can end before its "opened" row is written: seal only after it.
         opening = self._opening.pop(call_id, None)

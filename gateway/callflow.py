@@ -23,7 +23,7 @@ from ivr.flow import Flow
 from ivr.interpreter import CancelTimer, IvrSession, Play, Route, StartTimer, StopPlayback
 from ivr.prompts import hold_prompts, queue_position_prompts, transfer_prompts
 from ivr.screen_pop import describe
-from journey.call import CallJourney, Offer
+from journey.call import REQUEUE_PRIORITY, CallJourney, Offer
 from journey.failures import from_sip
 from journey.notifier import JourneyNotifier
 from journey.stages import CONVERSATION, Stage
@@ -167,6 +167,75 @@ class CallDirector:
             self._spawn(self._recording_started(call, msg.recording_error))
         self._apply(call, call.ivr.start(self.clock()))
 
+    # ------------------------------------------------------------------------------------------
+    # a restarted control process takes over the calls its workers kept (gateway.supervisor)
+    # ------------------------------------------------------------------------------------------
+    async def adopt(self, live: dict[str, tuple[int, ch.LiveCall]], records: dict[str, Any]) -> None:
+        """Take over the calls the workers carried through a restart of this process.
+
+        ``records``: the store's open call records (``routing.store.reconcile.OpenCall``).  The
+        journey is rebuilt at its stage, not walked there (its transitions were stored when they
+        happened): a conversation goes on untouched (``talking`` / ``on_hold`` with its seat, the
+        ACD restored that seat ``on_call``); a caller the ACD restored in its queue hears the hold
+        message and their position and keeps their place (a seat offered to them since is dialled);
+        a routed caller without a queue entry is queued again at the head; a caller in the IVR
+        hears the flow again from its start (the answers given so far are not kept); a call the
+        store never heard of starts now, like a new one."""
+        now = self.clock()
+        for call_id, (worker_id, lc) in sorted(live.items(), key=lambda kv: kv[1][1].started_at):
+            rec = records.get(call_id)
+            if rec is None:
+                self._call_started(ch.CallStarted(
+                    call_id=call_id, caller=lc.caller, callee=lc.callee, sip_call_id=lc.sip_call_id,
+                    at=lc.started_at, recording_path=lc.recording_path, recording_error=lc.recording_error), worker_id)
+                log.warning("call_adopted", extra={"call_id": call_id, "stage": "in_ivr", "as": "new"})
+                continue
+            ivr_record = dict(rec.ivr or {})
+            journey = CallJourney(call_id=call_id, caller=rec.caller or lc.caller, ingress="sip", node_id=self.node_id,
+                                  started_at=rec.started_at or lc.started_at, routing=self.routing,
+                                  notifier=self.notifier, stage=Stage.IN_IVR, skill=rec.skill, priority=rec.priority,
+                                  recording_id=call_id if lc.recording_path else None, ivr_record=ivr_record,
+                                  queued_at=rec.queued_at)
+            journey.queue_info = {"ivr": ivr_record, "caller": journey.caller, "started_at": journey.started_at,
+                                  "node_id": self.node_id, "recording_id": journey.recording_id, "ingress": "sip",
+                                  "screen_pop": describe(self.flow, ivr_record) if ivr_record else {}}
+            call = CallFlow(journey=journey, ivr=IvrSession(self.flow, call_id), recording_path=lc.recording_path)
+            if lc.seat_leg_id and lc.seat_leg_id.rsplit("-", 1)[-1].isdigit():
+                call.attempts = int(lc.seat_leg_id.rsplit("-", 1)[-1])
+            self.calls[call_id] = call
+            if self.recordings is not None and hasattr(self.recordings, "adopted"):
+                await self.recordings.adopted(call_id, lc.recording_path, journey.started_at, lc.recording_error)
+            view = self.routing.acd.call_view(call_id)
+            if lc.seat_state == "bridged" and lc.seat_id:
+                journey.stage = Stage.ON_HOLD if lc.on_hold else Stage.TALKING
+                journey.seat_id, call.leg_id = lc.seat_id, lc.seat_leg_id
+                if view is None or view.get("seat_id") != lc.seat_id:
+                    log.error("call_adopted_without_seat", extra={"call_id": call_id, "seat_id": lc.seat_id})
+            elif view is not None:
+                journey.stage, journey.skill = Stage.QUEUED, view["skill"]
+                if view["state"] == "ringing" and view.get("seat_id"):
+                    # offered a seat when routing was restored, before this call had a journey
+                    seat = self.routing.acd.seat_view(view["seat_id"], now)
+                    offer = journey.routing_event(Event(
+                        EventKind.OFFER, now, call_id=call_id, seat_id=view["seat_id"], skill=view["skill"],
+                        data={"contact": seat["contact"], "attempt": view.get("attempt") or 1,
+                              "ring_timeout_s": self.routing.acd.config.ring_timeout_s}), now)
+                    if isinstance(offer, Offer):
+                        self._dial(call, offer)
+                if journey.waiting:
+                    self._announce(call)
+            elif rec.skill:
+                journey.stage = Stage.QUEUED
+                self.routing.enqueue(call_id, rec.skill, REQUEUE_PRIORITY, caller=journey.caller,
+                                     info={**journey.queue_info, "requeued_after": "control_restart"},
+                                     place_at=rec.queued_at)
+                if journey.waiting and call.leg_id is None:
+                    self._announce(call)
+            else:
+                self._apply(call, call.ivr.start(now))
+            log.warning("call_adopted", extra={"call_id": call_id, "stage": journey.stage.value,
+                                               "seat_id": journey.seat_id, "worker_id": worker_id})
+
     async def _recording_started(self, call: CallFlow, error: str | None) -> None:
         assert self.recordings is not None
         call.journey.recording_id = await self.recordings.call_started(
@@ -265,7 +334,7 @@ class CallDirector:
                                      "attempt": call.attempts, "leg_id": call.leg_id})
         sent = self.media.send(call.call_id, ch.DialSeat(
             call_id=call.call_id, leg_id=call.leg_id, uri=offer.contact, headers=headers, from_uri=from_uri,
-            timeout_s=offer.ring_timeout_s + WORKER_RING_MARGIN_S))
+            timeout_s=offer.ring_timeout_s + WORKER_RING_MARGIN_S, seat_id=offer.seat_id))
         if not sent:
             # no worker to carry the leg: the gateway's fault, not the seat's
             call.leg_id = None

@@ -29,10 +29,31 @@ class _Msg(BaseModel):
 # --------------------------------------------------------------------------------------------
 # worker -> control
 # --------------------------------------------------------------------------------------------
+class LiveCall(_Msg):
+    """A call a worker holds when it (re)connects: what a restarted control process needs to take
+    it over.  ``seat_state`` is the seat leg's state (``gateway.worker.legs.SeatLegState``), None
+    without a seat leg; ``seat_id`` is the seat that leg dials (from ``DialSeat.seat_id``)."""
+
+    call_id: str
+    caller: str
+    callee: str = ""
+    sip_call_id: str = ""
+    started_at: float
+    recording_path: str | None = None
+    recording_error: str | None = None
+    seat_leg_id: str | None = None
+    seat_state: str | None = None
+    seat_id: str | None = None
+    on_hold: bool = False
+    was_bridged: bool = False
+
+
 class Hello(_Msg):
-    """A worker's first line.  ``secret`` is the per-start secret the pool gave the worker in its
-    environment: with the socket's peer credentials (same uid, a pid the pool spawned) it is how
-    the control process knows the peer is its own worker and not any local process."""
+    """A worker's first line on every connection.  ``secret`` is the per-start secret the node's
+    supervisor gave the worker in its environment: with the socket's peer credentials (same uid, a
+    child of this node's supervisor) it is how the control process knows the peer is its own worker
+    and not any local process.  ``calls`` are the calls the worker carries right now: empty for a
+    new worker, the live calls when a worker reconnects to a restarted control process."""
 
     type: Literal["hello"] = "hello"
     worker_id: int
@@ -40,6 +61,7 @@ class Hello(_Msg):
     sip_port: int
     max_calls: int
     secret: str = Field("", repr=False)
+    calls: list[LiveCall] = Field(default_factory=list)
 
 
 class CallStarted(_Msg):
@@ -246,6 +268,7 @@ class DialSeat(_Msg):
     headers: dict[str, str] = Field(default_factory=dict)
     from_uri: str | None = None
     timeout_s: float = 30.0  # the worker's own safety net; the ACD normally cancels first
+    seat_id: str | None = None  # reported back in ``Hello.calls`` (a restarted control's re-adoption)
 
 
 class CancelSeat(_Msg):

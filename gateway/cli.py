@@ -56,9 +56,13 @@ def _settings_from(args: argparse.Namespace):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.node import run_node
+    from gateway.supervisor import run_serve, supervised
 
-    return run_node(_settings_from(args))
+    if supervised():  # started by the node's supervisor: this is the control process
+        from gateway.node import run_node
+
+        return run_node(_settings_from(args))
+    return run_serve(_settings_from(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

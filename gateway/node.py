@@ -1,9 +1,13 @@
 """``handoff122 serve``: one node, the composition root.
 
-Start order matters for the promise "never drop a caller": storage and routing first (so a call
-can be recorded and queued from its first second), then the media workers, then the front door
-(so SIP reaches workers that are ready), then the API.  Stop order is the reverse.  Any bad
-configuration (port taken, unreadable flow, invalid seats file) ends the start with one line.
+This is the control process; ``handoff122 serve`` runs it under the node's supervisor
+(``gateway.supervisor``), which owns Kamailio and the media workers and starts this process again if
+it dies.  Start order matters for the promise "never drop a caller": storage, then the media
+workers (spawned by the supervisor, or found running after a restart of this process: their events
+wait), then routing, which closes as lost only what no worker carries, then the calls the workers
+carry are taken over (``CallDirector.adopt``) and their events flow, then the front door (so SIP
+reaches workers that are ready), then the API.  Stop order is the reverse.  Any bad configuration
+(port taken, unreadable flow, invalid seats file) ends the start with one line.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from gateway.banner import NodeFacts, no_seats_hint, render_banner
 from gateway.call_recordings import CallRecordings
 from gateway.callflow import CallDirector
-from gateway.kamailio import EdgePolicy, Kamailio, TlsListener, find_kamailio
+from gateway.kamailio import EdgePolicy, Kamailio, find_kamailio
 from gateway.logs import configure_logging, resolve_format
 from gateway.pool import WorkerPool, WorkerSpec
 from gateway.port_holder import who_holds
@@ -70,6 +74,8 @@ class Node:
         self.worker_stats: dict[int, Any] = {}
         self._retention: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[Any] | None = None
+        self.processes: Any = None          # gateway.supervisor.SupervisorLink (or LocalProcesses)
+        self.adopting = False               # started again by the supervisor: workers and calls kept
 
     # ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -112,17 +118,25 @@ class Node:
         if s.kamailio not in ("auto", "off") and binary is None:
             raise ConfigError(f"kamailio binary {s.kamailio!r} is not executable")
         self.direct_mode = binary is None
-        from gateway.reconcile import clear_leftovers
+        from gateway.reconcile import clear_leftovers, wait_gone
+        from gateway.supervisor import LocalProcesses
 
-        clear_leftovers(self.run_dir)  # issue 13: what a crashed control of this node left holding its ports
-        _check_port_free(s.sip_host, s.sip_port, True, "SIP")
+        self.processes = self.processes or LocalProcesses(s)
+        running = await self.processes.status()
+        # a control process started again by the supervisor: the workers and Kamailio are its own
+        self.adopting = bool(running["workers"])
+        specs = self._worker_specs()
+        if self.adopting:
+            wait_gone(self.run_dir / "api.pid")  # the API process of the control process that died
+        else:
+            clear_leftovers(self.run_dir)  # issue 13: what a crashed node left holding its ports
+            _check_port_free(s.sip_host, s.sip_port, True, "SIP")
+            if s.tls_port:
+                _check_port_free(s.sip_host, s.tls_port, False, "SIP TLS")
+            for spec in specs if not self.direct_mode else []:
+                _check_port_free(spec.sip_host, spec.sip_port, True, f"worker {spec.worker_id} SIP")
         if s.api_port:
             _check_port_free(s.api_host, s.api_port, False, "API")
-        if s.tls_port:
-            _check_port_free(s.sip_host, s.tls_port, False, "SIP TLS")
-        specs = self._worker_specs()
-        for spec in specs if not self.direct_mode else []:
-            _check_port_free(spec.sip_host, spec.sip_port, True, f"worker {spec.worker_id} SIP")
         try:
             s.data_dir.mkdir(parents=True, exist_ok=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -145,53 +159,60 @@ class Node:
         self.catalog = Catalog(self.engine, s.recordings_dir, node_id=self.node_id)  # issue 13: owner of its recordings
         self.catalog.layout.prepare()
         self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id, queues=self.queues)
-        # issue 13: what the store shows in progress but is not alive is closed as lost, not restored
-        from gateway.reconcile import live_calls_at_start, seal_after_crash
+
+        # 3. the media workers: spawned by the supervisor (or found running after a control
+        # restart); their events wait until the calls they carry are taken over
+        self.pool = WorkerPool(specs, run_dir=self.run_dir, callers_per_worker=s.worker_callers,
+                               secret=self.processes.secret, spawner_pid=self.processes.spawner_pid,
+                               on_event=self._worker_event, on_worker_lost=self._worker_lost)
+        await self.pool.listen()
+        (self.run_dir / "control.pid").write_text(str(os.getpid()))
+        try:
+            await self.processes.ensure_workers()
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
+        if not await self.pool.wait_ready(15.0):
+            d = self.pool.not_ready()[0]
+            codes = set((await self.processes.exit_codes()).values())
+            why = "port in use?" if codes <= {2} else f"exit codes {sorted(codes)}"
+            raise ConfigError(f"media worker {d.worker_id} did not start on {d.sip_host}:{d.sip_port} ({why})")
+
+        # 4. routing: what the store shows in progress but no worker carries is closed as lost
+        # (issue 13); the calls the workers still carry keep their place, their seat, their recording
+        from gateway.reconcile import live_calls_at_start, seal_after_crash, talking_at_hello
 
         kept = await live_calls_at_start(self.pool, self.engine, self.node_id)
         seats = await self._with_stored_credentials(seats)
-        await self.routing.start(seats, live_calls=kept)
-        recovered = await seal_after_crash(self.catalog, self.calls, time.time())
+        await self.routing.start(seats, live_calls=kept, talking=talking_at_hello(self.pool))
+        recovered = await seal_after_crash(self.catalog, self.calls, time.time(), open_calls=kept)
         if recovered:
             log.warning("recordings_recovered", extra={"count": len(recovered)})
         self._retention = asyncio.create_task(self._retention_job(), name="recordings-retention")
-
-        # 3. media workers and the call director
         self.recordings = CallRecordings(self.catalog, self.calls)
         self.director = CallDirector(flow=self.flow, routing=self.routing, media=self, recordings=self.recordings,
                                      node_id=self.node_id, sip_host=s.sip_host, caller_id_header=s.caller_id_header,
                                      announce_every_s=s.hold_announce_interval)
-        self.pool = WorkerPool(
-            specs, run_dir=self.run_dir, partial_dir=self.catalog.layout.partial_dir,
-            service_numbers=s.service_numbers, callers_per_worker=s.worker_callers, max_calls=s.worker_max_calls,
-            retry_after_s=s.retry_after_s, log_level=self._worker_log_level(), answer_delay_s=s.answer_delay_s,
-            on_event=self._worker_event, on_worker_lost=self._worker_lost, ack_timeout_s=s.ack_timeout_s,
-            identity_sources=self._edge().trusted_networks(s.sip_host), srtp=s.srtp)
-        try:
-            await self.pool.start()
-        except RuntimeError as e:
-            raise ConfigError(str(e)) from None
-        self._write_pids()
+        if self.pool.live_at_hello:
+            from routing.store.reconcile import in_progress
 
-        # 4. the front door
+            records = (await in_progress(self.engine, self.node_id)).open_calls
+            await self.director.adopt(self.pool.live_at_hello, records)
+        self.pool.dispatch()
+
+        # 5. the front door (the supervisor runs it; it lives through a control restart)
         if self.direct_mode:
             print(f"handoff122: kamailio not found: running one media worker directly on "
                   f"{s.sip_host}:{s.sip_port} ({s.worker_callers} callers at most)", file=sys.stderr)
         else:
-            assert binary is not None
-            self.kamailio = Kamailio(binary, self.run_dir / "kamailio", host=s.sip_host, port=s.sip_port,
-                                     service_numbers=s.service_numbers,
-                                     destinations=[w.destination for w in specs], maxload=s.worker_callers,
-                                     retry_after_s=s.retry_after_s, shm_mb=s.kamailio_shm_mb, edge=self._edge(),
-                                     tls=TlsListener(s.tls_port, s.tls_cert, s.tls_key)
-                                     if s.tls_port and s.tls_cert and s.tls_key else None)
             try:
-                await self.kamailio.start()
-            except (RuntimeError, FileNotFoundError) as e:
+                await self.processes.ensure_front_door()
+            except RuntimeError as e:
                 raise ConfigError(str(e)) from None
-            if self.kamailio.proc is not None:  # issue 13: found and ended by the next start after a crash
-                (self.run_dir / "kamailio.pid").write_text(str(self.kamailio.proc.pid))
             from gateway.registrations import SeatRegistrations
+            from gateway.supervisor import front_door
+
+            self.kamailio = front_door(s)  # JSON-RPC to it: mark a dead worker down, end its dialogs
+            assert self.kamailio is not None
 
             # seats file + credentials set through the API; each keeps the file's fixed contact (if
             # any), given back when its credentials are removed
@@ -201,7 +222,7 @@ class Node:
             await self.registrations.load_credentials()
             self.registrations.start()
 
-        # 5. the API, in its own process, reading what this one pushes
+        # 6. the API, in its own process, reading what this one pushes
         if s.api_port:
             self.api = await self._start_api()
             if kept:  # issue 13: Twilio callers kept at start who never come back are closed as lost
@@ -219,12 +240,6 @@ class Node:
                                       "api": f"http://{s.api_host}:{s.api_port}" if s.api_port else None,
                                       "workers": len(specs), "front_door": "kamailio" if self.kamailio else "none",
                                       "capacity": len(specs) * s.worker_callers})
-
-    def _worker_log_level(self) -> str:
-        # On a person's terminal the control process tells each call's story; the workers add
-        # only their warnings, so the screen stays one line per event.
-        human = os.environ.get("HANDOFF_LOG_FORMAT") == "human"
-        return "WARNING" if human and self.settings.log_level == "INFO" else self.settings.log_level
 
     def facts(self) -> NodeFacts:
         """What the banner tells a person about this running node."""
@@ -256,24 +271,14 @@ class Node:
             await asyncio.sleep(every_s)
 
     def _edge(self) -> EdgePolicy:
-        s = self.settings
-        return EdgePolicy(sip_realm=s.sip_realm, trunk_sources=s.trunk_sources, requests_per_s=s.source_requests_per_s,
-                          source_max_calls=s.source_max_calls, invite_timeout_s=s.invite_timeout_s,
-                          scanner_user_agents=s.scanner_user_agents)
+        from gateway.supervisor import edge_policy
+
+        return edge_policy(self.settings)
 
     def _worker_specs(self) -> list[WorkerSpec]:
-        s = self.settings
-        rtp = s.first_rtp_port
-        if self.direct_mode:
-            return [WorkerSpec(0, s.sip_host, s.sip_port, rtp, s.rtp_ports_per_worker)]
-        return [WorkerSpec(i, s.sip_host, s.first_worker_port + i, rtp + i * s.rtp_ports_per_worker,
-                           s.rtp_ports_per_worker) for i in range(s.workers)]
+        from gateway.supervisor import worker_specs
 
-    def _write_pids(self) -> None:
-        assert self.pool is not None
-        (self.run_dir / "node.pid").write_text(str(os.getpid()))
-        for wid, pid in self.pool.pids().items():
-            (self.run_dir / f"worker-{wid}.pid").write_text(str(pid))
+        return worker_specs(self.settings)
 
     async def _start_api(self) -> Any:
         """The API in a process of its own (``gateway.api_process``), fed by this one."""
@@ -391,7 +396,8 @@ class Node:
                 count_call_ended("caller_cancelled")  # the caller's own CANCEL: not a SIP error
             else:
                 count_sip_error(msg.code)
-        assert self.director is not None
+        if self.director is None:
+            return  # a start that failed before the calls could be taken over: the node stops
         self.director.worker_event(worker_id, msg)
 
     async def _worker_lost(self, spec: WorkerSpec, call_ids: set[str]) -> None:
@@ -404,8 +410,6 @@ class Node:
             from gateway.reconcile import worker_lost
 
             worker_lost(self.director, self.routing, call_ids)  # issue 13: lost with a callback, seat freed
-        self.run_dir.joinpath(f"worker-{spec.worker_id}.pid").unlink(missing_ok=True)
-        asyncio.get_running_loop().call_later(2.0, self._write_pids)
 
     def media_stats(self) -> dict[str, float]:
         """Live pjsua2 objects across workers (``handoff122_gateway_*`` in /metrics): leaks show here."""
@@ -432,13 +436,15 @@ class Node:
                 log.exception("api_stop_failed", extra={"node_id": self.node_id})
         if self.registrations is not None:
             await self.registrations.stop()
-        if self.kamailio is not None:
-            await self.kamailio.stop()
+        if self.processes is not None:
+            await self.processes.stopping()  # no new caller while the node stops, no worker replaced
         if self.director is not None:
             self.director.hangup_all()
             await asyncio.sleep(0.3)
         if self.pool is not None:
             await self.pool.stop()
+        if self.processes is not None:
+            await self.processes.stop()
         if self.director is not None:
             await self.director.drain()
         if self.routing is not None:
@@ -480,13 +486,17 @@ async def start_or_explain(node: Node) -> bool:
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None, banner: logging.Handler | None = None) -> int:
+                stop: asyncio.Event | None = None, banner: logging.Handler | None = None,
+                processes: Any = None) -> int:
     """Run one node until ``stop`` (or Ctrl-C / SIGTERM).
 
+    ``processes``: the supervisor running this node's workers and Kamailio
+    (``gateway.supervisor.SupervisorLink``); None spawns them from this process.
     ``banner``: the console log handler of a person's terminal.  Its INFO lines are held back while
     the node starts, so that the first screen is the banner; warnings and errors still show.
     """
     node = Node(settings)
+    node.processes = processes
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     if banner is not None:
@@ -498,13 +508,20 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None,
         banner.setLevel(logging.NOTSET)
     if ready is not None:
         ready.set()
+    await node.processes.ready()  # the supervisor restarts this process from now on if it dies
     await stop.wait()
     await node.stop()
     return 0
 
 
 def run_node(settings: Settings) -> int:
+    """The control process (under ``handoff122 serve``'s supervisor, ``gateway.supervisor``)."""
+    from gateway.supervisor import die_with_supervisor, link_from_env
+
+    link = link_from_env()
+    if link is not None:
+        die_with_supervisor(link.spawner_pid)
     fmt = resolve_format(settings.log_format)
     os.environ["HANDOFF_LOG_FORMAT"] = fmt  # the workers, on the same terminal, write alike
     handler = configure_logging(settings.log_level, process_name="control", fmt=fmt)
-    return asyncio.run(serve(settings, banner=handler if fmt == "human" else None))
+    return asyncio.run(serve(settings, banner=handler if fmt == "human" else None, processes=link))

@@ -1,7 +1,9 @@
 """Matching what the store says is in progress with what is really alive (issue 13).
 
 Two moments lose calls: a whole node stops (every media worker with it), and one media worker
-dies while the node runs.  In both the callers' SIP legs are gone, so nothing may stay queued for
+dies while the node runs.  A restart of the control process alone loses none: the workers keep
+their calls and list them when they reconnect (``Hello.calls``), so only what no worker carries
+is closed as lost.  In both the callers' SIP legs are gone, so nothing may stay queued for
 them (a ghost offered to a seat would ring nobody and penalise the seat): each such call is closed
 with a reason (``lost_node_failure`` / ``lost_worker_failure``), the seat it held is freed without
 a ring-no-answer penalty, and the caller joins the callback list with the IVR's answers.
@@ -14,6 +16,7 @@ service's (``RoutingService.start(live_calls=...)``, ``RoutingService.call_lost`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -37,11 +40,11 @@ UNCLAIMED_STAGES = frozenset(s.value for s in (Stage.ANSWERED, Stage.IN_IVR, *WA
 
 
 def live_calls(pool: Any) -> set[str]:
-    """The calls whose media is alive on this node's workers right now.
+    """The calls whose media is alive on this node's workers right now (what they said at hello).
 
-    At a whole-node start the workers are started after routing, so this is empty: every call the
-    store still shows in progress for this node is lost.  A control process that re-adopts running
-    workers (a future control-only restart) passes their calls here and they keep their place.
+    At a whole-node start the workers are new, so this is empty: every call the store still shows
+    in progress for this node is lost.  A control process started again by the node's supervisor
+    finds the workers running: their calls keep their place, their seat and their recording.
     """
     if pool is None:
         return set()
@@ -82,14 +85,20 @@ def worker_lost(director: CallDirector | None, routing: Any, call_ids: Iterable[
     return done
 
 
-async def seal_after_crash(catalog: Any, calls: Any, now: float) -> list[Any]:
-    """At start, before any worker records: seal what this node's crash left unsealed (only its
-    own recordings: another node's live ones are not touched) and link each to its call record,
-    which the lost call's ``CALLEND`` could not do."""
+def talking_at_hello(pool: Any) -> dict[str, str]:
+    """Call id -> seat id of the calls the workers carry bridged to a seat (a control restart)."""
+    live = getattr(pool, "live_at_hello", {}) or {}
+    return {cid: c.seat_id for cid, (_w, c) in live.items() if c.seat_state == "bridged" and c.seat_id}
+
+
+async def seal_after_crash(catalog: Any, calls: Any, now: float, open_calls: Iterable[str] = ()) -> list[Any]:
+    """At start: seal what this node's crash left unsealed (only its own recordings: another
+    node's live ones are not touched, nor those of ``open_calls``, still being recorded by a
+    worker) and link each to its call record, which the lost call's ``CALLEND`` could not do."""
     from recordings.catalog import RecordingStatus
     from recordings.closing import recover_unclosed
 
-    rows = await recover_unclosed(catalog, [], now)
+    rows = await recover_unclosed(catalog, open_calls, now)
     for row in rows:
         if row.status is RecordingStatus.CLOSED:
             try:
@@ -127,8 +136,8 @@ def clear_leftovers(run_dir: Path, wait_s: float = 5.0) -> list[int]:
     """
     if not run_dir.is_dir():
         return []
-    node_pid = _read_pid(run_dir / "node.pid")
-    if node_pid and node_pid != os.getpid() and _alive(node_pid):
+    node_pid = _read_pid(run_dir / "node.pid")  # the node's supervisor (this process's parent)
+    if node_pid and node_pid not in (os.getpid(), os.getppid()) and _alive(node_pid):
         return []
     killed: list[int] = []
     markers = {str(run_dir), str(run_dir.resolve())}
@@ -150,6 +159,21 @@ def clear_leftovers(run_dir: Path, wait_s: float = 5.0) -> list[int]:
     if killed:
         log.warning("leftover_processes_ended", extra={"pids": killed, "run_dir": str(run_dir)})
     return killed
+
+
+def wait_gone(pid_file: Path, wait_s: float = 10.0) -> None:
+    """The process named by ``pid_file`` (the API process of a control process that died: it gets
+    SIGTERM then) has let go of its port; killed if it has not within ``wait_s``."""
+    pid = _read_pid(pid_file)
+    if not pid or pid == os.getpid():
+        return
+    deadline = time.monotonic() + wait_s
+    while _alive(pid) and "gateway.api_process" in _cmdline(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 2.0
+        time.sleep(0.05)
 
 
 def _read_pid(path: Path) -> int | None:
@@ -202,4 +226,4 @@ async def expire_unclaimed(routing: Any, twilio: TwilioCalls | None, engine: Any
 
 
 __all__ = ["clear_leftovers", "expire_unclaimed", "live_calls", "live_calls_at_start", "seal_after_crash",
-           "worker_lost"]
+           "talking_at_hello", "wait_gone", "worker_lost"]

@@ -40,7 +40,8 @@ from routing.status import SeatStatus
 from routing.strategy import strategy_named
 
 __all__ = [
-    "Acd", "AcdConfig", "DuplicateId", "Escalation", "IllegalTransition", "RestoredEntry", "RestoredSeat", "RoutingError",
+    "Acd", "AcdConfig", "DuplicateId", "Escalation", "IllegalTransition", "RestoredConnected", "RestoredEntry",
+    "RestoredSeat", "RoutingError",
     "SeatSpec", "SkillPolicy", "UnknownCall", "UnknownSeat", "UnknownSkill",
 ]
 
@@ -133,6 +134,22 @@ class RestoredEntry:
     skill: str
     priority: int
     enqueued_at: float
+    caller: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredConnected:
+    """A conversation still going on at a restart of the control process alone (its media worker
+    kept it bridged): its seat comes back ``on_call`` bound to it, so the hang-up later completes
+    it (seat to wrap-up) like any other conversation."""
+
+    call_id: str
+    seat_id: str
+    skill: str
+    priority: int
+    enqueued_at: float
+    answered_at: float
     caller: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -575,14 +592,19 @@ class Acd:
         return timers[0][0] if timers else None
 
     # -- restart -------------------------------------------------------------------------------
-    def restore(self, seats: list[RestoredSeat], waiting: list[RestoredEntry], now: float) -> list[Event]:
+    def restore(self, seats: list[RestoredSeat], waiting: list[RestoredEntry], now: float,
+                connected: list[RestoredConnected] | None = None) -> list[Event]:
         """Rebuild after a restart.  A seat that was reserved or on a call comes back ``not_ready``
         with reason ``restart``: its call leg died with the node and nobody should be routed to a
         phone we cannot vouch for until the agent says so.  Wrap-up resumes with what is left of it.
+        ``connected``: conversations whose media lived through a restart of the control process:
+        their seats stay ``on_call`` bound to them (a seat that was still ringing then is now
+        ``on_call``, with the ``CONNECT`` the restart kept from being told).
         """
         self._reset()
         self.callbacks = CallbackList()
         out: list[Event] = []
+        talking = {c.seat_id: c for c in connected or ()}
         for rs in seats:
             spec = rs.spec
             for skill in spec.skills:
@@ -592,7 +614,10 @@ class Acd:
                         status=SeatStatus(rs.status), since=rs.since, order=self._seat_seq,
                         reason=rs.reason if rs.status is S.NOT_READY else None, idle_since=rs.since)
             self._seats[seat.id] = seat
-            if seat.status in (S.RESERVED, S.ON_CALL):
+            bound = talking.get(seat.id)
+            if bound is not None:
+                self._restore_connected(seat, bound, now, out)
+            elif seat.status in (S.RESERVED, S.ON_CALL):
                 out.append(seat.move(S.NOT_READY if seat.status is S.RESERVED else S.WRAP_UP, now, "restart"))
                 if seat.status is S.WRAP_UP:  # on_call -> wrap_up -> not_ready("restart")
                     out.append(seat.move(S.NOT_READY, now, "restart"))
@@ -616,6 +641,25 @@ class Acd:
         for call in sorted(self._calls.values(), key=lambda c: c.key):
             self._offer_for_call(call, now, out)
         return self._done(out)
+
+    def _restore_connected(self, seat: Seat, c: RestoredConnected, now: float, out: list[Event]) -> None:
+        self._call_seq += 1
+        call = QueuedCall(id=c.call_id, skill=c.skill, priority=c.priority, enqueued_at=c.enqueued_at,
+                          seq=self._call_seq, caller=c.caller, info=dict(c.info), skill_entered_at=c.enqueued_at,
+                          visited={c.skill}, state=EntryState.CONNECTED, seat_id=seat.id, attempt=1,
+                          answered_at=c.answered_at)
+        self._calls[call.id] = call
+        if seat.status is not S.ON_CALL:
+            previous = seat.status
+            seat.status, seat.since, seat.reason = S.ON_CALL, now, None
+            seat.version += 1
+            out.append(Event(EventKind.CONNECT, now, call_id=call.id, seat_id=seat.id, skill=call.skill,
+                             data={"wait_s": c.answered_at - c.enqueued_at, "attempt": 1, "ring_s": 0.0,
+                                   "priority": call.priority, "restored": True}))
+            out.append(Event(EventKind.SEATSTATUS, now, call_id=call.id, seat_id=seat.id, skill=call.skill,
+                             data={"status": S.ON_CALL.value, "previous": previous.value, "reason": None,
+                                   "restored": True}))
+        seat.call_id = call.id
 
     # -- reads ---------------------------------------------------------------------------------
     def queue_position(self, call_id: str) -> int | None:

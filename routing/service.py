@@ -31,7 +31,16 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from routing.acd import Acd, AcdConfig, RestoredEntry, RestoredSeat, RoutingError, SeatSpec, SkillPolicy
+from routing.acd import (
+    Acd,
+    AcdConfig,
+    RestoredConnected,
+    RestoredEntry,
+    RestoredSeat,
+    RoutingError,
+    SeatSpec,
+    SkillPolicy,
+)
 from routing.bus import EventBus
 from routing.events import Event, EventKind
 from routing.skills import SKILLS
@@ -104,18 +113,20 @@ class RoutingService:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, seats: Iterable[SeatSpec] | None = None,
-                    live_calls: Iterable[str] | None = None) -> None:
+                    live_calls: Iterable[str] | None = None, talking: dict[str, str] | None = None) -> None:
         """Restore from the store, merge the seats file, then start writer, bus and timer.
 
         ``live_calls`` are the calls whose media is really alive (none after a whole-node restart):
         everything else this node had in progress is closed as lost (``_close_lost``).  ``None``
         trusts the store as it is (a routing service without media of its own, e.g. tests).
+        ``talking`` (call id -> seat id): live calls still bridged to a seat after a restart of the
+        control process alone; that seat stays ``on_call`` bound to the call.
         """
         now = self.clock()
         if self.writer is not None:
             await self.writer.start()
         if self.engine is not None:
-            await self._restore(now, None if live_calls is None else frozenset(live_calls))
+            await self._restore(now, None if live_calls is None else frozenset(live_calls), talking or {})
         for spec in seats or ():
             self._merge_file_seat(spec, now)
         if self.bus is not None:
@@ -124,7 +135,8 @@ class RoutingService:
         self._timer = asyncio.create_task(self._run_timers(), name="acd-timers")
         self._mark_all_queues()
 
-    async def _restore(self, now: float, live: frozenset[str] | None = None) -> None:
+    async def _restore(self, now: float, live: frozenset[str] | None = None,
+                       talking: dict[str, str] | None = None) -> None:
         assert self.engine is not None
         m = self.acd.metrics
         recent = await load_recent_events(self.engine, since=now - m.interval_s * m.keep_intervals)
@@ -133,9 +145,10 @@ class RoutingService:
         progress = await in_progress(self.engine, self.node_id) if live is not None else InProgress()
         lost = progress.lost(live) if live is not None else set()
         lost_entries = {e.call_id: e for e in waiting if e.call_id in lost}
-        waiting = [e for e in waiting if e.call_id not in lost]
-        seats, released = _release_lost_seats(seats, progress, lost, live or frozenset(), now)
-        events = self.acd.restore(seats, waiting, now)
+        connected = _connected(talking or {}, waiting, progress, {s.spec.id for s in seats})
+        waiting = [e for e in waiting if e.call_id not in lost and e.call_id not in connected]
+        seats, released = _release_lost_seats(seats, progress, lost, (live or frozenset()) - set(connected), now)
+        events = self.acd.restore(seats, waiting, now, list(connected.values()))
         for entry in waiting:
             self._pop_info[entry.call_id] = {"caller": entry.caller, "info": entry.info}
         restored_callbacks = 0
@@ -416,6 +429,27 @@ class RoutingService:
             except Exception:  # a failing tick must not stop every later timer
                 log.exception("ACD tick failed")
                 await asyncio.sleep(0.05)
+
+
+def _connected(talking: dict[str, str], waiting: list[RestoredEntry], progress: InProgress,
+               seat_ids: set[str]) -> dict[str, RestoredConnected]:
+    """The conversations to restore as such: what the store knows of each (its queue entry if it
+    was still ringing at the restart, else its call record)."""
+    entries = {e.call_id: e for e in waiting}
+    out: dict[str, RestoredConnected] = {}
+    for call_id, seat_id in talking.items():
+        if seat_id not in seat_ids:
+            continue
+        e, row = entries.get(call_id), progress.open_calls.get(call_id)
+        if e is not None:
+            out[call_id] = RestoredConnected(call_id, seat_id, e.skill, e.priority, e.enqueued_at, time.time(),
+                                             e.caller, dict(e.info))
+        elif row is not None and row.skill:
+            enq = row.queued_at or row.started_at or time.time()
+            info = {"ivr": row.ivr, "caller": row.caller} if row.ivr else {}
+            out[call_id] = RestoredConnected(call_id, seat_id, row.skill, int(row.priority or 3), enq,
+                                             row.seat_answered_at or enq, row.caller, info)
+    return out
 
 
 def _release_lost_seats(seats: list[RestoredSeat], progress: InProgress, lost: set[str], alive: frozenset[str],

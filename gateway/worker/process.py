@@ -2,15 +2,20 @@
 
 Threads: the main thread owns PJSIP; a reader thread turns channel lines into commands queued for
 it; a writer thread sends events so a slow control process never stalls the media loop.  When the
-control process goes away the worker hangs up and exits: without it nobody could route its callers.
-It also asks the kernel for SIGTERM when its parent dies (even by ``kill -9``), so no worker keeps
-its SIP port after the node is gone.  It proves itself to the control socket with the per-start
-secret the pool put in its environment (read once, then removed, never on the command line).
+control process goes away (it crashed and its supervisor starts it again) the worker keeps its
+calls: bridged conversations flow on in its conference bridge, waiting callers hear their prompt
+again, new callers are refused; it reconnects and its ``Hello`` lists the calls it carries, for the
+new control process to take over.  Its parent is the node's supervisor (``gateway.supervisor``): it
+asks the kernel for SIGTERM when that dies (even by ``kill -9``), so no worker keeps its SIP port
+after the node is gone, and a ``Shutdown`` (the whole node stopping) ends its calls.  It proves
+itself to the control socket with the per-start secret the supervisor put in its environment (read
+once, then removed, never on the command line).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
@@ -19,6 +24,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,33 +37,72 @@ log = logging.getLogger("gateway.worker")
 
 
 class ControlLink:
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
-        self._out: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    """The worker's end of the control channel, across control-process restarts.
+
+    Every connection starts with a ``Hello`` (built on the PJSIP thread, so it lists exactly the
+    calls that exist when the events after it start flowing).  Events produced while no control
+    process is connected are dropped: the next ``Hello`` describes what is live instead.  The
+    socket is tried again every ``retry_s`` until a control process accepts it.
+    """
+
+    def __init__(self, path: str, retry_s: float = 0.2) -> None:
+        self.path = path
+        self.retry_s = retry_s
+        self.sock: socket.socket | None = None
+        self._gen = 0
+        self._out: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
         self.closed = threading.Event()
+        self.stopping = False
+
+    def connect(self, timeout_s: float | None = None) -> bool:
+        """Connect (retrying); False when ``timeout_s`` passed or the worker is stopping."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self.stopping:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(self.path)
+                self.sock = s
+                return True
+            except OSError:
+                s.close()
+            if end is not None and time.monotonic() > end:
+                return False
+            time.sleep(self.retry_s)
+        return False
+
+    def attach(self, hello: Any) -> None:
+        """PJSIP thread: the connected socket carries events from now on, ``hello`` first."""
+        self._gen += 1
+        self.closed.clear()
+        self._out.put((self._gen, ch.encode(hello)))
 
     def send(self, msg: Any) -> None:
-        self._out.put(ch.encode(msg))
+        if not self.closed.is_set() and self.sock is not None:
+            self._out.put((self._gen, ch.encode(msg)))
 
-    def start(self, on_command, on_close) -> None:
+    def start(self) -> None:
         threading.Thread(target=self._write_loop, name="channel-writer", daemon=True).start()
-        threading.Thread(target=self._read_loop, args=(on_command, on_close), name="channel-reader",
+
+    def read(self, on_command: Any, on_close: Any) -> None:
+        threading.Thread(target=self._read_loop, args=(self.sock, on_command, on_close), name="channel-reader",
                          daemon=True).start()
 
     def _write_loop(self) -> None:
         while True:
-            data = self._out.get()
-            if data is None:
+            item = self._out.get()
+            if item is None:
                 return
+            gen, data = item
+            sock = self.sock
+            if gen != self._gen or sock is None:
+                continue  # written for a connection that is gone
             try:
-                self.sock.sendall(data)
+                sock.sendall(data)
             except OSError:
                 self.closed.set()
-                return
 
-    def _read_loop(self, on_command, on_close) -> None:
-        f = self.sock.makefile("rb")
+    def _read_loop(self, sock: socket.socket, on_command: Any, on_close: Any) -> None:
+        f = sock.makefile("rb")
         try:
             for line in f:
                 try:
@@ -68,10 +113,14 @@ class ControlLink:
                 on_command(cmd)
         except OSError:
             pass
-        self.closed.set()
-        on_close()
+        with contextlib.suppress(OSError):
+            sock.close()
+        if sock is self.sock:  # not a reader of a connection already replaced
+            self.closed.set()
+            on_close()
 
     def close(self) -> None:
+        self.stopping = True
         self._out.put(None)
 
 
@@ -113,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when we stop
 
     link = ControlLink(a.control)
+    if not link.connect(timeout_s=15.0):
+        print(f"worker {a.worker_id}: no control process on {a.control}", file=sys.stderr)
+        return 2
     rt = PjsipRuntime(PjsipConfig(sip_host=a.sip_host, sip_port=a.sip_port, rtp_port=a.rtp_port,
                                   rtp_port_range=a.rtp_range, max_calls=a.max_calls,
                                   log_level=a.pjsip_log_level, srtp=a.srtp))
@@ -127,18 +179,56 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"worker {a.worker_id}: cannot start SIP on {a.sip_host}:{a.sip_port}: {e}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: rt.call_soon(rt.request_stop))
+
+    def stop() -> None:
+        link.stopping = True
+        rt.request_stop()
+
+    signal.signal(signal.SIGTERM, lambda *_: rt.call_soon(stop))
+
     def on_command(cmd: Any) -> None:
-        rt.call_soon(lambda: service.handle(cmd))
+        rt.call_soon(lambda: stop() if isinstance(cmd, ch.Shutdown) else service.handle(cmd))
         rt.wake()
 
-    link.start(on_command=on_command,
-               on_close=lambda: rt.call_soon(rt.request_stop))
-    link.send(ch.Hello(worker_id=a.worker_id, pid=os.getpid(), sip_port=rt.udp_port, max_calls=a.max_calls,
-                       secret=secret))
+    def hello() -> None:
+        """PJSIP thread, on every (re)connection: say who we are and which calls we carry."""
+        calls = service.live_call_report()
+        link.attach(ch.Hello(worker_id=a.worker_id, pid=os.getpid(), sip_port=rt.udp_port, max_calls=a.max_calls,
+                             secret=secret, calls=calls))
+        service.control_up = True
+        reconnecting[0] = False
+        link.read(on_command, on_close)
+        if calls:
+            log.warning("control_reconnected", extra={"worker_id": a.worker_id, "calls": len(calls)})
+
+    reconnecting = [False]  # PJSIP thread only: one reconnect loop at a time
+
+    def reconnect() -> None:
+        if link.connect():
+            rt.call_soon(hello)
+            rt.wake()
+
+    def on_close() -> None:
+        """The control process is gone (crashed, or restarting): calls go on; we wait for the next."""
+        if link.stopping:
+            return
+        def lost() -> None:
+            if link.stopping:
+                return  # the Shutdown that came before the close is being carried out
+            log.warning("control_lost", extra={"worker_id": a.worker_id, "calls": len(service.sessions)})
+            service.control_lost()
+            if not reconnecting[0]:
+                reconnecting[0] = True
+                threading.Thread(target=reconnect, name="channel-reconnect", daemon=True).start()
+        rt.call_soon(lost)
+        rt.wake()
+
+    link.start()
+    hello()
     log.info("worker_ready", extra={"worker_id": a.worker_id, "sip_port": rt.udp_port, "rtp_port": a.rtp_port})
     rt.call_soon(service.report_stats)
     rt.run()
+    link.stopping = True
     service.hangup_all()
     rt.shutdown(service.live_calls)
     link.close()

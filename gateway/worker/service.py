@@ -117,6 +117,9 @@ class WorkerService:
         self.orphans: set[SeatLeg | MonitorLeg] = set()
         self._graveyard: list[Any] = []
         self._raw_callers: dict[str, str] = {}
+        #: the control process is connected; while it restarts, calls in progress go on and new
+        #: callers are refused (503 + Retry-After): nobody could route them
+        self.control_up = True
 
     @property
     def account(self) -> pj.Account:
@@ -160,7 +163,7 @@ class WorkerService:
         if callee not in self.config.service_numbers:
             self._refuse(prm.callId, 404, "Not Found", callee, caller)
             return
-        if not self._room_for_caller():
+        if not self._room_for_caller() or not self.control_up:
             self._refuse(prm.callId, 503, "Service Unavailable", callee, caller,
                          {"Retry-After": str(self.config.retry_after_s)})
             return
@@ -197,6 +200,7 @@ class WorkerService:
             log.error("answer_failed", extra={"call_id": call_id, "error": e.info()})
             return
         session.announced = True
+        session.identity = (caller, callee, sip_call_id, time.time())
         raw = self._raw_callers.pop(call_id, None)
         log.info("call_answered", extra={"call_id": call_id, "caller": caller, "callee": callee,
                                          "sip_call_id": sip_call_id})
@@ -237,6 +241,35 @@ class WorkerService:
         except pj.Error:
             self.refused.discard(leg)
         self.send(ch.CallRejected(code=code, reason=reason, callee=callee, caller=caller))
+
+    # -- the control process restarting (gateway.supervisor) ----------------------------------------
+    def control_lost(self) -> None:
+        """The control socket closed: calls go on (a bridged conversation flows in this worker's
+        bridge, a waiting caller hears their prompt again), new callers are refused, and a seat
+        leg still ringing is cancelled (its answer could not be routed; the caller keeps their
+        place and is offered again once the control process is back)."""
+        self.control_up = False
+        for session in list(self.sessions.values()):
+            if session.pending_answer is not None:
+                session.hangup(503)  # rang while the control died: refused like any new caller
+            elif session.seat_leg_id is not None and not session.bridged:
+                session.cancel_seat(session.seat_leg_id, "control restart")
+
+    def live_call_report(self) -> list[ch.LiveCall]:
+        """The calls this worker carries, for the hello to a (restarted) control process."""
+        out = []
+        for s in self.sessions.values():
+            if not s.announced or s.ended or s.identity is None:
+                continue
+            caller, callee, sip_call_id, at = s.identity
+            out.append(ch.LiveCall(
+                call_id=s.call_id, caller=caller, callee=callee, sip_call_id=sip_call_id, started_at=at,
+                recording_path=str(s.recording_path) if s.recording_path else None,
+                recording_error=s.recording_error, seat_leg_id=s.seat_leg_id,
+                seat_state=s.seat_state.value if s.seat_state is not None else None,
+                seat_id=s.seat_id if s.seat_state is not None else None, on_hold=s.on_hold,
+                was_bridged=s.was_bridged))
+        return out
 
     # -- commands from the control process -----------------------------------------------------
     def handle(self, cmd: Any) -> None:

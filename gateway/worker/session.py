@@ -69,6 +69,9 @@ class HandoffSession:
         self.on_hold = False  # the seat put the caller on hold: no audio between them, hold audio to the caller
         self.consult: SeatLeg | None = None  # warm transfer: the leg to seat 2 (a third leg of this call)
         self.consult_answered = False
+        self.seat_id: str | None = None  # the seat the current leg dials (told by the control process)
+        self.identity: tuple[str, str, str, float] | None = None  # caller, callee, SIP Call-ID, answered at
+        self.playing: tuple[list[str], int] | None = None  # what the caller hears, replayed while no control
 
     # -- the seat leg's states -------------------------------------------------------------------
     @property
@@ -163,6 +166,7 @@ class HandoffSession:
     # -- prompts -------------------------------------------------------------------------------
     def play(self, files: list[str], token: int) -> None:
         self._drop_player()
+        self.playing = (files, token)
         am = active_audio(self.caller) if self.caller is not None else None
         if am is None:
             self.pending_play = (files, token)
@@ -185,6 +189,11 @@ class HandoffSession:
     def _finish_prompt(self, token: int) -> None:
         if self.player is not None and self.player.token == token and not self.ended:
             self._drop_player()
+            if not getattr(self.service, "control_up", True) and self.playing is not None:
+                # no control process to say what comes next (it is restarting): the caller hears
+                # the same prompt again (hold audio), never silence, until it is back
+                self.play(*self.playing)
+                return
             self.service.send(ch.PromptFinished(call_id=self.call_id, token=token, at=time.time()))
 
     def stop_playback(self) -> None:
@@ -235,6 +244,7 @@ class HandoffSession:
             return
         self._seat_to(SeatLegState.DIALING, cmd.leg_id)
         self.seat = leg
+        self.seat_id = cmd.seat_id
         leg_id = cmd.leg_id
         self.service.rt.call_later(cmd.timeout_s, lambda: self.cancel_seat(leg_id, "worker ring timeout"))
 

@@ -100,7 +100,7 @@ async def _flow_and_queues(port: int, admin: str, supervisor: str) -> tuple[http
 
 def test_the_node_refuses_early_and_keeps_its_memory(served: RunningNode) -> None:
     node = served
-    pid = node.proc.pid
+    pid = int((node.data_dir / "run" / "control.pid").read_text())  # the control process (node.proc: its supervisor)
     # 1. a huge declared body, no token: 413 at once
     t0 = time.monotonic()
     assert asyncio.run(_declare_huge(node.api_port)) == 413

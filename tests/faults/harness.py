@@ -1,9 +1,10 @@
 """Real nodes to break: fixed ports (a restart keeps its node id), hard kills, and what to check.
 
 A node's identity is ``<host>:<sip port>``, so a node restarted on the same data dir and ports is
-the same node and reconciles what it owned.  ``crash`` kills every process of the node at once
-(control, media workers, Kamailio), as a power cut would: all are stopped first, then killed, so
-no survivor sees the others die and tidies up.
+the same node and reconciles what it owned.  ``node.proc`` is the node's supervisor
+(``gateway.supervisor``); its control process is named by ``run/control.pid``.  ``crash`` kills
+every process of the node at once (supervisor, control, media workers, Kamailio), as a power cut
+would: all are stopped first, then killed, so no survivor sees the others die and tidies up.
 """
 
 from __future__ import annotations
@@ -70,11 +71,22 @@ def kamailio_pid(node: RunningNode) -> int | None:
     return int(pids[-1]) if pids else None
 
 
+def control_pid(node: RunningNode) -> int | None:
+    try:
+        return int((node.data_dir / "run" / "control.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def crash(node: RunningNode) -> None:
-    """``kill -9`` every process of the node: control, media workers and Kamailio's process group."""
+    """``kill -9`` every process of the node: supervisor, control, media workers and Kamailio's
+    process group."""
     workers = list(node.worker_pids().values())
     kam = kamailio_pid(node)
+    control = control_pid(node)
     node.proc.send_signal(signal.SIGSTOP)
+    if control:
+        _signal(control, signal.SIGSTOP)
     for pid in workers:
         _signal(pid, signal.SIGSTOP)
     if kam:
@@ -83,6 +95,8 @@ def crash(node: RunningNode) -> None:
         _signal(pid, signal.SIGKILL)
     if kam:
         _signal_group(kam, signal.SIGKILL)
+    if control:
+        _signal(control, signal.SIGKILL)
     node.proc.kill()
     node.proc.wait(10)
 
