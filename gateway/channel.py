@@ -11,19 +11,111 @@ Workers generate the call id (``c-`` + 16 hex): it is ours, never PJSIP's recycl
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+import types
+import typing
+from typing import Annotated, Any, ClassVar, Literal
 
 PROTOCOL_VERSION = 1
 #: the environment variable that carries a worker's per-start secret (never argv: ``ps`` shows argv)
 SECRET_ENV = "HANDOFF_WORKER_SECRET"
 
 
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+def Field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, repr: bool = True,
+          discriminator: str | None = None) -> Any:
+    """A message field with a default (``Field(default_factory=dict)``, ``Field("", repr=False)``).
+
+    The spelling of pydantic's ``Field`` on purpose, so messages read the same as before; the
+    messages are stdlib dataclasses because a media worker imports this module, and pydantic (its
+    import, its Rust core and the schemas of every message) cost each worker process ~18 MB of RSS,
+    more than a third of it (docs/PERFORMANCE.md, "Memory per held caller").
+    ``discriminator`` only documents the ``Annotated`` unions below.
+    """
+    if discriminator is not None:
+        return discriminator
+    return dataclasses.field(default=default, default_factory=default_factory, repr=repr)
+
+
+class _Msg:
+    """A message: a frozen, keyword-only dataclass whose fields are checked against their types
+    when it is made (decoded from a line or built in code), like the pydantic models it replaces."""
+
+    _types: ClassVar[dict[str, Any] | None] = None
     v: int = PROTOCOL_VERSION
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+
+    def __post_init__(self) -> None:
+        cls = type(self)
+        hints = cls._types
+        if hints is None:  # resolved once per class, when the whole module exists
+            hints = cls._types = typing.get_type_hints(cls)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            checked = _check(hints[f.name], value, f.name)
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Any:
+        """A copy with some fields replaced (checked again), as pydantic's ``model_copy``."""
+        return dataclasses.replace(self, **(update or {}))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+_MISSING = object()
+
+
+def _check(tp: Any, value: Any, name: str) -> Any:
+    """``value`` as a field of type ``tp`` (ints widen to floats, str subclasses become str), or
+    ``ValueError`` naming the field."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _check(option, value, name)
+            except ValueError:
+                continue
+        raise ValueError(f"{name}: {value!r} is not {tp}")
+    if tp is type(None):
+        if value is None:
+            return value
+    elif origin is Literal:
+        if isinstance(value, str | int) and not isinstance(value, bool) and value in typing.get_args(tp):
+            return value if type(value) in (str, int) else typing.get_args(tp)[typing.get_args(tp).index(value)]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return "" + value  # a plain str, also from a str subclass
+    elif origin is list:
+        if isinstance(value, list | tuple):
+            (item,) = typing.get_args(tp)
+            return [_check(item, x, f"{name}[{i}]") for i, x in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            kt, vt = typing.get_args(tp)
+            return {_check(kt, k, f"{name} key"): _check(vt, x, f"{name}[{k!r}]") for k, x in value.items()}
+    else:
+        raise TypeError(f"{name}: field type {tp} has no check in gateway.channel")
+    wanted = " | ".join(map(repr, typing.get_args(tp))) if origin is Literal else getattr(tp, "__name__", str(tp))
+    raise ValueError(f"{name}: {value!r} is not {wanted}")
+
+
+dataclasses.dataclass(frozen=True, kw_only=True)(_Msg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,8 +371,14 @@ WorkerCommand = Annotated[
     | Shutdown, Field(discriminator="type")
 ]
 
-_event_adapter: TypeAdapter[Any] = TypeAdapter(WorkerEvent)
-_command_adapter: TypeAdapter[Any] = TypeAdapter(WorkerCommand)
+def _by_type(union: Any) -> dict[str, type[_Msg]]:
+    """``type`` tag -> message class, for one of the ``Annotated`` unions above."""
+    members = typing.get_args(typing.get_args(union)[0])
+    return {m.__dataclass_fields__["type"].default: m for m in members}
+
+
+_events = _by_type(WorkerEvent)
+_commands = _by_type(WorkerCommand)
 
 
 class ProtocolError(ValueError):
@@ -288,10 +386,10 @@ class ProtocolError(ValueError):
 
 
 def encode(msg: _Msg) -> bytes:
-    return (msg.model_dump_json() + "\n").encode()
+    return (json.dumps(msg.as_dict(), separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
 
-def _decode(line: bytes | str, adapter: TypeAdapter[Any]) -> Any:
+def _decode(line: bytes | str, kinds: dict[str, type[_Msg]]) -> Any:
     try:
         data = json.loads(line)
     except ValueError as e:
@@ -300,15 +398,19 @@ def _decode(line: bytes | str, adapter: TypeAdapter[Any]) -> Any:
         raise ProtocolError("not an object")
     if data.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {data.get('v')!r}, expected {PROTOCOL_VERSION}")
+    kind = kinds.get(data.get("type"))  # type: ignore[arg-type]
+    if kind is None:
+        raise ProtocolError(f"unknown message type {data.get('type')!r}, expected one of {sorted(kinds)}")
+    known = kind.__dataclass_fields__
     try:
-        return adapter.validate_python(data)
-    except Exception as e:
-        raise ProtocolError(str(e).splitlines()[0]) from e
+        return kind(**{k: v for k, v in data.items() if k in known})  # unknown fields are ignored
+    except (TypeError, ValueError) as e:  # a required field missing, or a field of the wrong type
+        raise ProtocolError(f"{data.get('type')}: {str(e).splitlines()[0]}") from e
 
 
 def decode_event(line: bytes | str) -> Any:
-    return _decode(line, _event_adapter)
+    return _decode(line, _events)
 
 
 def decode_command(line: bytes | str) -> Any:
-    return _decode(line, _command_adapter)
+    return _decode(line, _commands)
