@@ -15,7 +15,8 @@ import dataclasses
 import json
 import types
 import typing
-from typing import Annotated, Any, ClassVar, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 PROTOCOL_VERSION = 1
 #: the environment variable that carries a worker's per-start secret (never argv: ``ps`` shows argv)
@@ -41,7 +42,6 @@ class _Msg:
     """A message: a frozen, keyword-only dataclass whose fields are checked against their types
     when it is made (decoded from a line or built in code), like the pydantic models it replaces."""
 
-    _types: ClassVar[dict[str, Any] | None] = None
     v: int = PROTOCOL_VERSION
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -49,70 +49,119 @@ class _Msg:
         dataclasses.dataclass(frozen=True, kw_only=True)(cls)
 
     def __post_init__(self) -> None:
-        cls = type(self)
-        hints = cls._types
-        if hints is None:  # resolved once per class, when the whole module exists
-            hints = cls._types = typing.get_type_hints(cls)
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            checked = _check(hints[f.name], value, f.name)
+        for name, check in _checks_of(type(self)):
+            value = getattr(self, name)
+            checked = check(value, name)
             if checked is not value:
-                object.__setattr__(self, f.name, checked)
+                object.__setattr__(self, name, checked)
 
     def model_copy(self, *, update: dict[str, Any] | None = None) -> Any:
         """A copy with some fields replaced (checked again), as pydantic's ``model_copy``."""
         return dataclasses.replace(self, **(update or {}))
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-_MISSING = object()
+Check = Callable[[Any, str], Any]
+_CHECKS: dict[type, list[tuple[str, Check]]] = {}
 
 
-def _check(tp: Any, value: Any, name: str) -> Any:
-    """``value`` as a field of type ``tp`` (ints widen to floats, str subclasses become str), or
-    ``ValueError`` naming the field."""
+def _checks_of(cls: type) -> list[tuple[str, Check]]:
+    """The field checks of a message class, built once (when the whole module exists)."""
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        hints = typing.get_type_hints(cls)
+        checks = _CHECKS[cls] = [(name, _checker(hints[name])) for name in cls.__dataclass_fields__]  # type: ignore[attr-defined]
+    return checks
+
+
+def _wrong(value: Any, name: str, wanted: str) -> ValueError:
+    return ValueError(f"{name}: {value!r} is not {wanted}")
+
+
+def _checker(tp: Any) -> Check:
+    """A function that returns a value as a field of type ``tp`` (ints widen to floats, str
+    subclasses become str) or raises ``ValueError`` naming the field."""
     origin = typing.get_origin(tp)
     if tp is Any:
-        return value
+        return lambda value, name: value
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _check(option, value, name)
-            except ValueError:
-                continue
-        raise ValueError(f"{name}: {value!r} is not {tp}")
+        options = [(o, _checker(o)) for o in typing.get_args(tp)]
+
+        def union(value: Any, name: str) -> Any:
+            if value is None and type(None) in typing.get_args(tp):
+                return None
+            for option, check in options:
+                if option is not type(None):
+                    try:
+                        return check(value, name)
+                    except ValueError:
+                        continue
+            raise _wrong(value, name, str(tp))
+        return union
     if tp is type(None):
-        if value is None:
-            return value
-    elif origin is Literal:
-        if isinstance(value, str | int) and not isinstance(value, bool) and value in typing.get_args(tp):
-            return value if type(value) in (str, int) else typing.get_args(tp)[typing.get_args(tp).index(value)]
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return int(value)
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return "" + value  # a plain str, also from a str subclass
-    elif origin is list:
-        if isinstance(value, list | tuple):
-            (item,) = typing.get_args(tp)
-            return [_check(item, x, f"{name}[{i}]") for i, x in enumerate(value)]
-    elif origin is dict:
-        if isinstance(value, dict):
-            kt, vt = typing.get_args(tp)
-            return {_check(kt, k, f"{name} key"): _check(vt, x, f"{name}[{k!r}]") for k, x in value.items()}
-    else:
-        raise TypeError(f"{name}: field type {tp} has no check in gateway.channel")
-    wanted = " | ".join(map(repr, typing.get_args(tp))) if origin is Literal else getattr(tp, "__name__", str(tp))
-    raise ValueError(f"{name}: {value!r} is not {wanted}")
+        def none(value: Any, name: str) -> Any:
+            if value is None:
+                return value
+            raise _wrong(value, name, "None")
+        return none
+    if origin is Literal:
+        allowed = {a: a for a in typing.get_args(tp)}
+        wanted = " | ".join(map(repr, allowed))
+
+        def literal(value: Any, name: str) -> Any:
+            if isinstance(value, str | int) and not isinstance(value, bool) and value in allowed:
+                return allowed[value]  # the literal itself, also for a str subclass
+            raise _wrong(value, name, wanted)
+        return literal
+    if tp is bool:
+        def boolean(value: Any, name: str) -> Any:
+            if isinstance(value, bool):
+                return value
+            raise _wrong(value, name, "bool")
+        return boolean
+    if tp is int:
+        def integer(value: Any, name: str) -> Any:
+            if type(value) is int:
+                return value
+            if isinstance(value, int) and not isinstance(value, bool):
+                return int(value)
+            raise _wrong(value, name, "int")
+        return integer
+    if tp is float:
+        def real(value: Any, name: str) -> Any:
+            if type(value) is float:
+                return value
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            raise _wrong(value, name, "float")
+        return real
+    if tp is str:
+        def text(value: Any, name: str) -> Any:
+            if type(value) is str:
+                return value
+            if isinstance(value, str):
+                return "" + value  # a plain str from a str subclass
+            raise _wrong(value, name, "str")
+        return text
+    if origin is list:
+        item = _checker(typing.get_args(tp)[0])
+
+        def items(value: Any, name: str) -> Any:
+            if isinstance(value, list | tuple):
+                return [item(x, f"{name}[{i}]") for i, x in enumerate(value)]
+            raise _wrong(value, name, "a list")
+        return items
+    if origin is dict:
+        key_check, value_check = (_checker(a) for a in typing.get_args(tp))
+
+        def mapping(value: Any, name: str) -> Any:
+            if isinstance(value, dict):
+                return {key_check(k, f"{name} key"): value_check(x, f"{name}[{k!r}]") for k, x in value.items()}
+            raise _wrong(value, name, "an object")
+        return mapping
+    raise TypeError(f"field type {tp} has no check in gateway.channel")
 
 
 dataclasses.dataclass(frozen=True, kw_only=True)(_Msg)
