@@ -90,6 +90,8 @@ class WorkerPool:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self, timeout: float = 15.0) -> None:
+        # each worker needs ~0.3 s of CPU to start (CPython + pjsua2): 130 of them on 2 cores take ~20 s
+        timeout = max(timeout, 0.5 * len(self.workers))
         private_dir(self.run_dir)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
