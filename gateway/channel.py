@@ -60,7 +60,16 @@ class _Msg:
         return dataclasses.replace(self, **(update or {}))
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {name: _plain(getattr(self, name)) for name in self.__dataclass_fields__}
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as JSON data: a message inside a message (``Hello.calls``) becomes a dict."""
+    if isinstance(value, _Msg):
+        return value.as_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 Check = Callable[[Any, str], Any]
@@ -161,6 +170,19 @@ def _checker(tp: Any) -> Check:
                 return {key_check(k, f"{name} key"): value_check(x, f"{name}[{k!r}]") for k, x in value.items()}
             raise _wrong(value, name, "an object")
         return mapping
+    if isinstance(tp, type) and issubclass(tp, _Msg):
+        fields = tp.__dataclass_fields__  # type: ignore[attr-defined]
+
+        def message(value: Any, name: str) -> Any:
+            if isinstance(value, tp):
+                return value
+            if isinstance(value, dict):  # decoded from a line: unknown fields are ignored
+                try:
+                    return tp(**{k: v for k, v in value.items() if k in fields})
+                except TypeError as e:
+                    raise _wrong(value, name, tp.__name__) from e
+            raise _wrong(value, name, tp.__name__)
+        return message
     raise TypeError(f"field type {tp} has no check in gateway.channel")
 
 

@@ -43,3 +43,16 @@ def test_messages_built_in_code_are_checked_frozen_and_keep_the_secret_out_of_re
     assert seat.model_copy(update={"headers": {}}).headers == {} and seat.headers == {"X-A": "1"}
     with pytest.raises(ValueError, match="headers"):
         seat.model_copy(update={"headers": {"X-A": 1}})
+
+
+def test_a_message_inside_a_message_goes_over_the_wire_and_back() -> None:
+    """A reconnecting worker's hello lists its live calls (``LiveCall`` messages): they must be
+    encoded as objects and decoded back into messages, or a restarted control process cannot
+    re-adopt them."""
+    live = ch.LiveCall(call_id="c-0123456789abcdef", caller="13800000000", started_at=1.5, seat_id="s1",
+                       was_bridged=True)
+    hello = ch.Hello(worker_id=1, pid=4242, sip_port=5070, max_calls=4, secret="k", calls=[live])
+    back = ch.decode_event(ch.encode(hello))
+    assert back == hello and isinstance(back.calls[0], ch.LiveCall) and back.calls[0].seat_id == "s1"
+    with pytest.raises(ch.ProtocolError):
+        ch.decode_event(ch.encode(hello).replace(b'"was_bridged":true', b'"was_bridged":"yes"'))
