@@ -97,7 +97,9 @@ class SeatAnswered(_Msg):
 
 
 class SeatFailed(_Msg):
-    """The seat leg ended before the bridge: declined, busy, unreachable, cancelled or hung up."""
+    """The seat leg ended before the bridge (declined, busy, unreachable, cancelled or hung up), or
+    failed mid-conversation: a SIP failure, or ``reason`` ``seat_media_timeout: ...`` when no RTP
+    came from the seat for ``DialSeat.media_timeout_s`` (the worker hung that leg up itself)."""
 
     type: Literal["seat_failed"] = "seat_failed"
     call_id: str
@@ -210,6 +212,8 @@ class DialSeat(_Msg):
     headers: dict[str, str] = Field(default_factory=dict)
     from_uri: str | None = None
     timeout_s: float = 30.0  # the worker's own safety net; the ACD normally cancels first
+    #: once bridged, no RTP from the seat for this long = the seat's network is gone (0: not watched)
+    media_timeout_s: float = 0.0
 
 
 class CancelSeat(_Msg):
