@@ -193,7 +193,7 @@ class Callers(threading.Thread):
 
     def run(self) -> None:
         r = sipp(self.node.sip, SCENARIOS / "uac_122_dtmf.xml", calls=self.calls, rate=self.rate, limit=self.limit,
-                 timeout=60 + self.calls * (self.stay_ms / 1000 + 4) / max(1, self.limit),
+                 timeout=60 + self.calls * (self.stay_ms / 1000 + 8) / max(1, self.limit),
                  subs={"service": "122", "first": "600", "stay": str(self.stay_ms), "digits": DIGIT_ZERO})
         self.attempted = r.ok_calls + r.failed_calls
 
