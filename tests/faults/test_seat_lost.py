@@ -152,3 +152,42 @@ def test_a_caller_who_came_later_does_not_overtake_the_requeued_caller(tmp_path:
             if p is not None and p.poll() is None:
                 p.kill()
         node.stop()
+
+
+def test_a_long_hold_is_not_a_lost_seat_but_a_seat_that_vanishes_on_hold_is(tmp_path: Path) -> None:
+    """The gateway's hold happens in its bridge (no re-INVITE): the phone keeps sending RTP, so a
+    hold longer than the timeout is no loss; a phone that vanishes while the caller is on hold is."""
+    p1, p2 = free_port(), free_port()
+    node = boot(tmp_path, NodePorts.pick(workers=2), seats_yaml=seats_yaml(
+        ("s1", "intake_guidance", p1, "available"), ("s2", "intake_guidance", p2, "not_ready")))
+    s1 = s2 = None
+    caller = None
+    try:
+        s1 = start_seat_sim(tmp_path, "s1", p1, "--answer-after", "0.3", "--tone", "1000")
+        s2 = start_seat_sim(tmp_path, "s2", p2, "--answer-after", "0.3", "--tone", "700")
+        caller = start_caller(node, HUMAN, stay=40, record=tmp_path / "caller.wav")
+        call_id = node.wait_for(lambda: (s := seat(node, "s1"))["status"] == "on_call" and s["call_id"], timeout=60)
+        assert api(node, "POST", f"/api/v1/calls/{call_id}/hold", json={}).status_code == 200
+        held_at = time.time()
+        assert api(node, "PUT", "/api/v1/seats/s2/status", json={"status": "available"}).status_code == 200
+        node.wait_for(lambda: time.time() - held_at >= TIMEOUT_S + 3, timeout=TIMEOUT_S + 10)
+        assert node.call(call_id)["seat_id"] == "s1" and seat(node, "s1")["status"] == "on_call"
+        assert not [x for x in node.logs() if x.get("event") == "seat_media_timeout"]
+
+        os.kill(s1.pid, signal.SIGSTOP)   # gone while the caller hears the hold message
+        on_s2 = node.wait_for(lambda: (s := seat(node, "s2"))["status"] == "on_call" and s,
+                              timeout=DETECTED_WITHIN_S + 20)
+        assert on_s2["call_id"] == call_id
+        s1_now = seat(node, "s1")
+        assert s1_now["status"] == "not_ready" and s1_now["reason"] == "seat_media_timeout", s1_now
+        lost = [m for m in journey(node, call_id) if m["cause"] == "seat_leg_lost"]
+        assert len(lost) == 1 and lost[0]["from"] == "on_hold" and lost[0]["to"] == "queued", lost
+        res = caller_result(caller, timeout=90)
+        assert res["answered"] and res["hung_up_by"] == "caller", res
+        assert res["longest_silence_s"] < 3.0, res    # hold audio, then the queue's: never silence
+        assert node.journey_errors() == []
+    finally:
+        stop_sims(s1, s2)
+        if caller is not None and caller.poll() is None:
+            caller.kill()
+        node.stop()
