@@ -19,6 +19,8 @@ missing), ``broker_restart`` (the node's own Mosquitto killed and started again 
 seat phone, no BYE, no RTP; the caller must be back at the head of the queue and put through to
 another seat).  The machine's shared PostgreSQL and Mosquitto are never touched.
 
+``HANDOFF_BENCH_KEEP=1`` keeps each case's directory (node logs) and prints where it is.
+
 ``--calls N`` spreads about N calls over the cases (``plan``): the node-kill and control-kill cases
 keep their size (their callers must all be in the node at the moment it dies), the others share
 the rest, and a larger worker-kill case kills a worker again every ``WORKER_KILL_EVERY`` calls.
@@ -584,12 +586,16 @@ def main(as_json: bool = False, quick: bool = False, calls: int | None = None, o
         if name not in chosen:
             continue
         say(f"bench faults: {name}")
-        with tempfile.TemporaryDirectory(prefix=f"h122-fault-{name}-") as tmp:
-            try:
-                rows[name] = case(Path(tmp), quick)
-            except Exception as e:  # one broken case must not hide the others' figures
-                say(f"  {name} failed: {e.__class__.__name__}: {str(e)[:300]}")
-                rows[name] = None
+        tmp = tempfile.mkdtemp(prefix=f"h122-fault-{name}-")
+        try:
+            rows[name] = case(Path(tmp), quick)
+        except Exception as e:  # one broken case must not hide the others' figures
+            say(f"  {name} failed: {e.__class__.__name__}: {str(e)[:300]}")
+            rows[name] = None
+        if os.environ.get("HANDOFF_BENCH_KEEP"):  # the node logs, to look into a case
+            say(f"  {name}: kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         say(f"  {rows[name]}")
     print(table(rows))
     lost = (rows.get("seat_lost") or {}).get("seat_lost")
