@@ -510,16 +510,18 @@ def case_seat_lost(root: Path, quick: bool) -> dict[str, Any]:
         freezer.join(120)
         settled = _settled(node, calls=calls)
         row = _count(node, settled, load)
-        requeued = reconnected = 0
+        requeued = callers = reconnected = 0
         for c in settled:
             causes = [e["data"].get("cause") for e in node.get(f"/api/v1/calls/{c['id']}")["events"]
                       if e["kind"] == "JOURNEY"]
-            if "seat_leg_lost" in causes:
-                requeued += 1
-                reconnected += "seat_answered" in causes[causes.index("seat_leg_lost"):]
+            if "seat_leg_lost" in causes:  # a caller may lose a seat more than once
+                requeued += causes.count("seat_leg_lost")
+                callers += 1
+                last = len(causes) - 1 - causes[::-1].index("seat_leg_lost")
+                reconnected += "seat_answered" in causes[last:]
         d = sorted(freezer.detect_s)
         row["seat_lost"] = {"frozen": freezer.frozen, "detected": len(d), "other": dict(freezer.other),
-                            "requeued": requeued, "reconnected": reconnected,
+                            "requeued": requeued, "callers": callers, "reconnected": reconnected,
                             "detect_s_median": round(d[len(d) // 2], 1) if d else None,
                             "detect_s_max": round(d[-1], 1) if d else None}
         say(f"  seat_lost: {row['seat_lost']}")
@@ -601,8 +603,8 @@ def main(as_json: bool = False, quick: bool = False, calls: int | None = None, o
     lost = (rows.get("seat_lost") or {}).get("seat_lost")
     if lost:
         print(f"seat_lost: {lost['frozen']} seat phones frozen mid-talk, {lost['detected']} found out by the media "
-              f"watchdog (median {lost['detect_s_median']} s, max {lost['detect_s_max']} s), {lost['requeued']} "
-              f"callers re-queued, {lost['reconnected']} put through to another seat")
+              f"watchdog (median {lost['detect_s_median']} s, max {lost['detect_s_max']} s); {lost['requeued']} "
+              f"re-queues of {lost['callers']} callers, {lost['reconnected']} of them put through to another seat")
     total = sum(r["offered"] for r in rows.values() if r is not None)
     print(f"calls offered in all: {total}")
     ok = all(r is not None and r["unaccounted"] == 0 and r["ghost_offers"] == 0 for r in rows.values())
