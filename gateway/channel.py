@@ -282,7 +282,9 @@ class SeatAnswered(_Msg):
 
 
 class SeatFailed(_Msg):
-    """The seat leg ended before the bridge: declined, busy, unreachable, cancelled or hung up."""
+    """The seat leg ended before the bridge (declined, busy, unreachable, cancelled or hung up), or
+    failed mid-conversation: a SIP failure, or ``reason`` ``seat_media_timeout: ...`` when no RTP
+    came from the seat for ``DialSeat.media_timeout_s`` (the worker hung that leg up itself)."""
 
     type: Literal["seat_failed"] = "seat_failed"
     call_id: str
@@ -432,6 +434,8 @@ class DialSeat(_Msg):
     from_uri: str | None = None
     timeout_s: float = 30.0  # the worker's own safety net; the ACD normally cancels first
     seat_id: str | None = None  # reported back in ``Hello.calls`` (a restarted control's re-adoption)
+    #: once bridged, no RTP from the seat for this long = the seat's network is gone (0: not watched)
+    media_timeout_s: float = 0.0
 
 
 class CancelSeat(_Msg):
