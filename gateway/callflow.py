@@ -82,7 +82,8 @@ class CallDirector:
 
     def __init__(self, *, flow: Flow, routing: Any, media: Media, recordings: RecordingSink | None,
                  node_id: str, sip_host: str, caller_id_header: str = "from+pai",
-                 clock: Callable[[], float] = time.time, announce_every_s: float = 15.0) -> None:
+                 clock: Callable[[], float] = time.time, announce_every_s: float = 15.0,
+                 seat_media_timeout_s: float = 9.0) -> None:
         self.flow = flow
         self.routing = routing
         self.media = media
@@ -92,6 +93,7 @@ class CallDirector:
         self.caller_id_header = caller_id_header
         self.clock = clock
         self.announce_every_s = announce_every_s
+        self.seat_media_timeout_s = seat_media_timeout_s  # the worker's watchdog on a bridged seat leg
         self.notifier = JourneyNotifier(routing, ingress="sip")
         self.calls: dict[str, CallFlow] = {}
         self._loop = asyncio.get_event_loop()
@@ -334,7 +336,8 @@ class CallDirector:
                                      "attempt": call.attempts, "leg_id": call.leg_id})
         sent = self.media.send(call.call_id, ch.DialSeat(
             call_id=call.call_id, leg_id=call.leg_id, uri=offer.contact, headers=headers, from_uri=from_uri,
-            timeout_s=offer.ring_timeout_s + WORKER_RING_MARGIN_S, seat_id=offer.seat_id))
+            timeout_s=offer.ring_timeout_s + WORKER_RING_MARGIN_S, seat_id=offer.seat_id,
+            media_timeout_s=self.seat_media_timeout_s))
         if not sent:
             # no worker to carry the leg: the gateway's fault, not the seat's
             call.leg_id = None
@@ -361,6 +364,8 @@ class CallDirector:
         log.warning("seat_failed", extra={"call_id": call.call_id, "code": msg.code, "reason": msg.reason,
                                           "local": msg.local, "stage": call.stage.value})
         if call.stage in CONVERSATION:
+            # mid-conversation (a SIP failure, or the worker's media watchdog: seat_media_timeout):
+            # the seat goes not_ready, the caller back to the head of its queue, hold audio below
             call.journey.seat_leg_lost(msg.code, msg.reason, now)
         elif call.journey.offer is not None:
             # the gateway's own failure (PJSIP refused to dial) is never the seat's

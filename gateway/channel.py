@@ -11,19 +11,182 @@ Workers generate the call id (``c-`` + 16 hex): it is ours, never PJSIP's recycl
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 PROTOCOL_VERSION = 1
 #: the environment variable that carries a worker's per-start secret (never argv: ``ps`` shows argv)
 SECRET_ENV = "HANDOFF_WORKER_SECRET"
 
 
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+def Field(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, repr: bool = True,
+          discriminator: str | None = None) -> Any:
+    """A message field with a default (``Field(default_factory=dict)``, ``Field("", repr=False)``).
+
+    The spelling of pydantic's ``Field`` on purpose, so messages read the same as before; the
+    messages are stdlib dataclasses because a media worker imports this module, and pydantic (its
+    import, its Rust core and the schemas of every message) cost each worker process ~18 MB of RSS,
+    more than a third of it (docs/PERFORMANCE.md, "Memory per held caller").
+    ``discriminator`` only documents the ``Annotated`` unions below.
+    """
+    if discriminator is not None:
+        return discriminator
+    return dataclasses.field(default=default, default_factory=default_factory, repr=repr)
+
+
+class _Msg:
+    """A message: a frozen, keyword-only dataclass whose fields are checked against their types
+    when it is made (decoded from a line or built in code), like the pydantic models it replaces."""
+
     v: int = PROTOCOL_VERSION
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+
+    def __post_init__(self) -> None:
+        for name, check in _checks_of(type(self)):
+            value = getattr(self, name)
+            checked = check(value, name)
+            if checked is not value:
+                object.__setattr__(self, name, checked)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Any:
+        """A copy with some fields replaced (checked again), as pydantic's ``model_copy``."""
+        return dataclasses.replace(self, **(update or {}))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: _plain(getattr(self, name)) for name in self.__dataclass_fields__}
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as JSON data: a message inside a message (``Hello.calls``) becomes a dict."""
+    if isinstance(value, _Msg):
+        return value.as_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+Check = Callable[[Any, str], Any]
+_CHECKS: dict[type, list[tuple[str, Check]]] = {}
+
+
+def _checks_of(cls: type) -> list[tuple[str, Check]]:
+    """The field checks of a message class, built once (when the whole module exists)."""
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        hints = typing.get_type_hints(cls)
+        checks = _CHECKS[cls] = [(name, _checker(hints[name])) for name in cls.__dataclass_fields__]  # type: ignore[attr-defined]
+    return checks
+
+
+def _wrong(value: Any, name: str, wanted: str) -> ValueError:
+    return ValueError(f"{name}: {value!r} is not {wanted}")
+
+
+def _checker(tp: Any) -> Check:
+    """A function that returns a value as a field of type ``tp`` (ints widen to floats, str
+    subclasses become str) or raises ``ValueError`` naming the field."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return lambda value, name: value
+    if origin in (typing.Union, types.UnionType):
+        options = [(o, _checker(o)) for o in typing.get_args(tp)]
+
+        def union(value: Any, name: str) -> Any:
+            if value is None and type(None) in typing.get_args(tp):
+                return None
+            for option, check in options:
+                if option is not type(None):
+                    try:
+                        return check(value, name)
+                    except ValueError:
+                        continue
+            raise _wrong(value, name, str(tp))
+        return union
+    if tp is type(None):
+        def none(value: Any, name: str) -> Any:
+            if value is None:
+                return value
+            raise _wrong(value, name, "None")
+        return none
+    if origin is Literal:
+        allowed = {a: a for a in typing.get_args(tp)}
+        wanted = " | ".join(map(repr, allowed))
+
+        def literal(value: Any, name: str) -> Any:
+            if isinstance(value, str | int) and not isinstance(value, bool) and value in allowed:
+                return allowed[value]  # the literal itself, also for a str subclass
+            raise _wrong(value, name, wanted)
+        return literal
+    if tp is bool:
+        def boolean(value: Any, name: str) -> Any:
+            if isinstance(value, bool):
+                return value
+            raise _wrong(value, name, "bool")
+        return boolean
+    if tp is int:
+        def integer(value: Any, name: str) -> Any:
+            if type(value) is int:
+                return value
+            if isinstance(value, int) and not isinstance(value, bool):
+                return int(value)
+            raise _wrong(value, name, "int")
+        return integer
+    if tp is float:
+        def real(value: Any, name: str) -> Any:
+            if type(value) is float:
+                return value
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            raise _wrong(value, name, "float")
+        return real
+    if tp is str:
+        def text(value: Any, name: str) -> Any:
+            if type(value) is str:
+                return value
+            if isinstance(value, str):
+                return "" + value  # a plain str from a str subclass
+            raise _wrong(value, name, "str")
+        return text
+    if origin is list:
+        item = _checker(typing.get_args(tp)[0])
+
+        def items(value: Any, name: str) -> Any:
+            if isinstance(value, list | tuple):
+                return [item(x, f"{name}[{i}]") for i, x in enumerate(value)]
+            raise _wrong(value, name, "a list")
+        return items
+    if origin is dict:
+        key_check, value_check = (_checker(a) for a in typing.get_args(tp))
+
+        def mapping(value: Any, name: str) -> Any:
+            if isinstance(value, dict):
+                return {key_check(k, f"{name} key"): value_check(x, f"{name}[{k!r}]") for k, x in value.items()}
+            raise _wrong(value, name, "an object")
+        return mapping
+    if isinstance(tp, type) and issubclass(tp, _Msg):
+        fields = tp.__dataclass_fields__  # type: ignore[attr-defined]
+
+        def message(value: Any, name: str) -> Any:
+            if isinstance(value, tp):
+                return value
+            if isinstance(value, dict):  # decoded from a line: unknown fields are ignored
+                try:
+                    return tp(**{k: v for k, v in value.items() if k in fields})
+                except TypeError as e:
+                    raise _wrong(value, name, tp.__name__) from e
+            raise _wrong(value, name, tp.__name__)
+        return message
+    raise TypeError(f"field type {tp} has no check in gateway.channel")
+
+
+dataclasses.dataclass(frozen=True, kw_only=True)(_Msg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +282,9 @@ class SeatAnswered(_Msg):
 
 
 class SeatFailed(_Msg):
-    """The seat leg ended before the bridge: declined, busy, unreachable, cancelled or hung up."""
+    """The seat leg ended before the bridge (declined, busy, unreachable, cancelled or hung up), or
+    failed mid-conversation: a SIP failure, or ``reason`` ``seat_media_timeout: ...`` when no RTP
+    came from the seat for ``DialSeat.media_timeout_s`` (the worker hung that leg up itself)."""
 
     type: Literal["seat_failed"] = "seat_failed"
     call_id: str
@@ -269,6 +434,8 @@ class DialSeat(_Msg):
     from_uri: str | None = None
     timeout_s: float = 30.0  # the worker's own safety net; the ACD normally cancels first
     seat_id: str | None = None  # reported back in ``Hello.calls`` (a restarted control's re-adoption)
+    #: once bridged, no RTP from the seat for this long = the seat's network is gone (0: not watched)
+    media_timeout_s: float = 0.0
 
 
 class CancelSeat(_Msg):
@@ -365,8 +532,14 @@ WorkerCommand = Annotated[
     | EndConsult | Hangup | Shutdown, Field(discriminator="type")
 ]
 
-_event_adapter: TypeAdapter[Any] = TypeAdapter(WorkerEvent)
-_command_adapter: TypeAdapter[Any] = TypeAdapter(WorkerCommand)
+def _by_type(union: Any) -> dict[str, type[_Msg]]:
+    """``type`` tag -> message class, for one of the ``Annotated`` unions above."""
+    members = typing.get_args(typing.get_args(union)[0])
+    return {m.__dataclass_fields__["type"].default: m for m in members}
+
+
+_events = _by_type(WorkerEvent)
+_commands = _by_type(WorkerCommand)
 
 
 class ProtocolError(ValueError):
@@ -374,10 +547,10 @@ class ProtocolError(ValueError):
 
 
 def encode(msg: _Msg) -> bytes:
-    return (msg.model_dump_json() + "\n").encode()
+    return (json.dumps(msg.as_dict(), separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
 
-def _decode(line: bytes | str, adapter: TypeAdapter[Any]) -> Any:
+def _decode(line: bytes | str, kinds: dict[str, type[_Msg]]) -> Any:
     try:
         data = json.loads(line)
     except ValueError as e:
@@ -386,15 +559,19 @@ def _decode(line: bytes | str, adapter: TypeAdapter[Any]) -> Any:
         raise ProtocolError("not an object")
     if data.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {data.get('v')!r}, expected {PROTOCOL_VERSION}")
+    kind = kinds.get(data.get("type"))  # type: ignore[arg-type]
+    if kind is None:
+        raise ProtocolError(f"unknown message type {data.get('type')!r}, expected one of {sorted(kinds)}")
+    known = kind.__dataclass_fields__
     try:
-        return adapter.validate_python(data)
-    except Exception as e:
-        raise ProtocolError(str(e).splitlines()[0]) from e
+        return kind(**{k: v for k, v in data.items() if k in known})  # unknown fields are ignored
+    except (TypeError, ValueError) as e:  # a required field missing, or a field of the wrong type
+        raise ProtocolError(f"{data.get('type')}: {str(e).splitlines()[0]}") from e
 
 
 def decode_event(line: bytes | str) -> Any:
-    return _decode(line, _event_adapter)
+    return _decode(line, _events)
 
 
 def decode_command(line: bytes | str) -> Any:
-    return _decode(line, _command_adapter)
+    return _decode(line, _commands)

@@ -164,7 +164,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return run_all(dict(_BENCHES), out=args.out, quick=args.quick, as_json=args.json)
     module, fn = _BENCHES[args.what]
     run: Callable[..., int] = getattr(importlib.import_module(module), fn)
-    return run(as_json=args.json, quick=args.quick)
+    extra: dict[str, object] = {}
+    if args.calls is not None or args.cases is not None:
+        if args.what != "faults":
+            print("handoff122 bench: --calls and --cases are for `bench faults`", file=sys.stderr)
+            return 2
+        extra = {"calls": args.calls, "only": args.cases}
+    return run(as_json=args.json, quick=args.quick, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quick", action="store_true", help="a smaller run (smoke test)")
     p.add_argument("--out", type=Path, help="with all: directory for report.md, the figures as JSON and the plots")
+    p.add_argument("--calls", type=int, help="faults: about this many calls in all, spread over the cases "
+                   "(e.g. 1000: the issue's goal)")
+    p.add_argument("--cases", help="faults: only these cases, comma-separated (e.g. seat_lost)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -191,7 +191,8 @@ class Node:
         self.recordings = CallRecordings(self.catalog, self.calls)
         self.director = CallDirector(flow=self.flow, routing=self.routing, media=self, recordings=self.recordings,
                                      node_id=self.node_id, sip_host=s.sip_host, caller_id_header=s.caller_id_header,
-                                     announce_every_s=s.hold_announce_interval)
+                                     announce_every_s=s.hold_announce_interval,
+                                     seat_media_timeout_s=s.seat_media_timeout_s)
         if self.pool.live_at_hello:
             from routing.store.reconcile import in_progress
 

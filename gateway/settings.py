@@ -110,6 +110,10 @@ class Settings(BaseSettings):
                                     "power cut) | normal (a power cut may lose the last commits); docs/DURABILITY.md")
     twilio_reclaim_s: float = Field(15.0, gt=0, le=600, description="after a restart, a Twilio caller in the IVR "
                                     "or queue not heard from within this is closed as lost (with a callback)")
+    seat_media_timeout_s: float = Field(9.0, ge=0, le=600, description="a bridged seat leg from which no RTP "
+                                        "arrives for this long is taken as lost (its network vanished): the caller "
+                                        "goes back to the head of the queue; must exceed the phones' silence "
+                                        "keep-alive (5 s); 0 = off (docs/DURABILITY.md)")
 
     # Twilio ingress
     twilio_auth_token: str | None = Field(None, description="Twilio auth token: enables /twilio/* (signed webhooks)")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from journey import metrics
-from journey.failures import RONA, SeatOutcome
+from journey.failures import RONA, SeatOutcome, seat_lost_reason
 from journey.notifier import JourneyNotifier
 from journey.stages import CONVERSATION, WAITING, Cause, Stage, UnexpectedEvent, next_stage
 from routing.errors import RoutingError
@@ -31,7 +31,8 @@ from routing.events import Event, EventKind
 
 log = logging.getLogger("journey")
 
-#: A caller whose seat leg failed mid-conversation waits again at this priority (the most urgent).
+#: A caller re-queued without a known priority (a Twilio journey back after a restart) waits at
+#: this one (the most urgent).
 REQUEUE_PRIORITY = 1
 
 
@@ -49,6 +50,7 @@ class RoutingPort(Protocol):
     def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None) -> Any: ...
     def caller_abandoned(self, call_id: str) -> Any: ...
     def call_completed(self, call_id: str, ended_by: str) -> Any: ...
+    def seat_lost(self, call_id: str, reason: str) -> Any: ...
     def call_lost(self, call_id: str, reason: str, caller: str | None = None,
                   info: dict[str, Any] | None = None, enqueued_at: float | None = None) -> Any: ...
     def consult_reserve(self, call_id: str, seat_id: str | None = None, skill: str | None = None,
@@ -245,14 +247,24 @@ class CallJourney:
         return True
 
     def seat_leg_lost(self, code: int, reason: str, now: float) -> bool:
-        """The seat leg failed mid-conversation: the seat's part is over (wrap-up) and the caller,
-        still on the line, waits again at the front."""
-        if not self._move(Cause.SEAT_LEG_LOST, now, f"seat {self.seat_id}: {code} {reason}"):
+        """The seat leg failed mid-conversation (no BYE: the seat's network vanished, or a SIP
+        failure).  The seat's part is over and it goes ``not_ready`` with the reason (never a
+        ring-no-answer); the caller, still on the line and never hung up, waits again in the same
+        skill at the head of their priority (their place is their first queueing time, as after a
+        blind transfer), carrying the IVR record, the screen pop and a note that the previous
+        seat's line was lost."""
+        from_seat = self.seat_id
+        kind = seat_lost_reason(reason)
+        detail = f"seat {from_seat}: " + (reason if reason.startswith(kind) else f"{kind} ({code} {reason})")
+        if not self._move(Cause.SEAT_LEG_LOST, now, detail):
             return False
         self.seat_id = None
-        self._report("call_completed", "seat_failure")
-        self._report("enqueue", self.skill or "intake_guidance", REQUEUE_PRIORITY, caller=self.caller,
-                     info={**self.queue_info, "requeued_after": "seat_leg_failed"})
+        self._report("seat_lost", kind)
+        lost = {"seat": from_seat, "reason": kind, "detail": reason[:200], "at": now}
+        self.queue_info = {**self.queue_info, "seat_lost": [*self.queue_info.get("seat_lost", []), lost],
+                           "lost_seat": from_seat, "requeued_after": kind}
+        self._report("enqueue", self.skill or "intake_guidance", self.priority or REQUEUE_PRIORITY,
+                     caller=self.caller, info=self.queue_info, place_at=self.queued_at)
         return True
 
     def transferred(self, to_skill: str, note: str | None, by: str, now: float, mode: str = "blind",

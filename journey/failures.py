@@ -56,3 +56,15 @@ TWILIO_DIAL_STATUS = {"no-answer": RONA, "busy": "busy", "failed": "unreachable"
 
 def from_twilio(dial_status: str) -> SeatOutcome:
     return SeatOutcome(TWILIO_DIAL_STATUS.get(dial_status, "unreachable"), dial_status)
+
+
+#: Why a seat's leg was lost mid-conversation (``CallJourney.seat_leg_lost``; the seat goes
+#: ``not_ready`` with it): its network vanished (the worker's media watchdog heard no RTP), or any
+#: other failure of the leg without the seat's BYE.
+SEAT_MEDIA_TIMEOUT = "seat_media_timeout"
+SEAT_LEG_FAILED = "seat_leg_failed"
+
+
+def seat_lost_reason(reason: str) -> str:
+    """The reason kind of a mid-conversation seat-leg failure, from the worker's words."""
+    return SEAT_MEDIA_TIMEOUT if reason.startswith(SEAT_MEDIA_TIMEOUT) else SEAT_LEG_FAILED

@@ -496,6 +496,30 @@ class Acd:
         out.append(seat2.move(S.ON_CALL, now, call_id=call.id, skill=call.skill, transferred_from=seat1.id))
         return self._done(out)
 
+    def seat_lost(self, call_id: str, now: float, reason: str) -> list[Event]:
+        """The seat's leg was lost mid-conversation (``reason``: ``seat_media_timeout`` when its
+        network vanished, ``seat_leg_failed`` on a SIP failure): the seat's part of the call ends
+        (COMPLETE with ``ended_by`` ``seat_lost``) and the seat goes ``not_ready`` with ``reason``
+        at once (through wrap-up, the only way out of ``on_call``), so no caller is offered to a
+        phone that is gone until the agent says it is back.  Not a ring-no-answer: no RONA is
+        counted.  The caller, still on the line, is enqueued again by its journey (``enqueue`` with
+        ``place_at``: the head of its priority)."""
+        call = self._call(call_id)
+        if call.state is not EntryState.CONNECTED:
+            raise IllegalTransition(f"call {call_id} is {call.state.value}; only a connected call loses its seat")
+        seat = self._seats[call.seat_id]  # type: ignore[index]
+        talk_s = now - (call.answered_at or now)
+        out = [Event(EventKind.COMPLETE, now, call_id=call.id, seat_id=seat.id, skill=call.skill,
+                     data={"talk_s": talk_s, "ended_by": "seat_lost", "reason": reason,
+                           "wait_s": (call.answered_at or now) - call.enqueued_at})]
+        if call.consult_seat is not None:  # a consult under way ends with seat 1's line: seat 2 is free again
+            self._release_consult(call, now, reason, out)
+        del self._calls[call_id]
+        out.append(seat.move(S.WRAP_UP, now, call_id=call.id, skill=call.skill, wrap_up_s=0.0, lost=reason))
+        seat.wrap_skill, seat.wrap_talk_s, seat.call_ended_at = call.skill, talk_s, now
+        self._end_wrap(seat, now, S.NOT_READY, reason, out)
+        return self._done(out)
+
     # -- callbacks -----------------------------------------------------------------------------
     def take_callback(self, seat_id: str, now: float) -> list[Event]:
         """An intake seat takes the oldest pending callback (CALLBACK action=taken); [] if none."""

@@ -260,6 +260,10 @@ class RoutingService:
     def call_completed(self, call_id: str, ended_by: str) -> Emitted:
         return self._emit(self.acd.call_completed(call_id, self.clock(), ended_by))
 
+    def seat_lost(self, call_id: str, reason: str) -> Emitted:
+        """The seat's leg was lost mid-conversation: the seat goes not_ready with ``reason``."""
+        return self._emit(self.acd.seat_lost(call_id, self.clock(), reason))
+
     def call_lost(self, call_id: str, reason: str, caller: str | None = None,
                   info: dict[str, Any] | None = None, enqueued_at: float | None = None) -> Emitted:
         """The call's media died (``lost_worker_failure``): out of the queue, seat freed, callback."""

@@ -21,22 +21,12 @@ MQTT_URL = os.environ.get("HANDOFF_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, also_tcp: bool = True) -> int:
-    """A loopback port free for UDP (and TCP), for a SIP or HTTP listener of a test."""
-    for _ in range(200):
-        s = socket.socket(socket.AF_INET, kind)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        if also_tcp:
-            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            finally:
-                t.close()
-        return port
-    raise RuntimeError("no free port")
+    """A loopback port free for UDP and TCP, for a SIP or HTTP listener of a test: above the
+    kernel's ephemeral range where there is room (``gateway.bench.runner.free_block``), so no
+    outgoing connection takes it before the listener binds it."""
+    from gateway.bench.runner import free_port as listener_port
+
+    return listener_port()
 
 
 def serve_port_args(sip_port: int | None = None, workers: int = 2) -> list[str]:

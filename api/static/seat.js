@@ -214,6 +214,8 @@
     const outcome = sp.outcome || {};
     document.getElementById("pop-why").textContent = words(outcome.why) || t("none");
     document.getElementById("pop-requeued").classList.toggle("hidden", !info.requeued_after);
+    // the previous seat's line was lost mid-conversation (seat_media_timeout): which seat
+    document.getElementById("pop-requeued-seat").textContent = info.lost_seat ? `(${info.lost_seat})` : "";
     // a transferred call: who sent it and what they wrote for this seat
     document.getElementById("pop-transfer").classList.toggle("hidden", !info.transferred_from);
     document.getElementById("pop-transfer-from").textContent = info.transferred_from || "";

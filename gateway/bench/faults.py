@@ -15,8 +15,16 @@ every process of a node while callers wait, restart on the same data), ``control
 -9`` of the control process alone under load: its supervisor starts it again, conversations go on
 and must end ``completed``), ``database_restart`` (the
 node's own PostgreSQL crashed and started again under load; skipped when PostgreSQL's binaries are
-missing) and ``broker_restart`` (the node's own Mosquitto killed and started again under load).
-The machine's shared PostgreSQL and Mosquitto are never touched.
+missing), ``broker_restart`` (the node's own Mosquitto killed and started again under load) and
+``seat_lost`` (seat phones whose network vanishes mid-conversation: ``kill -STOP`` of a pjsua2
+seat phone, no BYE, no RTP; the caller must be back at the head of the queue and put through to
+another seat).  The machine's shared PostgreSQL and Mosquitto are never touched.
+
+``HANDOFF_BENCH_KEEP=1`` keeps each case's directory (node logs) and prints where it is.
+
+``--calls N`` spreads about N calls over the cases (``plan``): the node-kill and control-kill cases
+keep their size (their callers must all be in the node at the moment it dies), the others share
+the rest, and a larger worker-kill case kills a worker again every ``WORKER_KILL_EVERY`` calls.
 """
 
 from __future__ import annotations
@@ -165,6 +173,14 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
 def _seats(n: int, port: int, status: str = "available") -> str:
     lines = ["seats:"]
     for i in range(n):
@@ -190,7 +206,7 @@ class Callers(threading.Thread):
 
     def run(self) -> None:
         r = sipp(self.node.sip, SCENARIOS / "uac_122_dtmf.xml", calls=self.calls, rate=self.rate, limit=self.limit,
-                 timeout=60 + self.calls * (self.stay_ms / 1000 + 4) / max(1, self.limit),
+                 timeout=60 + self.calls * (self.stay_ms / 1000 + 8) / max(1, self.limit),
                  subs={"service": "122", "first": "600", "stay": str(self.stay_ms), "digits": DIGIT_ZERO})
         self.attempted = r.ok_calls + r.failed_calls
 
@@ -199,20 +215,32 @@ def _callers(node: FaultNode, calls: int, rate: float, limit: int, stay_ms: int)
     return Callers(node, calls, rate, limit, stay_ms)
 
 
-def _settled(node: FaultNode, timeout: float = 90) -> list[dict[str, Any]]:
+def _all_calls(node: FaultNode) -> list[dict[str, Any]]:
+    """Every call record of the node, page by page (the API gives at most 500 at a time)."""
+    out: list[dict[str, Any]] = []
+    before: float | None = None
+    while True:
+        page = node.get("/api/v1/calls?limit=500" + (f"&before={before}" if before is not None else ""))
+        out += page
+        if len(page) < 500:
+            return out
+        before = min(float(c["started_at"]) for c in page)
+
+
+def _settled(node: FaultNode, timeout: float = 90, calls: int = 0) -> list[dict[str, Any]]:
     """Every call of the node once none is open any more (or the timeout passed)."""
     end = time.monotonic() + timeout
-    calls: list[dict[str, Any]] = []
+    got: list[dict[str, Any]] = []
     while time.monotonic() < end:
         try:
-            calls = node.get("/api/v1/calls?limit=500")
+            got = _all_calls(node) if calls > 400 else node.get("/api/v1/calls?limit=500")
         except httpx.HTTPError:
             time.sleep(0.5)
             continue
-        if calls and all(c["end_reason"] for c in calls):
+        if got and all(c["end_reason"] for c in got):
             break
         time.sleep(0.5)
-    return calls
+    return got
 
 
 def _count(node: FaultNode, calls: list[dict[str, Any]], load: Callers, ghost_offers: int = 0) -> dict[str, Any]:
@@ -230,21 +258,64 @@ def _count(node: FaultNode, calls: list[dict[str, Any]], load: Callers, ghost_of
             "unaccounted": len(unaccounted)}
 
 
+# -- how many calls each case makes (--calls) -------------------------------------------------------
+#: calls of a case when --calls is given (``plan``); a case not in it keeps its own size
+PLANNED: dict[str, int] = {}
+#: the share of the scalable cases in a --calls run (seat_lost calls are long: 25 s on the line each)
+WEIGHTS = {"worker_kill": 3, "database_restart": 3, "broker_restart": 3, "seat_lost": 1}
+#: the fixed cases' calls in a full run (node_kill: its waiting callers; control_kill: its load)
+FIXED = {"node_kill": 6, "control_kill": 30}
+#: in a worker-kill case larger than its default, one more worker is killed every this many calls
+WORKER_KILL_EVERY = 60
+
+
+def plan(total: int, runnable: list[str]) -> dict[str, int]:
+    """About ``total`` calls over the ``runnable`` cases: the fixed ones keep their size, the
+    scalable ones share what is left by ``WEIGHTS`` (at least a handful each)."""
+    fixed = {k: v for k, v in FIXED.items() if k in runnable}
+    scalable = {k: w for k, w in WEIGHTS.items() if k in runnable}
+    left = max(0, total - sum(fixed.values()))
+    weight = sum(scalable.values()) or 1
+    out = {k: max(4, left * w // weight) for k, w in scalable.items()}
+    if out:  # rounding: the remainder goes to the first scalable case
+        first = next(iter(out))
+        out[first] += max(0, left - sum(out.values()))
+    return {**fixed, **out}
+
+
+def _size(name: str, quick: bool, small: int, full: int) -> int:
+    return PLANNED.get(name) or (small if quick else full)
+
+
 # -- the cases ---------------------------------------------------------------------------------------
 def case_worker_kill(root: Path, quick: bool) -> dict[str, Any]:
     uas_port = free_port()
     uas = _uas(uas_port, str(root))
     node = FaultNode(root, workers=3, seats_yaml=_seats(8, uas_port)).start()
     try:
-        calls = 12 if quick else 60
+        calls = _size("worker_kill", quick, 12, 60)
         # at most as many callers as the two surviving workers hold: beyond that the front door
         # answers 503 + Retry-After while the third is replaced (capacity, not loss)
         load = _callers(node, calls, rate=3, limit=4, stay_ms=4000)
         node.wait(lambda: len(node.get("/api/v1/calls?limit=500")) >= 4, timeout=30)
         victim = node.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
+        kills, next_at = 1, WORKER_KILL_EVERY + 4
+        while calls > 60 and load.is_alive() and next_at < calls:
+            # a larger run: once the pool is whole again and another WORKER_KILL_EVERY calls came
+            time.sleep(3)
+            pids = [p for p in node.worker_pids() if _alive(p)]
+            try:
+                if len(pids) < 3 or len(_all_calls(node)) < next_at:
+                    continue
+            except httpx.HTTPError:
+                continue
+            _kill(pids[kills % len(pids)], signal.SIGKILL)
+            kills += 1
+            next_at += WORKER_KILL_EVERY
         load.join()
-        return _count(node, _settled(node), load)
+        say(f"  worker_kill: {kills} worker(s) killed")
+        return _count(node, _settled(node, calls=calls), load)
     finally:
         node.stop()
         uas.terminate()
@@ -331,14 +402,14 @@ def case_database_restart(root: Path, quick: bool) -> dict[str, Any] | None:
     node = FaultNode(root, workers=3, seats_yaml=_seats(8, uas_port),
                      args=["--db-url", f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"]).start()
     try:
-        calls = 10 if quick else 40
+        calls = _size("database_restart", quick, 10, 40)
         load = _callers(node, calls, rate=2, limit=6, stay_ms=2000)
         node.wait(lambda: len(node.get("/api/v1/calls?limit=500")) >= 2, timeout=30)
         subprocess.run([*ctl, "-m", "immediate", "stop"], check=True, capture_output=True)
         time.sleep(3)  # the outage lasts a few seconds while calls go on
         subprocess.run([*ctl, "-l", str(pgdir / "log"), "-o", opts, "start"], check=True, capture_output=True)
         load.join()
-        return _count(node, _settled(node), load)
+        return _count(node, _settled(node, calls=calls), load)
     finally:
         node.stop()
         uas.terminate()
@@ -356,7 +427,7 @@ def case_broker_restart(root: Path, quick: bool) -> dict[str, Any] | None:
     node = FaultNode(root, workers=3, seats_yaml=_seats(8, uas_port), args=["--mqtt-url", f"mqtt://127.0.0.1:{mport}"])
     try:
         node.start()
-        calls = 10 if quick else 40
+        calls = _size("broker_restart", quick, 10, 40)
         load = _callers(node, calls, rate=2, limit=6, stay_ms=2000)
         node.wait(lambda: len(node.get("/api/v1/calls?limit=500")) >= 2, timeout=30)
         broker.kill()
@@ -365,16 +436,130 @@ def case_broker_restart(root: Path, quick: bool) -> dict[str, Any] | None:
         broker = subprocess.Popen(["mosquitto", "-p", str(mport)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         load.join()
-        return _count(node, _settled(node), load)
+        return _count(node, _settled(node, calls=calls), load)
     finally:
         node.stop()
         uas.terminate()
         broker.kill()
 
 
+class SeatFreezer(threading.Thread):
+    """Every few seconds, the network of one talking seat vanishes: ``kill -STOP`` of its phone
+    (no BYE, no RTP, nothing answered).  Once the node has the seat ``not_ready`` the phone comes
+    back (SIGCONT: it reads the gateway's BYE and ends its side) and its agent makes it ready."""
+
+    def __init__(self, node: FaultNode, sims: dict[str, subprocess.Popen[bytes]], every_s: float = 3.0) -> None:
+        super().__init__(daemon=True)
+        self.node, self.sims, self.every_s = node, sims, every_s
+        self.frozen = 0
+        self.detect_s: list[float] = []           # SIGSTOP -> the seat not_ready (seat_media_timeout)
+        self.other: Counter[str] = Counter()      # not_ready for another reason (a dial raced the freeze)
+        self.times: Counter[str] = Counter()
+        self.halt = threading.Event()
+
+    def seat(self, seat_id: str) -> dict[str, Any]:
+        return next(s for s in self.node.get("/api/v1/seats") if s["id"] == seat_id)
+
+    def run(self) -> None:
+        while not self.halt.wait(self.every_s):
+            try:
+                now = time.time()
+                # early in a conversation, so the caller is still there when the seat is found out
+                talking = [s["id"] for s in self.node.get("/api/v1/seats") if s["status"] == "on_call"
+                           and 1.0 <= now - float(s["since"]) <= 5.0 and s["id"] in self.sims]
+            except httpx.HTTPError:
+                continue
+            if not talking:
+                continue
+            victim = min(talking, key=lambda sid: (self.times[sid], sid))
+            self.times[victim] += 1
+            sim = self.sims[victim]
+            _kill(sim.pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            self.frozen += 1
+            got = self.node.wait(lambda v=victim: (x := self.seat(v))["status"] != "on_call" and x, timeout=90)
+            if got and got.get("reason") == "seat_media_timeout":
+                self.detect_s.append(time.monotonic() - t0)
+            else:  # the caller hung up first (the seat then goes to wrap-up), or a timeout
+                self.other[str(got.get("reason") or got["status"]) if got else "timeout"] += 1
+            _kill(sim.pid, signal.SIGCONT)
+            time.sleep(0.5)  # the phone reads the BYE it missed
+            try:
+                if self.seat(victim)["status"] == "not_ready":
+                    self.node.put(f"/api/v1/seats/{victim}/status", {"status": "available"})
+            except httpx.HTTPError as e:
+                say(f"  seat_lost: {victim} not made ready again: {e}")
+
+
+def case_seat_lost(root: Path, quick: bool) -> dict[str, Any]:
+    """Seat phones (pjsua2, sending RTP like any phone) whose network vanishes mid-conversation:
+    each caller must end completed, abandoned or with a callback, and every caller whose seat
+    vanished must be back in the queue (``seat_leg_lost``) and, if still on the line, put through
+    to another seat.  SIPp seats cannot be used here: they send no RTP, so nothing can stop."""
+    n_seats = 5
+    ports = {f"v{i:03d}": free_port() for i in range(n_seats)}
+    lines = ["seats:"]
+    for sid, port in ports.items():
+        lines += [f"  - id: {sid}", f"    contact: sip:{sid}@127.0.0.1:{port}", "    skills: [intake_guidance]",
+                  "    status: available"]
+    sims = {sid: subprocess.Popen([sys.executable, "-m", "gateway.cli", "seat", "--id", sid, "--sip-port", str(port),
+                                   "--answer-after", "0.3"], stdout=(root / f"seat-{sid}.jsonl").open("wb"),
+                                  stderr=subprocess.DEVNULL) for sid, port in ports.items()}
+    freezer: SeatFreezer | None = None
+    node: FaultNode | None = None
+    try:
+        end = time.monotonic() + 60
+        while not all("listening" in (root / f"seat-{sid}.jsonl").read_text() for sid in sims):
+            if time.monotonic() > end:
+                raise RuntimeError("seat phones did not start")
+            time.sleep(0.2)
+        node = FaultNode(root, workers=3, seats_yaml="\n".join(lines) + "\n").start()
+        calls = _size("seat_lost", quick, 6, 24)
+        # 25 s on the line: a seat frozen in it is found out (seat_media_timeout_s, 9 s) while
+        # the caller is still there to be put through to the next seat
+        load = _callers(node, calls, rate=1, limit=4, stay_ms=25_000)
+        freezer = SeatFreezer(node, sims)
+        freezer.start()
+        load.join()
+        freezer.halt.set()
+        freezer.join(120)
+        settled = _settled(node, calls=calls)
+        row = _count(node, settled, load)
+        requeued = callers = reconnected = 0
+        for c in settled:
+            causes = [e["data"].get("cause") for e in node.get(f"/api/v1/calls/{c['id']}")["events"]
+                      if e["kind"] == "JOURNEY"]
+            if "seat_leg_lost" in causes:  # a caller may lose a seat more than once
+                requeued += causes.count("seat_leg_lost")
+                callers += 1
+                last = len(causes) - 1 - causes[::-1].index("seat_leg_lost")
+                reconnected += "seat_answered" in causes[last:]
+        d = sorted(freezer.detect_s)
+        row["seat_lost"] = {"frozen": freezer.frozen, "detected": len(d), "other": dict(freezer.other),
+                            "requeued": requeued, "callers": callers, "reconnected": reconnected,
+                            "detect_s_median": round(d[len(d) // 2], 1) if d else None,
+                            "detect_s_max": round(d[-1], 1) if d else None}
+        say(f"  seat_lost: {row['seat_lost']}")
+        return row
+    finally:
+        if freezer is not None:
+            freezer.halt.set()
+        for sim in sims.values():
+            _kill(sim.pid, signal.SIGCONT)
+            sim.terminate()
+        if node is not None:
+            node.stop()
+        for sim in sims.values():
+            try:
+                sim.wait(10)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+
+
 CASES: dict[str, Callable[[Path, bool], dict[str, Any] | None]] = {
     "worker_kill": case_worker_kill, "node_kill": case_node_kill, "control_kill": case_control_kill,
     "database_restart": case_database_restart, "broker_restart": case_broker_restart,
+    "seat_lost": case_seat_lost,
 }
 
 
@@ -393,23 +578,56 @@ def table(rows: dict[str, dict[str, Any] | None]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
 
 
-def main(as_json: bool = False, quick: bool = False) -> int:
+def runnable_cases() -> list[str]:
+    """The cases this machine can run (the database and broker cases need their binaries)."""
+    skip = {"database_restart"} if _pg_bin("pg_ctl") is None else set()
+    skip |= {"broker_restart"} if shutil.which("mosquitto") is None else set()
+    return [name for name in CASES if name not in skip]
+
+
+def main(as_json: bool = False, quick: bool = False, calls: int | None = None, only: str | None = None) -> int:
+    """``calls``: about this many calls in all, spread over the cases (``plan``); ``only``: a
+    comma-separated list of cases to run."""
     rows: dict[str, dict[str, Any] | None] = {}
+    chosen = [c for c in (only.split(",") if only else CASES) if c]
+    unknown = [c for c in chosen if c not in CASES]
+    if unknown:
+        print(f"handoff122 bench faults: unknown case(s) {', '.join(unknown)}; cases: {', '.join(CASES)}",
+              file=sys.stderr)
+        return 2
+    PLANNED.clear()
+    if calls:
+        PLANNED.update(plan(calls, [c for c in runnable_cases() if c in chosen]))
+        say(f"bench faults: about {calls} calls: {PLANNED}")
     for name, case in CASES.items():
+        if name not in chosen:
+            continue
         say(f"bench faults: {name}")
-        with tempfile.TemporaryDirectory(prefix=f"h122-fault-{name}-") as tmp:
-            try:
-                rows[name] = case(Path(tmp), quick)
-            except Exception as e:  # one broken case must not hide the others' figures
-                say(f"  {name} failed: {e.__class__.__name__}: {str(e)[:300]}")
-                rows[name] = None
+        tmp = tempfile.mkdtemp(prefix=f"h122-fault-{name}-")
+        try:
+            rows[name] = case(Path(tmp), quick)
+        except Exception as e:  # one broken case must not hide the others' figures
+            say(f"  {name} failed: {e.__class__.__name__}: {str(e)[:300]}")
+            rows[name] = None
+        if os.environ.get("HANDOFF_BENCH_KEEP"):  # the node logs, to look into a case
+            say(f"  {name}: kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         say(f"  {rows[name]}")
     print(table(rows))
+    lost = (rows.get("seat_lost") or {}).get("seat_lost")
+    if lost:
+        print(f"seat_lost: {lost['frozen']} seat phones frozen mid-talk, {lost['detected']} found out by the media "
+              f"watchdog (median {lost['detect_s_median']} s, max {lost['detect_s_max']} s); {lost['requeued']} "
+              f"re-queues of {lost['callers']} callers, {lost['reconnected']} of them put through to another seat")
+    total = sum(r["offered"] for r in rows.values() if r is not None)
+    print(f"calls offered in all: {total}")
     ok = all(r is not None and r["unaccounted"] == 0 and r["ghost_offers"] == 0 for r in rows.values())
     kept = rows.get("control_kill")
     if kept is not None:
         say(f"control_kill: {kept['talking_completed']} of {kept['talking_at_kill']} conversations under way at "
             f"the kill went on to end completed")
         ok = ok and kept["talking_completed"] == kept["talking_at_kill"] and not kept["lost"]
-    emit({"bench": "faults", "quick": quick, "cases": rows, "goal_met": ok}, as_json)
+    emit({"bench": "faults", "quick": quick, "calls": calls, "offered": total, "cases": rows, "goal_met": ok},
+         as_json)
     return 0

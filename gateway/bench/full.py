@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from gateway.bench.node_log import CallJourney, NodeLog
-from gateway.bench.processes import NodeSampler, memory_now
+from gateway.bench.processes import NodeSampler, memory_now, per_held_caller
 from gateway.bench.ramp import Step, find_limit, pct, rounded, what_limits
 from gateway.bench.rtp_pcap import path_captures
 from gateway.bench.rtp_probe import RtpProbe, Stream, audio_figures
@@ -155,9 +155,11 @@ class Bench:
         self.probe.stop()
 
     # -- one run of callers -------------------------------------------------------------------
-    def run(self, rate: float, seconds: float, scenario: Path, label: str, talk_s: float) -> dict[str, Any]:
+    def run(self, rate: float, seconds: float, scenario: Path, label: str, talk_s: float,
+            snapshot_at: float | None = None) -> dict[str, Any]:
         """Offer ``rate`` calls/s for ``seconds``, wait for every call to end, and collect what
-        SIPp, the node's log, the seats and the probe saw."""
+        SIPp, the node's log, the seats and the probe saw; ``snapshot_at`` seconds in, the node's
+        memory with PSS (``memory_while_held``)."""
         self.runs += 1
         calls = max(1, round(rate * seconds))
         inf = self.workdir / f"callers-{self.runs}.csv"
@@ -182,8 +184,16 @@ class Bench:
         t = threading.Thread(target=callers)
         t.start()
         started = time.monotonic()
+        snapshot: dict[str, Any] | None = None
         while t.is_alive():
-            t.join(self.plan.progress_s)
+            wait = self.plan.progress_s
+            if snapshot_at is not None and snapshot is None:
+                wait = min(wait, max(0.0, started + snapshot_at - time.monotonic()))
+            t.join(wait)
+            if t.is_alive() and snapshot_at is not None and snapshot is None \
+                    and time.monotonic() >= started + snapshot_at:
+                snapshot = memory_now(self.root)
+                continue
             if t.is_alive():
                 journeys = self.log.read()
                 live = sum(1 for j in journeys.values() if j.ended is None)
@@ -201,7 +211,10 @@ class Bench:
                 break
             time.sleep(0.5)
         processes = sampler.stop()
-        return self._figures(run, rate, seconds, calls, lifetime, processes, sampler)
+        figures = self._figures(run, rate, seconds, calls, lifetime, processes, sampler)
+        if snapshot is not None:
+            figures["memory_while_held"] = snapshot
+        return figures
 
     def _figures(self, run: SippRun, rate: float, seconds: float, calls: int, lifetime: float,
                  processes: dict[str, Any], sampler: NodeSampler) -> dict[str, Any]:
@@ -437,16 +450,18 @@ def _held(bench: Bench, plan: Plan) -> dict[str, Any]:
     talk = plan.held_s + arrive_s
     say(f"held: {plan.held} callers ({plan.held * 2} legs) bridged to seats at once, {plan.held_s:g} s together")
     scenario = caller_scenario(bench.workdir, plan, talk)
-    f = bench.run(rate, arrive_s, scenario, "held", talk)
+    # PSS once, mid-hold: every caller arrived (+ the IVR and the hand-off), half the hold to go
+    f = bench.run(rate, arrive_s, scenario, "held", talk, snapshot_at=arrive_s + call_seconds(plan, 0) + plan.held_s / 2)
     step: Step = f.pop("_step")
     f.pop("_rss_series", None)
     mem = f["processes"]
     f["callers"] = plan.held
     f["failed"] = step.failed
-    f["memory_per_held_caller_mb"] = round(mem["rss_mb_peak_total"] / max(1, f["callers_concurrent_peak"]), 2)
+    f.update(per_held_caller(mem["rss_mb_peak_total"], f.get("memory_while_held") or {}, f["callers_concurrent_peak"]))
     _say_step(f)
-    say(f"  memory per held caller: {f['memory_per_held_caller_mb']} MB (node RSS {mem['rss_mb_peak_total']} MB / "
-        f"{f['callers_concurrent_peak']} callers)")
+    pss = (f.get("memory_while_held") or {}).get("pss_mb_total")
+    say(f"  memory per held caller: {f['memory_per_held_caller_mb']} MB RSS-sum (node RSS {mem['rss_mb_peak_total']} MB"
+        f" / {f['callers_concurrent_peak']} callers), {f['pss_per_held_caller_mb']} MB PSS-sum (node PSS {pss} MB)")
     return f
 
 

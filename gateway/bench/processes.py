@@ -1,10 +1,18 @@
-"""CPU and memory of every process of a node, by kind: front door (Kamailio), media workers, control.
+"""CPU and memory of every process of a node, by kind: front door (Kamailio), media workers,
+control, API.
 
 A node is one process tree: the control process (``handoff122 serve``), its Kamailio (which forks
-its own children) and its pjsua2 workers.  A thread walks the tree once a second, so workers that
-restart are counted too, and adds up per kind the CPU time used (as a share of one core) and the
-resident memory: RSS as the kernel reports it, and PSS (shared pages divided among the processes
-that share them, so the libraries every worker maps are counted once).
+its own children), its pjsua2 workers and its API process.  A thread walks the tree once a second,
+so workers that restart are counted too, and adds up per kind the CPU time used (as a share of one
+core) and the resident memory.  Three measures of memory, because they answer different questions:
+
+- **RSS** (``VmRSS``): every page a process has resident, shared or not.  Summed over processes it
+  counts a shared page once per process that maps it: the CPython and pjsua2 libraries every
+  worker maps, Kamailio's shared memory in each of its children.  The issue's "memory per held
+  caller" is defined on it, so the goal is judged on it.
+- **PSS** (``smaps_rollup``): each shared page divided among the processes that map it.  Summed
+  over a node it is close to what the node really takes from the machine.
+- **USS** (private clean + private dirty): what ending that one process would give back.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-KINDS = ("front_door", "workers", "control")
+KINDS = ("front_door", "workers", "control", "api")
 
 
 def _children() -> dict[int, list[int]]:
@@ -33,7 +41,8 @@ def _children() -> dict[int, list[int]]:
 
 
 def node_processes(root: int) -> dict[int, str]:
-    """pid -> kind for the node whose control process is ``root``."""
+    """pid -> kind for the node whose top process is ``root`` (the supervisor of ``serve``, counted
+    with the control process as "control": both are the node's fixed cost, not a call's)."""
     kids = _children()
     out = {root: "control"}
     todo = list(kids.get(root, []))
@@ -47,8 +56,10 @@ def node_processes(root: int) -> dict[int, str]:
             out[pid] = "front_door"
         elif "gateway.worker" in cmd:
             out[pid] = "workers"
+        elif "gateway.api_process" in cmd:
+            out[pid] = "api"
         else:
-            out[pid] = "control"  # helpers the control process runs (none today)
+            out[pid] = "control"  # the control process under the supervisor
         todo.extend(kids.get(pid, []))
     return out
 
@@ -71,34 +82,60 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def pss_bytes(pid: int) -> int:
+def rollup(pid: int) -> tuple[int, int]:
+    """(PSS, USS) of a process in bytes, from ``/proc/<pid>/smaps_rollup``; (0, 0) once it is gone."""
+    pss = uss = 0
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
+                pss = int(line.split()[1]) * 1024
+            elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                uss += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return pss, uss
+
+
+def pss_bytes(pid: int) -> int:
+    return rollup(pid)[0]
 
 
 def memory_now(root: int, with_pss: bool = True) -> dict[str, Any]:
-    """RSS (and PSS) summed per kind and in all, in MB, right now."""
+    """RSS (and PSS, USS) summed per kind and in all, in MB, right now."""
     procs = node_processes(root)
     out: dict[str, Any] = {}
-    total_rss = total_pss = 0
+    total_rss = total_pss = total_uss = 0
     for kind in KINDS:
         pids = [p for p, k in procs.items() if k == kind]
         rss = sum(rss_bytes(p) for p in pids)
-        pss = sum(pss_bytes(p) for p in pids) if with_pss else 0
+        pss = uss = 0
+        if with_pss:
+            for p in pids:
+                one_pss, one_uss = rollup(p)
+                pss += one_pss
+                uss += one_uss
         total_rss += rss
         total_pss += pss
-        out[kind] = {"processes": len(pids), "rss_mb": round(rss / 2**20, 1)}
+        total_uss += uss
+        n = max(1, len(pids))
+        out[kind] = {"processes": len(pids), "rss_mb": round(rss / 2**20, 1),
+                     "rss_mb_per_process": round(rss / n / 2**20, 1)}
         if with_pss:
-            out[kind]["pss_mb"] = round(pss / 2**20, 1)
+            out[kind].update(pss_mb=round(pss / 2**20, 1), uss_mb=round(uss / 2**20, 1),
+                             pss_mb_per_process=round(pss / n / 2**20, 1), uss_mb_per_process=round(uss / n / 2**20, 1))
     out["rss_mb_total"] = round(total_rss / 2**20, 1)
     if with_pss:
         out["pss_mb_total"] = round(total_pss / 2**20, 1)
+        out["uss_mb_total"] = round(total_uss / 2**20, 1)
     return out
+
+
+def per_held_caller(peak_rss_mb: float, while_held: dict[str, Any], callers: int) -> dict[str, Any]:
+    """Memory per held caller, both ways: RSS summed over every process of the node (peak; the
+    issue's definition, the goal's measure) and PSS summed the same way (mid-hold)."""
+    n = max(1, callers)
+    return {"memory_per_held_caller_mb": round(peak_rss_mb / n, 2),
+            "pss_per_held_caller_mb": round(while_held.get("pss_mb_total", 0) / n, 2)}
 
 
 class NodeSampler:

@@ -23,6 +23,7 @@ from gateway.bench.runner import say
 
 ORDER = ("sip", "full", "ivr", "routing", "handoff", "api", "faults", "cluster")
 Row = tuple[str, Any, str]
+KIND_LABELS = (("front_door", "Kamailio"), ("workers", "media workers"), ("control", "control + supervisor"), ("api", "API process"))
 
 
 def run_one(name: str, quick: bool) -> tuple[dict[str, Any] | None, int, float, str]:
@@ -131,12 +132,15 @@ def _rows_sip(f: dict[str, Any]) -> list[Row]:
         ("ceiling limited by", _get(f, "ceiling_ramp.limited_by"), "the same for the ceiling ramp"),
         ("held callers ok / failed", f"{c.get('ok')} / {c.get('failed')}",
          f"{c.get('callers')} SIPp callers answered and held at once (prompt + recording)"),
-        ("memory per held caller (MB)", c.get("memory_per_held_caller_mb"),
-         "peak RSS of every node process (control + workers + Kamailio) / held callers"),
-        ("PSS per held caller (MB)", c.get("pss_per_held_caller_mb"),
+        ("memory per held caller, RSS-sum (MB)", c.get("memory_per_held_caller_mb"),
+         "the goal's measure: peak RSS of every node process (control, API, workers, Kamailio) / held callers; "
+         "counts each shared page once per process mapping it"),
+        ("memory per held caller, PSS-sum (MB)", c.get("pss_per_held_caller_mb"),
          "the same with PSS (shared pages split among the processes sharing them), mid-hold"),
+        ("per media worker: RSS / PSS / USS (MB)", f"{_get(c, 'per_worker.rss_mb')} / {_get(c, 'per_worker.pss_mb')} / "
+         f"{_get(c, 'per_worker.uss_mb')}", "one worker process holding its callers (USS: its private pages)"),
     ]
-    for kind, label in (("front_door", "Kamailio"), ("workers", "media workers"), ("control", "control")):
+    for kind, label in KIND_LABELS:
         k = p.get(kind) or {}
         rows.append((f"{label}: CPU (cores) / RSS (MB)", f"{k.get('cpu_core_share')} / {k.get('rss_mb_peak')}",
                      f"{k.get('processes')} process(es) while the callers were held; CPU as a share of one core"))
@@ -173,7 +177,7 @@ def _rows_full(f: dict[str, Any]) -> list[Row]:
         ("tone delay p50 / p99 (ms)", f"{_get(top, 'audio.tone_delay_ms.p50')} / {_get(top, 'audio.tone_delay_ms.p99')}",
          "SIPp caller starts its test tone -> first tone frame arrives at the sampled seat (through the bridge)"),
     ]
-    for kind, label in (("front_door", "Kamailio"), ("workers", "media workers"), ("control", "control")):
+    for kind, label in KIND_LABELS:
         k = _get(top, f"processes.{kind}") or {}
         rows.append((f"{label}: CPU (cores) / RSS (MB)", f"{k.get('cpu_core_share')} / {k.get('rss_mb_peak')}",
                      f"{k.get('processes')} process(es), at the max clean step; CPU as a share of one core"))
@@ -185,8 +189,10 @@ def _rows_full(f: dict[str, Any]) -> list[Row]:
          "callers talking to seats at once, from the node's log"),
         ("held: jitter p50 / p99 (ms), loss (%)", f"{_get(held, 'audio.jitter_ms_p50')} / "
          f"{_get(held, 'audio.jitter_ms_p99')}, {_get(held, 'audio.loss_pct')}", "as above, while all were held"),
-        ("held: memory per caller (MB)", held.get("memory_per_held_caller_mb"),
-         "peak RSS of every node process / callers held"),
+        ("held: memory per caller, RSS-sum (MB)", held.get("memory_per_held_caller_mb"),
+         "the goal's measure: peak RSS of every node process / callers held"),
+        ("held: memory per caller, PSS-sum (MB)", held.get("pss_per_held_caller_mb"),
+         "the same with PSS (shared pages counted once), mid-hold"),
         ("call records with CONNECT", f"{_get(f, 'call_records.connected')} of {_get(f, 'call_records.checked')}",
          "the node's newest call records (API) that show the seat's CONNECT"),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,50 +21,72 @@ SIPP_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    for _ in range(200):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+#: ports handed out lately by this process: a port chosen for a listener that has not bound it
+#: yet is not handed out again (a test picks its seats' ports before the node starts)
+_HANDED: deque[int] = deque(maxlen=1024)
+
+
+def _listener_span() -> tuple[int, int] | None:
+    """Loopback ports for listeners: above the kernel's ephemeral range when there is room there.
+
+    A port taken from the ephemeral range is free when chosen, but until the listener binds it the
+    kernel may give it to any outgoing connection (a test polls the API over new TCP connections
+    many times a second): the listener then fails with "address already in use".  The kernel
+    never gives out a port above ``ip_local_port_range``."""
+    try:
+        high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    low, top = high + 1, 65000
+    return (low, top) if top - low >= 1000 else None
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        s = socket.socket(socket.AF_INET, kind)
         try:
-            t.bind(("127.0.0.1", port))
-            return port
+            s.bind(("127.0.0.1", port))
         except OSError:
-            continue
+            return False
         finally:
-            t.close()
-    raise RuntimeError("no free port")
+            s.close()
+    return True
+
+
+def _kernel_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def free_block(n: int) -> int:
-    for _ in range(200):
-        base = free_port()
-        if base + n >= 65000:
+    """The first of ``n`` consecutive loopback ports free for UDP and TCP (``n`` = 1: one port)."""
+    span = _listener_span()
+    if span is not None and n > (span[1] - span[0]) // 4:
+        span = None
+    for _ in range(500):
+        base = random.randrange(span[0], span[1] - n) if span else _kernel_port()
+        ports = range(base, base + n)
+        if base + n >= 65000 or any(p in _HANDED for p in ports):
             continue
-        ok = True
-        for p in range(base, base + n):
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                s = socket.socket(socket.AF_INET, kind)
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                finally:
-                    s.close()
-            if not ok:
-                break
-        if ok:
+        if all(_bindable(p) for p in ports):
+            _HANDED.extend(ports)
             return base
     raise RuntimeError(f"no block of {n} free ports")
+
+
+def free_port() -> int:
+    """A loopback port free for UDP and TCP, for a SIP or HTTP listener of a test or benchmark."""
+    return free_block(1)
 
 
 def rtp_base_below_ephemeral(seed: int, span: int) -> int:
     """A first RTP port for a test or bench node, below the kernel's ephemeral range.
 
-    SIP, API and worker ports come from the ephemeral range (``free_port``), so RTP blocks taken
-    from below it can never overlap them; ``seed`` spreads parallel nodes over different blocks.
+    SIP, API and worker ports come from above the ephemeral range (``free_port``), so RTP blocks
+    taken from below it can never overlap them; ``seed`` spreads parallel nodes over different blocks.
     """
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])

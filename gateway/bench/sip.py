@@ -3,7 +3,8 @@
 1. Concurrency: nearly every caller slot of the node filled (2 per worker: 256 callers on 130 workers, a little room for a late BYE), each
    answered, hearing the welcome prompt, recorded.
    CPU and RSS of every process kind of the node, and memory per held caller: the RSS of every
-   process of the node (control, media workers, Kamailio) divided by the callers held.
+   process of the node (control, API, media workers, Kamailio) divided by the callers held (the
+   goal's measure), and the same with PSS, which counts shared pages once (``processes``).
 2. Node ramp: answer-only calls (INVITE, 200, ACK, the welcome prompt for 1 s, BYE) through the
    node's front door, the rate raised step by step (``gateway.bench.ramp``) until a step fails
    (more than 0.1 % failed, or set-up p99 over 1 s).
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.processes import NodeSampler, memory_now
+from gateway.bench.processes import NodeSampler, memory_now, per_held_caller
 from gateway.bench.ramp import Step, find_limit, what_limits
 from gateway.bench.runner import NodeProcess, SippRun, emit, free_port, say, sipp
 from gateway.kamailio import Destination, Kamailio, find_kamailio
@@ -93,13 +94,13 @@ def _held(node: NodeProcess, plan: Plan) -> dict[str, Any]:
     held = box["run"]
     processes = sampler.stop()
     fail_pct = 100.0 * held.failed_calls / max(1, held.ok_calls + held.failed_calls)
-    rss = processes["rss_mb_peak_total"]
     return {"callers": plan.held, "ok": held.ok_calls, "failed": held.failed_calls, "failed_pct": round(fail_pct, 3),
-            "processes": processes, "memory_per_held_caller_mb": round(rss / max(1, plan.held), 2),
+            "processes": processes, **per_held_caller(processes["rss_mb_peak_total"], while_held, plan.held),
             "memory_while_held": while_held,
-            "pss_per_held_caller_mb": round(while_held.get("pss_mb_total", 0) / max(1, plan.held), 2),
             "per_worker": {"cpu_core_share": processes["workers"]["cpu_core_share_per_process"],
-                           "rss_mb": processes["workers"]["rss_mb_per_process"]}}
+                           "rss_mb": processes["workers"]["rss_mb_per_process"],
+                           "pss_mb": while_held["workers"].get("pss_mb_per_process"),
+                           "uss_mb": while_held["workers"].get("uss_mb_per_process")}}
 
 
 def _ceiling(plan: Plan, shm_mb: int) -> tuple[list[Step], float] | None:
@@ -150,9 +151,10 @@ def run(plan: Plan, *, as_json: bool = False, quick: bool = False) -> int:
         p = held["processes"]
         say(f"  held {held['ok']}/{plan.held} ok, {held['failed']} failed; CPU (cores) front door "
             f"{p['front_door']['cpu_core_share']}, workers {p['workers']['cpu_core_share']}, control "
-            f"{p['control']['cpu_core_share']}; per worker {held['per_worker']['rss_mb']} MB RSS; node RSS "
-            f"{p['rss_mb_peak_total']} MB = {held['memory_per_held_caller_mb']} MB per held caller (PSS: "
-            f"{held['pss_per_held_caller_mb']} MB)")
+            f"{p['control']['cpu_core_share']}; per worker {held['per_worker']['rss_mb']} MB RSS, "
+            f"{held['per_worker']['pss_mb']} MB PSS; memory per held caller: {held['memory_per_held_caller_mb']} MB "
+            f"RSS-sum (node RSS {p['rss_mb_peak_total']} MB / {plan.held}), {held['pss_per_held_caller_mb']} MB "
+            f"PSS-sum (node PSS {held['memory_while_held']['pss_mb_total']} MB)")
         # slots: 2 callers per worker; a call holds its slot ~STAY_MS + set-up
         slots_cap = math.floor(plan.workers * 2 * 0.9 / (STAY_MS / 1000 + 0.3))
         cap = min(plan.node_cap, slots_cap)
@@ -192,7 +194,9 @@ def run(plan: Plan, *, as_json: bool = False, quick: bool = False) -> int:
     result["goals"] = {
         "ratio_to_ceiling": {"value": result.get("ratio_to_ceiling"), "goal": ">= 0.5",
                              "met": (result.get("ratio_to_ceiling") or 0) >= 0.5},
-        "memory_per_held_caller_mb": {"value": conc["memory_per_held_caller_mb"], "goal": "<= 12",
+        # judged on the RSS sum (the definition); the PSS sum is given beside it, not judged
+        "memory_per_held_caller_mb": {"value": conc["memory_per_held_caller_mb"], "goal": "<= 12 (RSS-sum)",
+                                      "pss_sum": conc["pss_per_held_caller_mb"],
                                       "met": conc["memory_per_held_caller_mb"] <= 12},
         "held_callers": {"value": conc["ok"], "goal": f"{plan.held}, 0 failed",
                          "met": conc["failed"] == 0 and conc["ok"] >= plan.held},

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +38,9 @@ _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 def new_call_id() -> str:
-    return "c-" + secrets.token_hex(8)
+    # os.urandom is what secrets.token_hex reads; importing secrets would map OpenSSL's libcrypto
+    # (~3 MB of RSS) into every worker for nothing (docs/PERFORMANCE.md, memory per held caller)
+    return "c-" + os.urandom(8).hex()
 
 
 def normalise_number(value: str) -> str:

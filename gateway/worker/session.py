@@ -20,6 +20,7 @@ import pjsua2 as pj
 from gateway import channel as ch
 from gateway.worker.legs import CallerLeg, MonitorLeg, SeatLeg, SeatLegState, active_audio, seat_leg_move
 from gateway.worker.media import CallRecording, PromptPlayer
+from gateway.worker.watchdog import SeatMediaWatchdog
 
 
 class Loop(Protocol):
@@ -72,6 +73,7 @@ class HandoffSession:
         self.seat_id: str | None = None  # the seat the current leg dials (told by the control process)
         self.identity: tuple[str, str, str, float] | None = None  # caller, callee, SIP Call-ID, answered at
         self.playing: tuple[list[str], int] | None = None  # what the caller hears, replayed while no control
+        self.seat_media_timeout_s = 0.0  # the current seat leg's media watchdog (DialSeat.media_timeout_s)
 
     # -- the seat leg's states -------------------------------------------------------------------
     @property
@@ -245,6 +247,7 @@ class HandoffSession:
         self._seat_to(SeatLegState.DIALING, cmd.leg_id)
         self.seat = leg
         self.seat_id = cmd.seat_id
+        self.seat_media_timeout_s = cmd.media_timeout_s
         leg_id = cmd.leg_id
         self.service.rt.call_later(cmd.timeout_s, lambda: self.cancel_seat(leg_id, "worker ring timeout"))
 
@@ -405,6 +408,33 @@ class HandoffSession:
             now = time.time()
             self.service.send(ch.SeatAnswered(call_id=self.call_id, leg_id=leg.leg_id, at=now,
                                               answered_at=leg.answered_at or now))
+            self._watch_seat_media(leg)
+
+    # -- the seat's network vanished (gateway.worker.watchdog) -------------------------------------
+    def _watch_seat_media(self, leg: SeatLeg) -> None:
+        if self.seat_media_timeout_s <= 0:
+            return
+        SeatMediaWatchdog(self.service.rt, leg, self.seat_media_timeout_s,
+                          on_lost=lambda silent_s: self.seat_media_lost(leg, silent_s),
+                          watching=lambda: leg is self.seat and self.bridged and not self.ended).start()
+
+    def seat_media_lost(self, leg: SeatLeg, silent_s: float) -> None:
+        """No RTP from the bridged seat for ``silent_s``: the leg is released as in a transfer (BYE,
+        best effort, as an orphan: a vanished phone never answers it, and its DISCONNECTED is not
+        this session's business), the caller's leg and recording are not touched, and the control
+        process hears ``seat_media_timeout`` at once (it re-queues the caller and plays hold audio)."""
+        if leg is not self.seat or not self.bridged or self.ended:
+            return
+        reason = f"seat_media_timeout: no RTP from the seat for {silent_s:.1f} s"
+        log.warning("seat_media_timeout", extra={"call_id": self.call_id, "leg_id": leg.leg_id,
+                                                 "silent_s": round(silent_s, 1)})
+        self._seat_to(SeatLegState.ENDED, leg.leg_id)
+        self.seat = None
+        self.on_hold = False
+        leg.cancelled = "seat_media_timeout"
+        self.service.orphan_seat(leg)
+        self.service.send(ch.SeatFailed(call_id=self.call_id, leg_id=leg.leg_id, code=0, reason=reason,
+                                        at=time.time()))
 
     def _connect_seat(self, leg: SeatLeg) -> bool:
         seat_am = active_audio(leg)

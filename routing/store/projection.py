@@ -28,6 +28,10 @@ from routing.store.models import callbacks, calls, events, queue_entries, seats
 FIRST_WINS = frozenset({"started_at", "queued_at", "ended_at", "end_reason", "ended_by", "answered_at", "node_id"})
 
 LEAVES_QUEUE = frozenset({EventKind.CONNECT, EventKind.ABANDON, EventKind.COMPLETE, EventKind.CALLEND})
+#: ``COMPLETE.ended_by`` values that end one seat's part of a call, not the call: a blind transfer
+#: and a seat lost mid-conversation.  The caller is still on the line and queued again, so the
+#: call record is not ended by them (its end is the next real one: first wins).
+SEAT_PART_ENDS = frozenset({"transfer", "seat_lost"})
 
 
 @dataclass
@@ -153,6 +157,8 @@ def fold(batch: list[Event], node_id: str | None, now: float) -> BatchChanges:
             call(cid, seat_id=ev.seat_id, seat_answered_at=ev.at)
         elif k is EventKind.ABANDON:
             call(cid, ended_at=ev.at, end_reason="abandoned", ended_by="caller")
+        elif k is EventKind.COMPLETE and d.get("ended_by") in SEAT_PART_ENDS:
+            call(cid)
         elif k is EventKind.COMPLETE:
             call(cid, ended_at=ev.at, end_reason="completed", ended_by=d.get("ended_by"))
         elif k is EventKind.CALLEND:

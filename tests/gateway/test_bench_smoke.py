@@ -90,6 +90,10 @@ def test_bench_full_drives_every_ivr_path_to_a_seat(full_figures: dict[str, Any]
     assert f["max_clean_cps"] == 1
     assert f["soak"]["lost"] == 0 and f["soak"]["rss"]["growth_pct"] is not None
     assert f["held"]["callers_concurrent_peak"] == 4 and f["held"]["legs_concurrent_peak"] == 8
+    # memory per held caller both ways: PSS (shared pages counted once, mid-hold) below the RSS sum
+    held_mem = f["held"]["memory_while_held"]
+    assert held_mem["workers"]["processes"] == 5 and held_mem["api"]["processes"] == 1
+    assert 0 < f["held"]["pss_per_held_caller_mb"] < f["held"]["memory_per_held_caller_mb"]
     records = f["call_records"]
     total = 6 + f["soak"]["calls"] + f["held"]["calls"]
     assert records["checked"] == total and records["connected"] == total, records
@@ -102,6 +106,10 @@ def test_bench_full_drives_every_ivr_path_to_a_seat(full_figures: dict[str, Any]
 def test_bench_sip_finds_both_limits_in_one_run(sip_figures: dict[str, Any]) -> None:
     f = sip_figures
     assert f["concurrent"]["ok"] == 4 and f["concurrent"]["memory_per_held_caller_mb"] > 0
+    assert 0 < f["concurrent"]["pss_per_held_caller_mb"] < f["concurrent"]["memory_per_held_caller_mb"]
+    worker = f["concurrent"]["per_worker"]
+    assert 0 < worker["uss_mb"] <= worker["pss_mb"] < worker["rss_mb"]
+    assert f["concurrent"]["processes"]["api"]["processes"] == 1  # the API process, counted apart from control
     assert f["node_ramp"]["steps"][0]["ok"] == 6 and f["node_ramp"]["max_clean_cps"] == 2
     assert f["ceiling_ramp"]["max_clean_cps"] == 20
     assert f["ratio_to_ceiling"] == pytest.approx(0.1)
@@ -120,3 +128,4 @@ def test_bench_all_report_has_a_table_per_benchmark_and_plots(tmp_path: Path, fu
     text = report.render(results, report.machine(), plots, quick=True)
     assert "## bench sip" in text and "## bench full" in text and "## bench ivr" in text
     assert "ratio_to_ceiling" in text and "full-path max clean CPS" in text and "No figures" in text
+    assert "memory per held caller, RSS-sum" in text and "memory per held caller, PSS-sum" in text

@@ -530,3 +530,45 @@ def test_queues_view_has_contract_keys_and_realtime_figures() -> None:
     seats = {v["id"]: v for v in a.seats_view(10)}
     assert set(seats["s1"]) >= {"id", "name", "contact", "status", "reason", "since", "skills", "call_id"}
     assert seats["s1"]["call_id"] == "c1"
+
+
+# -- a seat lost mid-conversation (issue 13) -----------------------------------------------------
+
+def test_a_seat_lost_mid_talk_goes_not_ready_with_its_reason_and_is_no_ring_no_answer() -> None:
+    a = acd()
+    a.add_seat(spec("s1"), 0)
+    a.enqueue("c1", R, 3, 1)
+    a.seat_answered("c1", 2)
+    out = a.seat_lost("c1", 20, "seat_media_timeout")
+    assert kinds(out) == ["COMPLETE", "SEATSTATUS", "SEATSTATUS"]
+    assert out[0].data["ended_by"] == "seat_lost" and out[0].data["talk_s"] == 18
+    assert [e.data["status"] for e in out[1:]] == ["wrap_up", "not_ready"]
+    view = a.seat_view("s1", 20)
+    assert view["status"] == "not_ready" and view["reason"] == "seat_media_timeout"
+    assert a.metrics.cumulative(R).rona == 0
+    with pytest.raises(UnknownCall):
+        a.seat_lost("c1", 21, "seat_media_timeout")
+
+
+def test_a_call_not_connected_cannot_lose_its_seat() -> None:
+    a = acd()
+    a.add_seat(spec("s1"), 0)
+    a.enqueue("c1", R, 3, 1)  # ringing s1
+    with pytest.raises(IllegalTransition):
+        a.seat_lost("c1", 2, "seat_media_timeout")
+    assert status(a, "s1") == "reserved"
+
+
+def test_the_requeued_caller_keeps_its_place_ahead_of_later_callers_of_its_priority() -> None:
+    """What the journey does after a lost seat: enqueue again with ``place_at`` = its first queueing."""
+    a = acd()
+    a.add_seat(spec("s1"), 0)
+    a.enqueue("c1", R, 3, 1)
+    a.seat_answered("c1", 2)
+    a.enqueue("c2", R, 3, 5)       # arrived later, waiting
+    a.seat_lost("c1", 20, "seat_media_timeout")
+    a.enqueue("c1", R, 3, 20, place_at=1)
+    assert a.queue_position("c1") == 1 and a.queue_position("c2") == 2
+    a.add_seat(spec("s2"), 21)
+    assert a.call_state("c1") == "ringing" and a.call_view("c1")["seat_id"] == "s2"
+    assert a.queue_position("c2") == 1

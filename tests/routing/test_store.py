@@ -491,3 +491,32 @@ async def test_a_hostile_caller_id_is_bounded_and_costs_no_event_of_its_batch(db
     finally:
         await writer.stop()
         await engine.dispose()
+
+
+@pytest.mark.parametrize("ended_by", ["seat_lost", "transfer"])
+async def test_a_seat_lost_or_a_transfer_does_not_end_the_call_record(db_url: str, ended_by: str) -> None:
+    """The caller is queued again: the record ends with the call's real end, not the first seat's."""
+    engine = await fresh_engine(db_url)
+    writer = EventWriter(engine, "node-d", batch_window_s=0.005)
+    await writer.start()
+    writer.append([
+        Event(K.CALLSTART, 100.0, call_id="D", data={"caller": "13900000004", "ingress": "sip"}),
+        enqueue("D", "intake_guidance", 3, 101.0),
+        Event(K.CONNECT, 102.0, call_id="D", seat_id="s1", skill="intake_guidance"),
+        Event(K.COMPLETE, 120.0, call_id="D", seat_id="s1", skill="intake_guidance",
+              data={"ended_by": ended_by, "talk_s": 18.0}),
+        enqueue("D", "intake_guidance", 3, 120.0),
+    ])
+    await writer.flush()
+    records = CallRecords(engine)
+    try:
+        live = await records.get("D")
+        assert live["end_reason"] is None and live["ended_at"] is None, live
+        writer.append([Event(K.ABANDON, 140.0, call_id="D", skill="intake_guidance", data={"wait_s": 20.0}),
+                       Event(K.CALLEND, 140.1, call_id="D", data={"reason": "abandoned", "ended_by": "caller"})])
+        await writer.stop()
+        done = await records.get("D")
+        assert done["end_reason"] == "abandoned" and done["ended_at"] == 140.0, done
+        assert done["seat_id"] == "s1"
+    finally:
+        await engine.dispose()
