@@ -423,6 +423,9 @@ class Node:
 
     # ------------------------------------------------------------------------------------------
     async def stop(self) -> None:
+        """Each step of a stop is bounded: a step that hangs (a child that does not answer, a
+        database that is gone) is logged by name and the stop goes on, so a node asked to stop
+        always stops and its children are always ended."""
         started = self.engine is not None
         if started:
             log.info("node_stopping", extra={"node_id": self.node_id})
@@ -431,33 +434,34 @@ class Node:
         if self._expiry is not None:
             self._expiry.cancel()
         if self.api is not None:
-            try:
-                await self.api.stop()
-            except Exception:
-                log.exception("api_stop_failed", extra={"node_id": self.node_id})
+            await self._stop_step("api", self.api.stop(), 15)
         if self.registrations is not None:
-            await self.registrations.stop()
-        if self.processes is not None:
-            await self.processes.stopping()  # no new caller while the node stops, no worker replaced
+            await self._stop_step("registrations", self.registrations.stop(), 5)
+        if self.processes is not None:  # no new caller while the node stops, no worker replaced
+            await self._stop_step("front_door", self.processes.stopping(), 15)
         if self.director is not None:
             self.director.hangup_all()
             await asyncio.sleep(0.3)
         if self.pool is not None:
-            await self.pool.stop()
+            await self._stop_step("workers", self.pool.stop(), 15)
         if self.processes is not None:
-            await self.processes.stop()
+            await self._stop_step("processes", self.processes.stop(), 20)
         if self.director is not None:
-            await self.director.drain()
-        if self.routing is not None:
-            try:
-                await self.routing.stop()  # the final flush of the event log
-            except Exception:
-                # events that could not be written are lost from the log: say so, loudly
-                log.exception("routing_stop_failed", extra={"node_id": self.node_id})
+            await self._stop_step("calls", self.director.drain(), 15)
+        if self.routing is not None:  # the final flush of the event log: events it cannot write are lost, loudly
+            await self._stop_step("routing", self.routing.stop(), 30)
         if self.engine is not None:
-            await self.engine.dispose()
+            await self._stop_step("database", self.engine.dispose(), 10)
         if started:
             log.info("node_stopped", extra={"node_id": self.node_id})
+
+    async def _stop_step(self, step: str, work: Any, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(work, timeout_s)
+        except TimeoutError:
+            log.error("node_stop_step_timed_out", extra={"node_id": self.node_id, "step": step, "timeout_s": timeout_s})
+        except Exception:
+            log.exception("node_stop_step_failed", extra={"node_id": self.node_id, "step": step})
 
 
 def _safe_url(url: str) -> str:
