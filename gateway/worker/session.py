@@ -23,6 +23,22 @@ from gateway.worker.media import CallRecording, PromptPlayer
 from gateway.worker.watchdog import SeatMediaWatchdog
 
 
+def outgoing_call_params(headers: dict[str, str], from_uri: str | None = None) -> pj.CallOpParam:
+    """An INVITE the worker sends (seat, consult and supervisor legs): audio only, with the
+    gateway's ``X-Handoff-*`` headers and, for a seat, the caller's identity as From."""
+    prm = pj.CallOpParam(True)
+    prm.opt.audioCount = 1
+    prm.opt.videoCount = 0
+    for name, value in headers.items():
+        h = pj.SipHeader()
+        h.hName = name
+        h.hValue = value
+        prm.txOption.headers.append(h)
+    if from_uri:
+        prm.txOption.localUri = from_uri
+    return prm
+
+
 class Loop(Protocol):
     """The PJSIP thread's loop (``gateway.pjsip.PjsipRuntime``)."""
 
@@ -218,16 +234,7 @@ class HandoffSession:
                                                error="a seat leg already exists"))
             return
         leg = SeatLeg(self.service.account, self, cmd.leg_id)
-        prm = pj.CallOpParam(True)
-        prm.opt.audioCount = 1
-        prm.opt.videoCount = 0
-        for name, value in cmd.headers.items():
-            h = pj.SipHeader()
-            h.hName = name
-            h.hValue = value
-            prm.txOption.headers.append(h)
-        if cmd.from_uri:
-            prm.txOption.localUri = cmd.from_uri
+        prm = outgoing_call_params(cmd.headers, cmd.from_uri)
         try:
             leg.makeCall(cmd.uri, prm)
         except pj.Error as e:
@@ -294,14 +301,7 @@ class HandoffSession:
             self.service.send(ch.MonitorEnded(call_id=self.call_id, leg_id=cmd.leg_id, code=0, reason=why, at=now))
             return
         leg = MonitorLeg(self.service.account, self, cmd.leg_id, cmd.mode)
-        prm = pj.CallOpParam(True)
-        prm.opt.audioCount = 1
-        prm.opt.videoCount = 0
-        for name, value in cmd.headers.items():
-            h = pj.SipHeader()
-            h.hName = name
-            h.hValue = value
-            prm.txOption.headers.append(h)
+        prm = outgoing_call_params(cmd.headers)
         try:
             leg.makeCall(cmd.uri, prm)
         except pj.Error as e:
@@ -494,16 +494,7 @@ class HandoffSession:
             why = "a consult is already under way"
         if why is None:
             leg = SeatLeg(self.service.account, self, cmd.leg_id)
-            prm = pj.CallOpParam(True)
-            prm.opt.audioCount = 1
-            prm.opt.videoCount = 0
-            for name, value in cmd.headers.items():
-                h = pj.SipHeader()
-                h.hName = name
-                h.hValue = value
-                prm.txOption.headers.append(h)
-            if cmd.from_uri:
-                prm.txOption.localUri = cmd.from_uri
+            prm = outgoing_call_params(cmd.headers, cmd.from_uri)
             try:
                 leg.makeCall(cmd.uri, prm)
             except pj.Error as e:
