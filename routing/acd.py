@@ -400,13 +400,18 @@ class Acd:
         if call.state is not EntryState.CONNECTED:
             raise IllegalTransition(f"call {call_id} is {call.state.value}; only a connected call completes")
         seat = self._seats[call.seat_id]  # type: ignore[index]
-        talk_s = now - (call.answered_at or now)
         out: list[Event] = []
         self._release_consult(call, now, f"call ended ({ended_by})", out)
-        out.append(Event(EventKind.COMPLETE, now, call_id=call.id, seat_id=seat.id, skill=call.skill,
-                         data={"talk_s": talk_s, "ended_by": ended_by,
-                               "wait_s": (call.answered_at or now) - call.enqueued_at}))
         del self._calls[call_id]
+        self._seat_part_ends(call, seat, now, out, ended_by=ended_by)
+        return self._done(out)
+
+    def _seat_part_ends(self, call: QueuedCall, seat: Seat, now: float, out: list[Event], **data: Any) -> None:
+        """A seat's part of a conversation ends (hang-up, or a transfer that hands the caller on):
+        COMPLETE with its talk and wait times, then the skill's wrap-up (none: available at once)."""
+        talk_s = now - (call.answered_at or now)
+        out.append(Event(EventKind.COMPLETE, now, call_id=call.id, seat_id=seat.id, skill=call.skill,
+                         data={"talk_s": talk_s, **data, "wait_s": (call.answered_at or now) - call.enqueued_at}))
         wrap_s = self.policy(call.skill).wrap_up_s
         out.append(seat.move(S.WRAP_UP, now, call_id=call.id, skill=call.skill, wrap_up_s=wrap_s))
         seat.wrap_skill, seat.wrap_talk_s, seat.call_ended_at = call.skill, talk_s, now
@@ -414,7 +419,6 @@ class Acd:
             self._end_wrap(seat, now, S.AVAILABLE, None, out)
         else:
             self._arm(now + wrap_s, _WRAP, seat.id, seat.version)
-        return self._done(out)
 
     # -- warm (consult) transfers (docs/SEATS.md) ----------------------------------------------
     def consult_reserve(self, call_id: str, now: float, seat_id: str | None = None, skill: str | None = None,
@@ -477,17 +481,8 @@ class Acd:
         if seat2.status is not S.RESERVED or seat2.call_id != call.id:
             raise IllegalTransition(f"seat {seat2.id} is {seat2.status.value}, not reserved for {call_id}")
         seat1 = self._seats[call.seat_id]  # type: ignore[index]
-        talk_s = now - (call.answered_at or now)
-        out = [Event(EventKind.COMPLETE, now, call_id=call.id, seat_id=seat1.id, skill=call.skill,
-                     data={"talk_s": talk_s, "ended_by": "transfer", "to_seat": seat2.id,
-                           "wait_s": (call.answered_at or now) - call.enqueued_at})]
-        wrap_s = self.policy(call.skill).wrap_up_s
-        out.append(seat1.move(S.WRAP_UP, now, call_id=call.id, skill=call.skill, wrap_up_s=wrap_s))
-        seat1.wrap_skill, seat1.wrap_talk_s, seat1.call_ended_at = call.skill, talk_s, now
-        if wrap_s <= 0:
-            self._end_wrap(seat1, now, S.AVAILABLE, None, out)
-        else:
-            self._arm(now + wrap_s, _WRAP, seat1.id, seat1.version)
+        out: list[Event] = []
+        self._seat_part_ends(call, seat1, now, out, ended_by="transfer", to_seat=seat2.id)
         call.skill = call.consult_skill or call.skill
         call.seat_id, call.answered_at = seat2.id, now
         call.consult_seat = call.consult_skill = None

@@ -53,14 +53,22 @@ async def _caller_of_this_seat(ctx: ApiContext, who: Principal, call_id: str) ->
     return f"{who.role.value}:{who.token_id}"
 
 
-async def _hold(ctx: ApiContext, who: Principal, call_id: str, on: bool) -> dict[str, Any]:
-    if ctx.hold is None:
+async def _act_on_live_call(ctx: ApiContext, who: Principal, call_id: str, action: Any,
+                            *args: Any) -> dict[str, Any]:
+    """One way for every act on a live call (hold, transfer, consult): only its seat or a
+    supervisor, carried out by the control process, its refusal answered with its own status.
+    ``args`` go before ``by`` (who asks)."""
+    if action is None:
         raise HTTPException(409, detail="this node carries no calls")
     by = await _caller_of_this_seat(ctx, who, call_id)
     try:
-        return await ctx.on_control(ctx.hold, call_id, on, by)
+        return await ctx.on_control(action, *args, by)
     except TransferRefused as e:
         raise HTTPException(e.status, detail=e.detail) from None
+
+
+async def _hold(ctx: ApiContext, who: Principal, call_id: str, on: bool) -> dict[str, Any]:
+    return await _act_on_live_call(ctx, who, call_id, ctx.hold, call_id, on)
 
 
 @router.post("/{call_id}/hold", responses={403: {"description": "not this call's seat"},
@@ -98,13 +106,7 @@ async def transfer(body: TransferIn, call_id: str = Path(max_length=128), who: P
 
 
 async def _end_consult(ctx: ApiContext, who: Principal, call_id: str, complete: bool) -> dict[str, Any]:
-    if ctx.consult is None:
-        raise HTTPException(409, detail="this node carries no calls")
-    by = await _caller_of_this_seat(ctx, who, call_id)
-    try:
-        return await ctx.on_control(ctx.consult, call_id, complete, by)
-    except TransferRefused as e:
-        raise HTTPException(e.status, detail=e.detail) from None
+    return await _act_on_live_call(ctx, who, call_id, ctx.consult, call_id, complete)
 
 
 @router.post("/{call_id}/transfer/complete",
