@@ -51,6 +51,18 @@ def transfer_targets(seats: Any) -> list[dict[str, Any]]:
                    for s in seats if str(s.get("status")) == "available"), key=lambda t: t["id"])
 
 
+def _targets_delta(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """What changed in the transfer targets: rows added or changed, ids gone.
+
+    Sent as a delta because every console follows it: the full list (every available seat) to
+    every console on each seat change was the bulk of the fan-out (300 consoles x ~280 rows, several
+    times a second) and delayed every live view by hundreds of milliseconds (``bench api``)."""
+    before = {t["id"]: t for t in old}
+    after = {t["id"]: t for t in new}
+    added = [t for tid, t in after.items() if before.get(tid) != t]
+    return added, sorted(tid for tid in before if tid not in after)
+
+
 def encode(msg: dict[str, Any]) -> str:
     return json.dumps(msg, ensure_ascii=False, separators=(",", ":"), default=str)
 
@@ -154,7 +166,7 @@ class LiveViews:
         self.seq += 1
         self.ready.set()
         targets = transfer_targets(new_seats.values()) if changed or removed else self.targets
-        new_targets = targets != self.targets
+        added_targets, gone_targets = _targets_delta(self.targets, targets)
         self.targets = targets
         if not self.clients or not (changed or removed or qchanged):
             return
@@ -173,9 +185,9 @@ class LiveViews:
             if mine or gone:
                 c.offer(encode({"kind": "SEATS", "seat_id": c.viewer.seat_id, "rows": mine, "removed": gone,
                                 "seq": self.seq, "at": self.at}))
-            if new_targets:  # addressed to this seat, like its SEATS
-                c.offer(encode({"kind": "TARGETS", "seat_id": c.viewer.seat_id, "rows": targets,
-                                "seq": self.seq, "at": self.at}))
+            if added_targets or gone_targets:  # addressed to this seat, like its SEATS
+                c.offer(encode({"kind": "TARGETS", "seat_id": c.viewer.seat_id, "added": added_targets,
+                                "removed": gone_targets, "seq": self.seq, "at": self.at}))
 
     def apply_event(self, ev: dict[str, Any]) -> None:
         """An ACD event: encoded once, offered to every client allowed to see it."""

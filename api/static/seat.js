@@ -97,6 +97,15 @@
 
   function onTargets(rows) { targets = rows || []; renderTargets(); }
 
+  // A TARGETS push is a delta (seats that became available or changed, ids that are no longer);
+  // the full list comes only in the SNAPSHOT.
+  function onTargetsDelta(added, removed) {
+    const byId = new Map(targets.map((x) => [x.id, x]));
+    (removed || []).forEach((id) => byId.delete(id));
+    (added || []).forEach((x) => byId.set(x.id, x));
+    onTargets([...byId.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)));
+  }
+
   function transferTarget() {
     const v = document.getElementById("transfer-skill").value;
     return v.startsWith("seat:") ? { to_seat: v.slice(5) } : { to_skill: v };
@@ -271,7 +280,7 @@
         }
         break;
       case "RINGNOANSWER": case "SEATFAILED": case "ABANDON": case "COMPLETE": hidePop(ev.call_id); break;
-      case "TARGETS": onTargets(ev.rows); break;
+      case "TARGETS": onTargetsDelta(ev.added, ev.removed); break;
       case "JOURNEY":  // this seat's consult ended by itself (seat 2 did not answer or hung up)
         if (ev.data && ev.data.cause === "consult_cancelled" && ev.seat_id === seatId) {
           consultStage("talking", `${t("consult_ended")}: ${ev.data.detail || ""}`);

@@ -81,7 +81,9 @@ async def test_seat_sees_only_its_own_events(node: Node, client: httpx.AsyncClie
         assert all(e.get("seat_id") == "s2" for e in seen), seen
         # of the other seats, only the transfer targets: available ones, their id, name and skills
         targets = [e for e in seen if e["kind"] == "TARGETS"]
-        assert targets and all(set(row) == {"id", "name", "skills"} for e in targets for row in e["rows"]), seen
+        assert targets and all(set(row) == {"id", "name", "skills"} for e in targets for row in e["added"]), seen
+        # a delta: s2 became available, so it is among the targets added; nobody else changed
+        assert [row["id"] for e in targets for row in e["added"]] == ["s2"], seen
 
 
 async def test_the_subprotocol_carries_the_token_and_is_never_echoed(node: Node) -> None:
