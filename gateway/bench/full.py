@@ -257,6 +257,7 @@ class Bench:
             "audio": audio,
             "processes": processes,
             "node_warnings": dict(self.log.problems),
+            "node_warning_examples": dict(self.log.problem_examples),
             "sipp_errors": run.first_errors() if run.failed_calls else [],
             "_rss_series": sampler.rss_series,
         }

@@ -33,12 +33,15 @@ class NodeLog:
         self.offset = 0
         self.calls: dict[str, CallJourney] = {}
         self.problems: dict[str, int] = {}
+        #: The first error text of each problem kind, so a report says what went wrong, not only how often.
+        self.problem_examples: dict[str, str] = {}
 
     def mark(self) -> None:
         """Forget what was read: the next ``read`` returns only calls that start after now."""
         self.read()
         self.calls = {}
         self.problems = {}
+        self.problem_examples = {}
 
     def read(self) -> dict[str, CallJourney]:
         with self.path.open("rb") as f:
@@ -60,6 +63,9 @@ class NodeLog:
         event, ts = rec.get("event"), rec.get("ts")
         if rec.get("level") in ("warning", "error", "critical"):
             self.problems[str(event)] = self.problems.get(str(event), 0) + 1
+            if str(event) not in self.problem_examples:
+                said = rec.get("error") or rec.get("detail") or rec.get("reason") or ""
+                self.problem_examples[str(event)] = str(said)[:300]
         cid = rec.get("call_id")
         if not isinstance(cid, str) or not isinstance(ts, int | float):
             return
