@@ -72,12 +72,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    # Several nodes may share PostgreSQL and MQTT, but each node's ACD decides alone: without one
-    # routing authority for the shared seats, two nodes could offer one seat two calls.  Refuse
-    # clearly rather than start something that breaks "a seat is never offered two calls".
-    print("handoff122 cluster: not available yet: nodes need one routing authority for shared seats "
-          "(run one node per set of seats with handoff122 serve meanwhile)", file=sys.stderr)
-    return 2
+    # Refuses (one line) without PostgreSQL, and while the nodes do not route through one routing
+    # authority unless --independent-routing says the operator knows (gateway.cluster).
+    from gateway.cluster import ClusterOptions, run_cluster
+
+    return run_cluster(ClusterOptions(
+        nodes=args.nodes, sip_port=args.sip_port, api_port=args.api_port, data_dir=args.data_dir,
+        db_url=args.db_url, mqtt_url=args.mqtt_url, workers=args.workers,
+        node_base_port=args.node_base_port or args.sip_port + 1,
+        rtp_base_port=args.rtp_base_port or args.sip_port + 10000,
+        independent_routing=args.independent_routing, config=args.config))
 
 
 def cmd_seat(args: argparse.Namespace) -> int:
@@ -194,8 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sip-port", type=int, default=5060)
     p.add_argument("--api-port", type=int, default=8000)
     p.add_argument("--data-dir", type=Path, default=Path("./var/cluster"))
-    p.add_argument("--db-url")
-    p.add_argument("--mqtt-url")
+    p.add_argument("--db-url", help="PostgreSQL URL shared by every node (required; SQLite is refused)")
+    p.add_argument("--mqtt-url", help="mqtt://host:port of the event bus shared by every node")
+    p.add_argument("--workers", type=int, default=2, help="media workers per node")
+    p.add_argument("--node-base-port", type=int, default=0,
+                   help="first internal port of the nodes (each takes workers + 2); default sip-port + 1")
+    p.add_argument("--rtp-base-port", type=int, default=0,
+                   help="first RTP port of the nodes (each takes workers x 40); default sip-port + 10000")
+    p.add_argument("--config", type=Path, help="settings file every node and the front door read (HANDOFF_* too)")
+    p.add_argument("--independent-routing", action="store_true",
+                   help="run although each node routes its own callers alone (no routing authority yet)")
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("seat", help="a simulated seat phone (pjsua2)")

@@ -43,6 +43,7 @@ class Destination:
     worker_id: int
     host: str
     port: int
+    label: str | None = None   # the dispatcher's duid; default w<worker_id> (a cluster node: node-<i>)
 
     @property
     def uri(self) -> str:
@@ -134,9 +135,67 @@ def _ci_regex(text: str) -> str:
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else (f"[{c}]" if c == "." else c) for c in text)
 
 
+@dataclass(slots=True)
+class ClusterRole:
+    """What makes a Kamailio the cluster's front door rather than one node's (docs/CLUSTER.md).
+
+    Its dispatcher destinations are the nodes' own Kamailios (per-node dispatch, health-checked
+    with OPTIONS every second), seat phones register here, and the nodes' workers send their seat
+    INVITEs here (``sip:<seat user>@front``): from a node address such an INVITE is looked up in
+    the registrations and relayed, under a dialog profile ``seat`` that refuses a second
+    simultaneous call to one seat with ``486 Seat Busy``, whichever node sent it.
+    """
+
+    node_sources: list[str] = field(default_factory=list)  # IPs/CIDRs the nodes' workers send from
+
+    def node_test(self) -> str:
+        nets = [str(ipaddress.ip_network(s, strict=False)) for s in self.node_sources]
+        return " || ".join(f'is_in_subnet("$si", "{n}")' for n in nets) or "0"
+
+
+#: the reply to a seat INVITE while that seat is on another call (the last guard of issue 14)
+SEAT_BUSY = ("486", "Seat Busy: Another Call In Progress")
+
+
+def _seat_route(cluster: ClusterRole | None, numbers: str) -> tuple[str, str]:
+    """(the test in request_route, the SEAT route) of a cluster front door; empty for a node."""
+    if cluster is None:
+        return "", ""
+    test = f"""    if (isflagset(FLT_NODE) && !($rU =~ "^({numbers})$")) {{
+        route(SEAT);
+        exit;
+    }}
+"""
+    route = f"""
+# A worker of some node dials a registered seat through here.  The dialog profile "seat" holds one
+# entry per seat with a call in progress (ringing or talking), on this front door, so two nodes (or
+# a deposed routing leader) can never ring one seat twice at once: the second INVITE is refused.
+route[SEAT] {{
+    get_profile_size("seat", "$rU", "$var(seat_calls)");
+    if ($var(seat_calls) >= 1) {{
+        xlog("L_WARN", "seat $rU already has a call: second INVITE from $si refused\n");
+        sl_send_reply("{SEAT_BUSY[0]}", "{SEAT_BUSY[1]}");
+        exit;
+    }}
+    $var(seat) = $rU;
+    if (!lookup("location")) {{
+        sl_send_reply("480", "Seat Not Registered");
+        exit;
+    }}
+    remove_hf("Route");
+    record_route();
+    dlg_manage();
+    set_dlg_profile("seat", "$var(seat)");
+    route(RELAY);
+}}
+"""
+    return test, route
+
+
 def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socket: Path, dispatcher_list: Path,
                   retry_after_s: int, max_forwards: int = 10, children: int = 4, probing: bool = True,
-                  edge: EdgePolicy | None = None, tls: TlsListener | None = None, tls_cfg: Path | None = None) -> str:
+                  edge: EdgePolicy | None = None, tls: TlsListener | None = None, tls_cfg: Path | None = None,
+                  cluster: ClusterRole | None = None) -> str:
     edge = edge or EdgePolicy()
     tls_listen = tls_module = ""
     if tls is not None:
@@ -147,6 +206,11 @@ def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socke
         tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{tls_cfg}")\n'
 
     numbers = "|".join(n.replace("+", "\\+") for n in service_numbers)
+    seat_test, seat_route = _seat_route(cluster, numbers)
+    node_flag = f"""    if ({cluster.node_test()}) {{
+        setflag(FLT_NODE);
+    }}
+""" if cluster is not None else ""
     trunk = _trunk_test(edge.trusted_networks(host))
     scanners = _scanner_check(edge.scanner_user_agents)
     strip_identity = "\n".join(f'        remove_hf("{h}");' for h in IDENTITY_HEADERS)
@@ -172,6 +236,7 @@ user_agent_header="User-Agent: handoff122-front"
 tcp_connection_lifetime=3605
 
 #!define FLT_TRUNK 1
+#!define FLT_NODE 2
 
 mpath="{module_dir()}"
 {tls_module}loadmodule "kex.so"
@@ -205,7 +270,7 @@ modparam("rr", "enable_full_lr", 0)
 modparam("rr", "append_fromtag", 1)
 modparam("dialog", "enable_stats", 1)
 modparam("dialog", "default_timeout", 14400)
-modparam("dialog", "profiles_with_value", "source")
+modparam("dialog", "profiles_with_value", "source;seat")
 modparam("htable", "htable", "seatha1=>size=6;")
 modparam("usrloc", "db_mode", 0)
 modparam("usrloc", "timer_interval", 5)
@@ -230,7 +295,7 @@ modparam("dispatcher", "ds_ping_reply_codes", "class=2")
 
 request_route {{
 {scanners}
-    if ({trunk}) {{
+{node_flag}    if (isflagset(FLT_NODE) || {trunk}) {{
         setflag(FLT_TRUNK);
     }} else {{
         if (!pike_check_req()) {{
@@ -289,7 +354,7 @@ request_route {{
         sl_send_reply("403", "Relaying Forbidden");
         exit;
     }}
-    if (!($rU =~ "^({numbers})$")) {{
+{seat_test}    if (!($rU =~ "^({numbers})$")) {{
         sl_send_reply("404", "Not Found");
         exit;
     }}
@@ -345,6 +410,7 @@ route[REGISTRAR] {{
     }}
 }}
 
+{seat_route}
 route[WITHINDLG] {{
     if (!is_method("ACK") && t_check_trans()) {{
         exit;  # a retransmission: tm answered it again
@@ -453,20 +519,37 @@ def exec_with_parent_death(binary: str, *args: str) -> list[str]:
 def render_dispatcher_list(destinations: list[Destination], maxload: int) -> str:
     lines = ["# setid destination flags priority attributes (written by handoff122 serve)"]
     for d in destinations:
-        lines.append(f"1 {d.uri} 0 0 duid=w{d.worker_id};maxload={maxload}")
+        lines.append(f"1 {d.uri} 0 0 duid={d.label or f'w{d.worker_id}'};maxload={maxload}")
     return "\n".join(lines) + "\n"
 
 
 class KamailioRpc:
     """JSON-RPC over Kamailio's datagram socket (blocking; run it in a thread from asyncio)."""
 
-    def __init__(self, rpc_socket: Path) -> None:
-        self.rpc_socket = rpc_socket
+    def __init__(self, rpc_socket: Path | str) -> None:
+        # ``udp:host:port``: jsonrpcs's UDP listener (a cluster front door on another machine)
+        self.udp: tuple[str, int] | None = None
+        if isinstance(rpc_socket, str) and rpc_socket.startswith("udp:"):
+            host, _, port = rpc_socket[4:].rpartition(":")
+            self.udp = (host.strip("[]"), int(port))
+        self.rpc_socket = Path(rpc_socket)
         self._id = 0
+
+    def _udp_call(self, req: str, timeout: float) -> bytes:
+        assert self.udp is not None
+        s = socket.socket(socket.AF_INET6 if ":" in self.udp[0] else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.settimeout(timeout)
+            s.sendto(req.encode(), self.udp)
+            return s.recv(1 << 20)
+        finally:
+            s.close()
 
     def call(self, method: str, *params: Any, timeout: float = 2.0) -> Any:
         self._id += 1
         req = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": self._id})
+        if self.udp is not None:
+            return self._unpack(method, self._udp_call(req, timeout))
         with tempfile.TemporaryDirectory(prefix="h122rpc") as d:
             reply_path = os.path.join(d, "r.sock")
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -477,6 +560,10 @@ class KamailioRpc:
                 data = s.recv(1 << 20)
             finally:
                 s.close()
+        return self._unpack(method, data)
+
+    @staticmethod
+    def _unpack(method: str, data: bytes) -> Any:
         reply = json.loads(data)
         if "error" in reply:
             raise RuntimeError(f"kamailio {method}: {reply['error']}")
@@ -488,8 +575,10 @@ class Kamailio:
 
     def __init__(self, binary: str, run_dir: Path, *, host: str, port: int, service_numbers: list[str],
                  destinations: list[Destination], maxload: int, retry_after_s: int, shm_mb: int,
-                 probing: bool = True, edge: EdgePolicy | None = None, tls: TlsListener | None = None) -> None:
+                 probing: bool = True, edge: EdgePolicy | None = None, tls: TlsListener | None = None,
+                 cluster: ClusterRole | None = None) -> None:
         self.binary = binary
+        self.cluster = cluster
         self.run_dir = run_dir
         self.host = host
         self.port = port
@@ -518,7 +607,7 @@ class Kamailio:
         cfg.write_text(render_config(host=self.host, port=self.port, service_numbers=self.service_numbers,
                                      rpc_socket=self.rpc.rpc_socket, dispatcher_list=ds,
                                      retry_after_s=self.retry_after_s, probing=self.probing, edge=self.edge,
-                                     tls=self.tls, tls_cfg=tls_cfg))
+                                     tls=self.tls, tls_cfg=tls_cfg, cluster=self.cluster))
         return cfg
 
     async def check_config(self) -> None:
