@@ -26,7 +26,7 @@ import pytest
 
 from gateway.bench.runner import free_block, rtp_base_below_ephemeral
 from gateway.cluster import front_door_set
-from gateway.kamailio import KamailioRpc
+from gateway.kamailio import KamailioRpc, find_kamailio
 from gateway.local_sockets import unix_socket_path
 from tests.conftest import free_port
 from tests.gateway.test_register import ha1, tone_wav
@@ -49,6 +49,28 @@ def test_cluster_refuses_sqlite_and_unrouted_nodes_in_one_line(tmp_path: Path, p
     r = _cli("cluster", "--db-url", pg_url, "--data-dir", str(tmp_path))
     assert r.returncode == 2 and "routing authority" in r.stderr and "two calls" in r.stderr
     assert not list(tmp_path.glob("node-*.pid"))
+
+
+@pytest.mark.skipif(find_kamailio("auto") is None, reason="kamailio not installed")
+def test_every_node_gets_its_own_ports_and_the_front_door_config_is_accepted(tmp_path: Path) -> None:
+    from gateway.cli import _settings_from, build_parser
+    from gateway.cluster import Cluster, ClusterOptions
+
+    c = Cluster(ClusterOptions(nodes=3, sip_port=5060, api_port=8000, data_dir=tmp_path, db_url="postgresql+asyncpg://x/y",
+                               mqtt_url=None, workers=4, node_base_port=5061, rtp_base_port=20000,
+                               independent_routing=True))
+    taken: list[tuple[str, int, int]] = [("front door", 5060, 5060), ("api door", 8000, 8000)]
+    for p in c.plans:
+        s = _settings_from(build_parser().parse_args(c.node_argv(p)[2:]))  # what the node itself will load
+        assert (s.node_id, s.front_door_sip, s.data_dir) == (p.name, "127.0.0.1:5060", p.data_dir)
+        taken += [(f"{p.name} {what}", a, b) for what, a, b in s.port_ranges()]
+    for i, (a, a1, a2) in enumerate(taken):
+        for b, b1, b2 in taken[i + 1:]:
+            assert not (a1 <= b2 and b1 <= a2), f"{a} {a1}-{a2} overlaps {b} {b1}-{b2}"
+    cfg = c.front.write_config()
+    p = subprocess.run([find_kamailio("auto") or "", "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "duid=node-3" in (tmp_path / "front" / "dispatcher.list").read_text()
 
 
 @dataclass
