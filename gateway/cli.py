@@ -84,6 +84,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         independent_routing=args.independent_routing, config=args.config))
 
 
+def cmd_front_door(args: argparse.Namespace) -> int:
+    from gateway.cluster import run_front_door
+
+    return run_front_door(nodes=args.node or [], data_dir=args.data_dir, api_port=args.api_port,
+                          node_sources=args.node_sources, rpc_listen=args.rpc_listen, maxload=args.node_max_calls,
+                          config=args.config, sip_port=args.sip_port)
+
+
 def cmd_seat(args: argparse.Namespace) -> int:
     from gateway.simulators.seat import run_seat
 
@@ -209,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--independent-routing", action="store_true",
                    help="run although each node routes its own callers alone (no routing authority yet)")
     p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("front-door", help="only the cluster front door (SIP) and API door, for nodes on other machines")
+    p.add_argument("--node", action="append", metavar="NAME=HOST:SIP:API",
+                   help="a node: its Kamailio's SIP port and its API port (repeat for each node)")
+    p.add_argument("--sip-port", type=int, help="public SIP port (default: the sip_port setting)")
+    p.add_argument("--api-port", type=int, default=8000, help="the cluster's API port (0 = none)")
+    p.add_argument("--data-dir", type=Path, default=Path("./var/front-door"))
+    p.add_argument("--node-sources", type=_comma_list, metavar="A,B",
+                   help="IPs/CIDRs the nodes' workers send seat INVITEs from (default: the nodes' hosts)")
+    p.add_argument("--rpc-listen", metavar="udp:IP:PORT",
+                   help="JSON-RPC for the nodes (seat credentials, registrations) on a private address; "
+                        "default a Unix socket in the data dir (nodes on this machine only)")
+    p.add_argument("--node-max-calls", type=int, default=64, help="calls the front door gives one node at once")
+    p.add_argument("--config", type=Path, help="settings file (edge trust, service numbers, sip_host...)")
+    p.set_defaults(func=cmd_front_door)
 
     p = sub.add_parser("seat", help="a simulated seat phone (pjsua2)")
     p.add_argument("--id", required=True)

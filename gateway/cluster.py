@@ -177,6 +177,41 @@ class ApiDoor:
                 await asyncio.wait_for(self.server.wait_closed(), 2)
 
 
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    """Where the front door finds one node: its own Kamailio (SIP) and its API."""
+
+    name: str
+    host: str
+    sip_port: int
+    api_port: int
+
+    @classmethod
+    def parse(cls, text: str) -> NodeAddress:
+        """``name=host:sip_port:api_port``, e.g. ``node-1=10.0.0.11:5070:8001``."""
+        try:
+            name, rest = text.split("=", 1)
+            host, sip, api = rest.rsplit(":", 2)
+            return cls(name.strip(), host.strip("[]"), int(sip), int(api))
+        except ValueError:
+            raise ConfigError(f"--node {text!r}: expected name=host:sip_port:api_port "
+                              "(e.g. node-1=10.0.0.11:5070:8001)") from None
+
+
+def front_door_kamailio(s: Settings, run_dir: Path, nodes: list[NodeAddress], *, maxload: int,
+                        node_sources: list[str], rpc_listen: str | None = None) -> Kamailio:
+    """The cluster front door on ``s.sip_host:s.sip_port`` (edge trust, numbers and limits from ``s``)."""
+    binary = find_kamailio(s.kamailio)
+    if binary is None:
+        raise ConfigError("the cluster front door needs kamailio (not found)")
+    from gateway.supervisor import edge_policy
+
+    return Kamailio(binary, run_dir, host=s.sip_host, port=s.sip_port, service_numbers=s.service_numbers,
+                    destinations=[Destination(i, n.host, n.sip_port, label=n.name) for i, n in enumerate(nodes, 1)],
+                    maxload=maxload, retry_after_s=s.retry_after_s, shm_mb=s.kamailio_shm_mb, edge=edge_policy(s),
+                    cluster=ClusterRole(node_sources=node_sources), rpc_listen=rpc_listen)
+
+
 @dataclass
 class ClusterOptions:
     nodes: int
@@ -207,17 +242,9 @@ class Cluster:
         self.plans = plan_nodes(opts.nodes, node_base_port=opts.node_base_port, rtp_base_port=opts.rtp_base_port,
                                 workers=opts.workers, rtp_ports_per_worker=s.rtp_ports_per_worker,
                                 data_dir=self.data_dir)
-        binary = find_kamailio(s.kamailio)
-        if binary is None:
-            raise ConfigError("handoff122 cluster: the front door needs kamailio (not found)")
-        from gateway.supervisor import edge_policy
-
-        self.front = Kamailio(
-            binary, self.data_dir / "front", host=s.sip_host, port=opts.sip_port,
-            service_numbers=s.service_numbers,
-            destinations=[Destination(p.index, s.sip_host, p.sip_port, label=p.name) for p in self.plans],
-            maxload=opts.workers * s.worker_callers, retry_after_s=s.retry_after_s, shm_mb=s.kamailio_shm_mb,
-            edge=edge_policy(s), cluster=ClusterRole(node_sources=[s.sip_host]))
+        self.front = front_door_kamailio(
+            s, self.data_dir / "front", [NodeAddress(p.name, s.sip_host, p.sip_port, p.api_port) for p in self.plans],
+            maxload=opts.workers * s.worker_callers, node_sources=[s.sip_host])
         self.api = ApiDoor(s.api_host, opts.api_port, [(s.api_host, p.api_port) for p in self.plans])
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._watch: list[asyncio.Task[None]] = []
@@ -357,4 +384,50 @@ def run_cluster(opts: ClusterOptions) -> int:
         return asyncio.run(main())
     except RuntimeError as e:  # the front door would not start (port taken, config refused)
         print(f"handoff122 cluster: {e}", file=sys.stderr)
+        return 1
+
+
+def run_front_door(*, nodes: list[str], data_dir: Path, api_port: int, node_sources: list[str] | None,
+                   rpc_listen: str | None, maxload: int, config: Path | None, sip_port: int | None) -> int:
+    """``handoff122 front-door``: only the front door and the API door, for nodes on other machines
+    (docs/DEPLOY.md).  Node list, edge trust and limits come from the flags, ``--config`` and HANDOFF_*."""
+    from gateway.logs import configure_logging
+
+    try:
+        addresses = [NodeAddress.parse(n) for n in nodes]
+        if not addresses:
+            raise ConfigError("--node name=host:sip_port:api_port is needed at least once")
+        s = load_settings({"config": config, "sip_port": sip_port, "api_port": 0, "data_dir": data_dir})
+        sources = node_sources or sorted({n.host for n in addresses})
+        front = front_door_kamailio(s, s.data_dir / "front", addresses, maxload=maxload, node_sources=sources,
+                                    rpc_listen=rpc_listen)
+    except ConfigError as e:
+        print(f"handoff122 front-door: {e}", file=sys.stderr)
+        return 2
+    configure_logging(s.log_level, process_name="front-door", fmt="json")
+    api = ApiDoor(s.api_host, api_port, [(n.host, n.api_port) for n in addresses]) if api_port else None
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        private_dir(s.data_dir)
+        await front.start()
+        try:
+            if api is not None:
+                await api.start()
+            log.info("front_door_ready", extra={"sip": f"{s.sip_host}:{s.sip_port}", "nodes": [n.name for n in addresses],
+                                                "rpc": front.rpc.address})
+            await stop.wait()
+            return 0
+        finally:
+            if api is not None:
+                await api.stop()
+            await front.stop()
+
+    try:
+        return asyncio.run(main())
+    except RuntimeError as e:
+        print(f"handoff122 front-door: {e}", file=sys.stderr)
         return 1

@@ -192,7 +192,7 @@ route[SEAT] {{
     return test, route
 
 
-def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socket: Path, dispatcher_list: Path,
+def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socket: Path | str, dispatcher_list: Path,
                   retry_after_s: int, max_forwards: int = 10, children: int = 4, probing: bool = True,
                   edge: EdgePolicy | None = None, tls: TlsListener | None = None, tls_cfg: Path | None = None,
                   cluster: ClusterRole | None = None) -> str:
@@ -533,6 +533,7 @@ class KamailioRpc:
             host, _, port = rpc_socket[4:].rpartition(":")
             self.udp = (host.strip("[]"), int(port))
         self.rpc_socket = Path(rpc_socket)
+        self.address = str(rpc_socket)  # as Kamailio's jsonrpcs dgram_socket takes it
         self._id = 0
 
     def _udp_call(self, req: str, timeout: float) -> bytes:
@@ -576,7 +577,7 @@ class Kamailio:
     def __init__(self, binary: str, run_dir: Path, *, host: str, port: int, service_numbers: list[str],
                  destinations: list[Destination], maxload: int, retry_after_s: int, shm_mb: int,
                  probing: bool = True, edge: EdgePolicy | None = None, tls: TlsListener | None = None,
-                 cluster: ClusterRole | None = None) -> None:
+                 cluster: ClusterRole | None = None, rpc_listen: str | None = None) -> None:
         self.binary = binary
         self.cluster = cluster
         self.run_dir = run_dir
@@ -591,7 +592,9 @@ class Kamailio:
         self.edge = edge or EdgePolicy()
         self.tls = tls
         self.proc: asyncio.subprocess.Process | None = None
-        self.rpc = KamailioRpc(unix_socket_path(run_dir, "kamailio-rpc.sock"))
+        # a Unix socket in the run dir; or (a cluster front door serving nodes on other machines)
+        # rpc_listen = udp:<private address>:<port>
+        self.rpc = KamailioRpc(rpc_listen or unix_socket_path(run_dir, "kamailio-rpc.sock"))
         self._stderr_task: asyncio.Task[None] | None = None
         self.last_errors: deque[str] = deque(maxlen=5)
         self._stopping = False
@@ -605,7 +608,7 @@ class Kamailio:
         if self.tls is not None:
             tls_cfg.write_text(self.tls.render())
         cfg.write_text(render_config(host=self.host, port=self.port, service_numbers=self.service_numbers,
-                                     rpc_socket=self.rpc.rpc_socket, dispatcher_list=ds,
+                                     rpc_socket=self.rpc.address, dispatcher_list=ds,
                                      retry_after_s=self.retry_after_s, probing=self.probing, edge=self.edge,
                                      tls=self.tls, tls_cfg=tls_cfg, cluster=self.cluster))
         return cfg
@@ -621,7 +624,8 @@ class Kamailio:
 
     async def start(self) -> None:
         await self.check_config()
-        self.rpc.rpc_socket.unlink(missing_ok=True)
+        if self.rpc.udp is None:
+            self.rpc.rpc_socket.unlink(missing_ok=True)
         # -DD: the main process stays in the foreground as our direct child; its own session so its
         # shutdown (a signal to its process group) never reaches the node; and it receives SIGTERM
         # when the node dies, even by kill -9, so it never outlives the node holding the port.
@@ -635,7 +639,7 @@ class Kamailio:
                 await asyncio.sleep(0.1)  # let the stderr pump catch the reason
                 why = self.last_errors[-1] if self.last_errors else f"is {self.host}:{self.port} already in use?"
                 raise RuntimeError(f"kamailio exited at start (code {self.proc.returncode}): {why}")
-            if self.rpc.rpc_socket.exists() and await asyncio.to_thread(self._rpc_ok):
+            if (self.rpc.udp or self.rpc.rpc_socket.exists()) and await asyncio.to_thread(self._rpc_ok):
                 log.info("kamailio_started", extra={"pid": self.proc.pid, "port": self.port})
                 return
             await asyncio.sleep(0.1)
