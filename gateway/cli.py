@@ -174,7 +174,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print("handoff122 bench all: --out DIR is required (the report and plots go there)", file=sys.stderr)
             return 2
         return run_all(dict(_BENCHES), out=args.out, quick=args.quick, as_json=args.json)
-    module, fn = _BENCHES[args.what]
+    # cluster: not part of `bench all` (it starts whole clusters; docs/CLUSTER.md)
+    module, fn = ("gateway.bench.cluster", "main") if args.what == "cluster" else _BENCHES[args.what]
     run: Callable[..., int] = getattr(importlib.import_module(module), fn)
     extra: dict[str, object] = {}
     if args.calls is not None or args.cases is not None:
@@ -298,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recordings)
 
     p = sub.add_parser("bench", help="benchmarks; print their figures")
-    p.add_argument("what", choices=[*sorted(_BENCHES), "all"], help="one benchmark, or all of them (needs --out)")
+    p.add_argument("what", choices=[*sorted(_BENCHES), "cluster", "all"], help="one benchmark, or all of them (needs --out)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quick", action="store_true", help="a smaller run (smoke test)")
     p.add_argument("--out", type=Path, help="with all: directory for report.md, the figures as JSON and the plots")
