@@ -109,7 +109,9 @@ class BenchCluster:
     def kill_node(self, i: int) -> float:
         """``kill -9`` of node i's processes; seconds until the front door took it out of its set."""
         run = self.data_dir / f"node-{i}" / "run"
-        pids = {int((self.data_dir / f"node-{i}.pid").read_text())} | {int(p.read_text()) for p in run.glob("*.pid")}
+        # its Kamailio goes down by itself with its supervisor (parent-death signal), as in a crash
+        pids = {int((self.data_dir / f"node-{i}.pid").read_text())} | {
+            int(p.read_text()) for p in run.glob("*.pid") if p.name != "kamailio.pid"}
         t0 = time.monotonic()
         for pid in pids:
             try:
