@@ -207,6 +207,11 @@ def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socke
 
     numbers = "|".join(n.replace("+", "\\+") for n in service_numbers)
     seat_test, seat_route = _seat_route(cluster, numbers)
+    # A node's Kamailio hands a call to a worker as the next hop ($du), the Request-URI unchanged.
+    # The cluster front door hands it to a node's Kamailio, which relays only what is addressed to
+    # itself: so the front door rewrites the Request-URI's host:port to that node (ds_*_domain).
+    select, next_one, chosen = (("ds_select_domain", "ds_next_domain", "$ru") if cluster is not None
+                                else ("ds_select_dst", "ds_next_dst", "$du"))
     node_flag = f"""    if ({cluster.node_test()}) {{
         setflag(FLT_NODE);
     }}
@@ -368,14 +373,14 @@ request_route {{
     }}
     remove_hf("Route");
     record_route();
-    if (!ds_select_dst("1", "10")) {{
+    if (!{select}("1", "10")) {{
         route(FULL);
     }}
     dlg_manage();
     if (!isflagset(FLT_TRUNK)) {{
         set_dlg_profile("source", "$si");
     }}
-    $dlg_var(worker) = $du;
+    $dlg_var(worker) = {chosen};
     t_on_failure("FAILOVER");
     t_on_reply("REPLY");
     route(RELAY);
@@ -475,8 +480,8 @@ failure_route[FAILOVER] {{
     }}
     if (t_branch_timeout() || t_check_status("408|5[0-9][0-9]")) {{
         ds_load_unset();
-        if (ds_next_dst()) {{
-            $dlg_var(worker) = $du;
+        if ({next_one}()) {{
+            $dlg_var(worker) = {chosen};
             t_on_failure("FAILOVER");
             route(RELAY);
             exit;
