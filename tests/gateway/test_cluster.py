@@ -81,6 +81,7 @@ class RunningCluster:
     api_port: int
     log_path: Path
     softphones: list[subprocess.Popen[bytes]]
+    db_url: str
 
     @property
     def rpc(self) -> KamailioRpc:
@@ -161,7 +162,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_url: str, mqtt_url: str
     log_path = tmp / "cluster.log"
     proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
                             env={**os.environ, "HANDOFF_SEATS": str(seats), "HANDOFF_ANSWER_DELAY_S": "0.2"})
-    c = RunningCluster(proc, data, sip, api, log_path, [])
+    c = RunningCluster(proc, data, sip, api, log_path, [], pg_url)
     c.wait_for(lambda: proc.poll() is not None or "front door sip:" in log_path.read_text(), timeout=120)
     assert proc.poll() is None, log_path.read_text()[-3000:]
     yield c
@@ -189,14 +190,16 @@ def test_options_at_the_front_door_and_the_api_door_answer(cluster: RunningClust
         assert any(x.get("event") == "node_ready" and x.get("node_id") == f"node-{i}" for x in cluster.node_log(i))
 
 
-@pytest.mark.sip
-@pytest.mark.skipif(shutil.which("baresip") is None, reason="needs baresip-core")
-def test_a_second_simultaneous_invite_to_one_seat_is_refused_at_the_front_door(cluster: RunningCluster) -> None:
-    # a real softphone registers at the cluster's front door with the seat's password; both nodes
-    # (which loaded the seat's HA1 into the front door) see the registration there
+needs_baresip = pytest.mark.skipif(shutil.which("baresip") is None, reason="needs baresip-core")
+
+
+@pytest.fixture(scope="module")
+def seat_phone(cluster: RunningCluster) -> subprocess.Popen[bytes]:
+    """A real softphone registered as seat s1 at the cluster's front door with the seat's password;
+    both nodes (which loaded the seat's HA1 into the front door) see the registration there."""
     conf = cluster.data_dir.parent / "baresip-s1"
     conf.mkdir()
-    tone_wav(conf / "tone.wav", 1000, seconds=20)
+    tone_wav(conf / "tone.wav", 1000, seconds=30)
     port = free_port()
     (conf / "config").write_text(
         f"poll_method epoll\nsip_listen 127.0.0.1:{port}\naudio_player aufile,{conf / 'heard.wav'}\n"
@@ -212,7 +215,13 @@ def test_a_second_simultaneous_invite_to_one_seat_is_refused_at_the_front_door(c
     for i in (1, 2):
         cluster.wait_for(lambda i=i: any(x.get("event") == "seat_registered" and x.get("seat_id") == "s1"
                                          for x in cluster.node_log(i)))
+    return phone
 
+
+@pytest.mark.sip
+@needs_baresip
+def test_a_second_simultaneous_invite_to_one_seat_is_refused_at_the_front_door(
+        cluster: RunningCluster, seat_phone: subprocess.Popen[bytes]) -> None:
     def seat_calls() -> int:
         return int(cluster.rpc.call("dlg.profile_get_size", "seat", "s1").get("count", 0))
 
@@ -231,6 +240,36 @@ def test_a_second_simultaneous_invite_to_one_seat_is_refused_at_the_front_door(c
     cluster.wait_for(lambda: seat_calls() == 0)
     again = run_sipp("uac_122_dtmf.xml", cluster.sip_port, service="s1", first="300", stay="300", digits="")
     assert again.ok, again.stdout + again.log
+
+
+@pytest.mark.sip
+@needs_baresip
+def test_two_nodes_routing_alone_never_ring_one_seat_twice(cluster: RunningCluster,
+                                                           seat_phone: subprocess.Popen[bytes]) -> None:
+    # --independent-routing: each node's ACD offers s1 on its own.  Two callers asking for a person
+    # at once land on different nodes; both nodes dial s1 (through the front door): one rings the
+    # phone, the other is refused there with 486, and the phone never has two calls.
+    token = _cli("token", "create", "--role", "supervisor", "--db-url", cluster.db_url, "--data-dir",
+                 str(cluster.data_dir)).stdout.strip().splitlines()[-1]
+    auth = {"Authorization": f"Bearer {token}"}
+    apis = {i: next(x["api"] for x in cluster.node_log(i) if x.get("event") == "node_ready") for i in (1, 2)}
+    for api in apis.values():
+        def seat(api: str = api) -> dict[str, Any]:
+            return next(x for x in httpx.get(f"{api}/api/v1/seats", headers=auth, timeout=10).json() if x["id"] == "s1")
+        cluster.wait_for(lambda seat=seat: seat()["contact"] == f"sip:s1@127.0.0.1:{cluster.sip_port}")
+        r = httpx.put(f"{api}/api/v1/seats/s1/status", headers=auth, timeout=10,
+                      json={"status": "available", "reason": None})
+        assert r.status_code == 200, r.text
+    before = {i: cluster.started_calls(i) for i in (1, 2)}
+    callers = [subprocess.Popen([sys.executable, "-m", "gateway.cli", "call", "--to",
+                                 f"sip:122@127.0.0.1:{cluster.sip_port}", "--digits", "0", "--stay", "8"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    results = [json.loads([ln for ln in p.communicate(timeout=120)[0].splitlines() if ln.startswith("{")][-1])
+               for p in callers]
+    assert {i: cluster.started_calls(i) - before[i] for i in (1, 2)} == {1: 1, 2: 1}
+    refused = {i for i in (1, 2) for x in cluster.node_log(i) if x.get("event") == "seat_failed" and x.get("code") == 486}
+    assert len(refused) == 1, refused  # one node was told "busy" (maybe more than once), the other rang the phone
+    assert sorted(bool(r.get("bridged")) for r in results) == [False, True], results
 
 
 @pytest.mark.sip
