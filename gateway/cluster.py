@@ -248,6 +248,7 @@ class Cluster:
         self.api = ApiDoor(s.api_host, opts.api_port, [(s.api_host, p.api_port) for p in self.plans])
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._watch: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     def node_argv(self, p: NodePlan) -> list[str]:
         s, o = self.settings, self.opts
@@ -290,6 +291,8 @@ class Cluster:
 
     async def _watch_node(self, p: NodePlan, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
+        if self._stopping:
+            return
         # not restarted here: the others keep running, the front door stops sending it calls
         # (probing); on real machines systemd restarts it (docs/DEPLOY.md)
         log.warning("cluster_node_exited", extra={"node": p.name, "pid": proc.pid, "code": code})
@@ -335,6 +338,7 @@ class Cluster:
 
     async def stop(self) -> None:
         """Nodes first (each ends its calls, with BYEs that still pass the front door), then the doors."""
+        self._stopping = True
         for proc in self.procs.values():
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
