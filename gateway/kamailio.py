@@ -171,14 +171,19 @@ def _seat_route(cluster: ClusterRole | None, numbers: str) -> tuple[str, str]:
 # entry per seat with a call in progress (ringing or talking), on this front door, so two nodes (or
 # a deposed routing leader) can never ring one seat twice at once: the second INVITE is refused.
 route[SEAT] {{
-    get_profile_size("seat", "$rU", "$var(seat_calls)");
+    # check and take the seat under one lock per seat: two INVITEs for one seat handled at the same
+    # moment by two Kamailio children cannot both see it free
+    $var(seat) = $rU;
+    lock("seat-$var(seat)");
+    get_profile_size("seat", "$var(seat)", "$var(seat_calls)");
     if ($var(seat_calls) >= 1) {{
-        xlog("L_WARN", "seat $rU already has a call: second INVITE from $si refused\n");
+        unlock("seat-$var(seat)");
+        xlog("L_WARN", "seat $var(seat) already has a call: second INVITE from $si refused\\n");
         sl_send_reply("{SEAT_BUSY[0]}", "{SEAT_BUSY[1]}");
         exit;
     }}
-    $var(seat) = $rU;
     if (!lookup("location")) {{
+        unlock("seat-$var(seat)");
         sl_send_reply("480", "Seat Not Registered");
         exit;
     }}
@@ -186,7 +191,13 @@ route[SEAT] {{
     record_route();
     dlg_manage();
     set_dlg_profile("seat", "$var(seat)");
-    route(RELAY);
+    if (!t_relay()) {{
+        unlock("seat-$var(seat)");
+        sl_reply_error();
+        exit;
+    }}
+    unlock("seat-$var(seat)");
+    exit;
 }}
 """
     return test, route
@@ -265,6 +276,7 @@ loadmodule "htable.so"
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "auth.so"
+loadmodule "cfgutils.so"
 
 modparam("jsonrpcs", "transport", 4)
 modparam("jsonrpcs", "dgram_socket", "{rpc_socket}")
