@@ -254,7 +254,7 @@ class Cluster:
         s, o = self.settings, self.opts
         argv = ["-m", "gateway.cli", "serve", "--sip-port", str(p.sip_port), "--worker-base-port",
                 str(p.worker_base_port), "--rtp-base-port", str(p.rtp_base_port), "--api-port", str(p.api_port),
-                "--workers", str(o.workers), "--data-dir", str(p.data_dir), "--db-url", o.db_url,
+                "--workers", str(o.workers), "--data-dir", str(p.data_dir),
                 "--node-id", p.name, "--cluster", "true" if ROUTING_AUTHORITY_WIRED else "false",
                 "--front-door-sip", f"{s.sip_host}:{o.sip_port}", "--front-door-rpc", str(self.front.rpc.rpc_socket),
                 "--log-format", "json"]
@@ -283,7 +283,8 @@ class Cluster:
         # order; a parent-death signal: a cluster killed by -9 leaves no node behind
         proc = await asyncio.create_subprocess_exec(
             *exec_with_parent_death(sys.executable, *self.node_argv(p)), stdin=asyncio.subprocess.DEVNULL,
-            stdout=out, stderr=out, start_new_session=True)
+            stdout=out, stderr=out, start_new_session=True,
+            env={**os.environ, "HANDOFF_DB_URL": self.opts.db_url})  # not in argv: `ps` shows argv to everyone
         out.close()
         self.procs[p.index] = proc
         (self.data_dir / f"{p.name}.pid").write_text(f"{proc.pid}\n")
