@@ -224,7 +224,8 @@ def seat_phone(cluster: RunningCluster) -> subprocess.Popen[bytes]:
 def test_a_second_simultaneous_invite_to_one_seat_is_refused_at_the_front_door(
         cluster: RunningCluster, seat_phone: subprocess.Popen[bytes]) -> None:
     def seat_calls() -> int:
-        return int(cluster.rpc.call("dlg.profile_get_size", "seat", "s1").get("count", 0))
+        size = cluster.rpc.call("dlg.profile_get_size", "seat", "s1")
+        return int(size.get("count", 0) if isinstance(size, dict) else size)
 
     # first call to the seat (as a node's worker sends it: sip:s1@front) is answered and held 4 s
     first: dict[str, Any] = {}
