@@ -402,7 +402,10 @@ def run_front_door(*, nodes: list[str], data_dir: Path, api_port: int, node_sour
         addresses = [NodeAddress.parse(n) for n in nodes]
         if not addresses:
             raise ConfigError("--node name=host:sip_port:api_port is needed at least once")
-        s = load_settings({"config": config, "sip_port": sip_port, "api_port": 0, "data_dir": data_dir})
+        # the front door runs no worker: park the node-only port ranges out of the way so that a
+        # high SIP port (whose default worker/RTP ranges would pass 65535) is not refused for them
+        s = load_settings({"config": config, "sip_port": sip_port, "api_port": 0, "data_dir": data_dir,
+                           "workers": 1, "worker_base_port": 1, "rtp_base_port": 2, "rtp_ports_per_worker": 8})
         sources = node_sources or sorted({n.host for n in addresses})
         front = front_door_kamailio(s, s.data_dir / "front", addresses, maxload=maxload, node_sources=sources,
                                     rpc_listen=rpc_listen)

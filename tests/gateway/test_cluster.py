@@ -316,3 +316,32 @@ def test_ctrl_c_stops_everything(cluster: RunningCluster) -> None:
     assert cluster.proc.wait(90) == 0, cluster.log_path.read_text()[-3000:]
     cluster.wait_for(lambda: not processes_under(cluster.data_dir), timeout=10)
     assert not list(cluster.data_dir.glob("node-*.pid"))
+
+
+@pytest.mark.sip
+def test_front_door_alone_for_nodes_elsewhere_speaks_rpc_over_udp(tmp_path: Path) -> None:
+    # `handoff122 front-door`: the front door of nodes on other machines; they reach its JSON-RPC
+    # over UDP.  No node listens here: the node is probed, found dead and kept out of the set.
+    sip, rpc_port, node_sip, node_api = free_port(), free_port(), free_port(), free_port()
+    log_path = tmp_path / "front.log"
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "front-door", "--sip-port", str(sip), "--api-port",
+                             "0", "--data-dir", str(tmp_path / "fd"), "--rpc-listen", f"udp:127.0.0.1:{rpc_port}",
+                             "--node", f"node-1=127.0.0.1:{node_sip}:{node_api}"],
+                            stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        rpc = KamailioRpc(f"udp:127.0.0.1:{rpc_port}")
+        end = time.monotonic() + 30
+        state: dict[str, bool] = {}
+        while time.monotonic() < end and state.get("node-1") is not False:
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            try:
+                state = front_door_set(rpc.call("dispatcher.list", timeout=0.5))
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert state == {"node-1": False}, log_path.read_text()[-2000:]
+        assert run_sipp("uac_options.xml", sip).ok
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0, log_path.read_text()[-2000:]
+    assert not processes_under(tmp_path / "fd")
