@@ -72,12 +72,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    # Several nodes may share PostgreSQL and MQTT, but each node's ACD decides alone: without one
-    # routing authority for the shared seats, two nodes could offer one seat two calls.  Refuse
-    # clearly rather than start something that breaks "a seat is never offered two calls".
-    print("handoff122 cluster: not available yet: nodes need one routing authority for shared seats "
-          "(run one node per set of seats with handoff122 serve meanwhile)", file=sys.stderr)
-    return 2
+    # Refuses (one line) without PostgreSQL, and while the nodes do not route through one routing
+    # authority unless --independent-routing says the operator knows (gateway.cluster).
+    from gateway.cluster import ClusterOptions, run_cluster
+
+    return run_cluster(ClusterOptions(
+        nodes=args.nodes, sip_port=args.sip_port, api_port=args.api_port, data_dir=args.data_dir,
+        db_url=args.db_url, mqtt_url=args.mqtt_url, workers=args.workers,
+        node_base_port=args.node_base_port or args.sip_port + 1,
+        rtp_base_port=args.rtp_base_port or args.sip_port + 10000,
+        independent_routing=args.independent_routing, config=args.config))
+
+
+def cmd_front_door(args: argparse.Namespace) -> int:
+    from gateway.cluster import run_front_door
+
+    return run_front_door(nodes=args.node or [], data_dir=args.data_dir, api_port=args.api_port,
+                          node_sources=args.node_sources, rpc_listen=args.rpc_listen, maxload=args.node_max_calls,
+                          config=args.config, sip_port=args.sip_port)
 
 
 def cmd_seat(args: argparse.Namespace) -> int:
@@ -162,7 +174,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print("handoff122 bench all: --out DIR is required (the report and plots go there)", file=sys.stderr)
             return 2
         return run_all(dict(_BENCHES), out=args.out, quick=args.quick, as_json=args.json)
-    module, fn = _BENCHES[args.what]
+    # cluster: not part of `bench all` (it starts whole clusters; docs/CLUSTER.md)
+    module, fn = ("gateway.bench.cluster", "main") if args.what == "cluster" else _BENCHES[args.what]
     run: Callable[..., int] = getattr(importlib.import_module(module), fn)
     extra: dict[str, object] = {}
     if args.calls is not None or args.cases is not None:
@@ -194,9 +207,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sip-port", type=int, default=5060)
     p.add_argument("--api-port", type=int, default=8000)
     p.add_argument("--data-dir", type=Path, default=Path("./var/cluster"))
-    p.add_argument("--db-url")
-    p.add_argument("--mqtt-url")
+    p.add_argument("--db-url", help="PostgreSQL URL shared by every node (required; SQLite is refused)")
+    p.add_argument("--mqtt-url", help="mqtt://host:port of the event bus shared by every node")
+    p.add_argument("--workers", type=int, default=2, help="media workers per node")
+    p.add_argument("--node-base-port", type=int, default=0,
+                   help="first internal port of the nodes (each takes workers + 2); default sip-port + 1")
+    p.add_argument("--rtp-base-port", type=int, default=0,
+                   help="first RTP port of the nodes (each takes workers x 40); default sip-port + 10000")
+    p.add_argument("--config", type=Path, help="settings file every node and the front door read (HANDOFF_* too)")
+    p.add_argument("--independent-routing", action="store_true",
+                   help="run although each node routes its own callers alone (no routing authority yet)")
     p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("front-door", help="only the cluster front door (SIP) and API door, for nodes on other machines")
+    p.add_argument("--node", action="append", metavar="NAME=HOST:SIP:API",
+                   help="a node: its Kamailio's SIP port and its API port (repeat for each node)")
+    p.add_argument("--sip-port", type=int, help="public SIP port (default: the sip_port setting)")
+    p.add_argument("--api-port", type=int, default=8000, help="the cluster's API port (0 = none)")
+    p.add_argument("--data-dir", type=Path, default=Path("./var/front-door"))
+    p.add_argument("--node-sources", type=_comma_list, metavar="A,B",
+                   help="IPs/CIDRs the nodes' workers send seat INVITEs from (default: the nodes' hosts)")
+    p.add_argument("--rpc-listen", metavar="udp:IP:PORT",
+                   help="JSON-RPC for the nodes (seat credentials, registrations) on a private address; "
+                        "default a Unix socket in the data dir (nodes on this machine only)")
+    p.add_argument("--node-max-calls", type=int, default=64, help="calls the front door gives one node at once")
+    p.add_argument("--config", type=Path, help="settings file (edge trust, service numbers, sip_host...)")
+    p.set_defaults(func=cmd_front_door)
 
     p = sub.add_parser("seat", help="a simulated seat phone (pjsua2)")
     p.add_argument("--id", required=True)
@@ -263,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recordings)
 
     p = sub.add_parser("bench", help="benchmarks; print their figures")
-    p.add_argument("what", choices=[*sorted(_BENCHES), "all"], help="one benchmark, or all of them (needs --out)")
+    p.add_argument("what", choices=[*sorted(_BENCHES), "cluster", "all"], help="one benchmark, or all of them (needs --out)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--quick", action="store_true", help="a smaller run (smoke test)")
     p.add_argument("--out", type=Path, help="with all: directory for report.md, the figures as JSON and the plots")

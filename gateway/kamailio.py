@@ -43,6 +43,7 @@ class Destination:
     worker_id: int
     host: str
     port: int
+    label: str | None = None   # the dispatcher's duid; default w<worker_id> (a cluster node: node-<i>)
 
     @property
     def uri(self) -> str:
@@ -134,9 +135,78 @@ def _ci_regex(text: str) -> str:
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else (f"[{c}]" if c == "." else c) for c in text)
 
 
-def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socket: Path, dispatcher_list: Path,
+@dataclass(slots=True)
+class ClusterRole:
+    """What makes a Kamailio the cluster's front door rather than one node's (docs/CLUSTER.md).
+
+    Its dispatcher destinations are the nodes' own Kamailios (per-node dispatch, health-checked
+    with OPTIONS every second), seat phones register here, and the nodes' workers send their seat
+    INVITEs here (``sip:<seat user>@front``): from a node address such an INVITE is looked up in
+    the registrations and relayed, under a dialog profile ``seat`` that refuses a second
+    simultaneous call to one seat with ``486 Seat Busy``, whichever node sent it.
+    """
+
+    node_sources: list[str] = field(default_factory=list)  # IPs/CIDRs the nodes' workers send from
+
+    def node_test(self) -> str:
+        nets = [str(ipaddress.ip_network(s, strict=False)) for s in self.node_sources]
+        return " || ".join(f'is_in_subnet("$si", "{n}")' for n in nets) or "0"
+
+
+#: the reply to a seat INVITE while that seat is on another call (the last guard of issue 14)
+SEAT_BUSY = ("486", "Seat Busy: Another Call In Progress")
+
+
+def _seat_route(cluster: ClusterRole | None, numbers: str) -> tuple[str, str]:
+    """(the test in request_route, the SEAT route) of a cluster front door; empty for a node."""
+    if cluster is None:
+        return "", ""
+    test = f"""    if (isflagset(FLT_NODE) && !($rU =~ "^({numbers})$")) {{
+        route(SEAT);
+        exit;
+    }}
+"""
+    route = f"""
+# A worker of some node dials a registered seat through here.  The dialog profile "seat" holds one
+# entry per seat with a call in progress (ringing or talking), on this front door, so two nodes (or
+# a deposed routing leader) can never ring one seat twice at once: the second INVITE is refused.
+route[SEAT] {{
+    # check and take the seat under one lock per seat: two INVITEs for one seat handled at the same
+    # moment by two Kamailio children cannot both see it free
+    $var(seat) = $rU;
+    lock("seat-$var(seat)");
+    get_profile_size("seat", "$var(seat)", "$var(seat_calls)");
+    if ($var(seat_calls) >= 1) {{
+        unlock("seat-$var(seat)");
+        xlog("L_WARN", "seat $var(seat) already has a call: second INVITE from $si refused\\n");
+        sl_send_reply("{SEAT_BUSY[0]}", "{SEAT_BUSY[1]}");
+        exit;
+    }}
+    if (!lookup("location")) {{
+        unlock("seat-$var(seat)");
+        sl_send_reply("480", "Seat Not Registered");
+        exit;
+    }}
+    remove_hf("Route");
+    record_route();
+    dlg_manage();
+    set_dlg_profile("seat", "$var(seat)");
+    if (!t_relay()) {{
+        unlock("seat-$var(seat)");
+        sl_reply_error();
+        exit;
+    }}
+    unlock("seat-$var(seat)");
+    exit;
+}}
+"""
+    return test, route
+
+
+def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socket: Path | str, dispatcher_list: Path,
                   retry_after_s: int, max_forwards: int = 10, children: int = 4, probing: bool = True,
-                  edge: EdgePolicy | None = None, tls: TlsListener | None = None, tls_cfg: Path | None = None) -> str:
+                  edge: EdgePolicy | None = None, tls: TlsListener | None = None, tls_cfg: Path | None = None,
+                  cluster: ClusterRole | None = None) -> str:
     edge = edge or EdgePolicy()
     tls_listen = tls_module = ""
     if tls is not None:
@@ -147,6 +217,16 @@ def render_config(*, host: str, port: int, service_numbers: list[str], rpc_socke
         tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{tls_cfg}")\n'
 
     numbers = "|".join(n.replace("+", "\\+") for n in service_numbers)
+    seat_test, seat_route = _seat_route(cluster, numbers)
+    # A node's Kamailio hands a call to a worker as the next hop ($du), the Request-URI unchanged.
+    # The cluster front door hands it to a node's Kamailio, which relays only what is addressed to
+    # itself: so the front door rewrites the Request-URI's host:port to that node (ds_*_domain).
+    select, next_one, chosen = (("ds_select_domain", "ds_next_domain", "$ru") if cluster is not None
+                                else ("ds_select_dst", "ds_next_dst", "$du"))
+    node_flag = f"""    if ({cluster.node_test()}) {{
+        setflag(FLT_NODE);
+    }}
+""" if cluster is not None else ""
     trunk = _trunk_test(edge.trusted_networks(host))
     scanners = _scanner_check(edge.scanner_user_agents)
     strip_identity = "\n".join(f'        remove_hf("{h}");' for h in IDENTITY_HEADERS)
@@ -172,6 +252,7 @@ user_agent_header="User-Agent: handoff122-front"
 tcp_connection_lifetime=3605
 
 #!define FLT_TRUNK 1
+#!define FLT_NODE 2
 
 mpath="{module_dir()}"
 {tls_module}loadmodule "kex.so"
@@ -195,6 +276,7 @@ loadmodule "htable.so"
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "auth.so"
+loadmodule "cfgutils.so"
 
 modparam("jsonrpcs", "transport", 4)
 modparam("jsonrpcs", "dgram_socket", "{rpc_socket}")
@@ -205,8 +287,9 @@ modparam("rr", "enable_full_lr", 0)
 modparam("rr", "append_fromtag", 1)
 modparam("dialog", "enable_stats", 1)
 modparam("dialog", "default_timeout", 14400)
-modparam("dialog", "profiles_with_value", "source")
+modparam("dialog", "profiles_with_value", "source;seat")
 modparam("htable", "htable", "seatha1=>size=6;")
+modparam("cfgutils", "lock_set_size", 8)
 modparam("usrloc", "db_mode", 0)
 modparam("usrloc", "timer_interval", 5)
 modparam("registrar", "min_expires", 10)
@@ -230,7 +313,7 @@ modparam("dispatcher", "ds_ping_reply_codes", "class=2")
 
 request_route {{
 {scanners}
-    if ({trunk}) {{
+{node_flag}    if (isflagset(FLT_NODE) || {trunk}) {{
         setflag(FLT_TRUNK);
     }} else {{
         if (!pike_check_req()) {{
@@ -289,7 +372,7 @@ request_route {{
         sl_send_reply("403", "Relaying Forbidden");
         exit;
     }}
-    if (!($rU =~ "^({numbers})$")) {{
+{seat_test}    if (!($rU =~ "^({numbers})$")) {{
         sl_send_reply("404", "Not Found");
         exit;
     }}
@@ -303,14 +386,14 @@ request_route {{
     }}
     remove_hf("Route");
     record_route();
-    if (!ds_select_dst("1", "10")) {{
+    if (!{select}("1", "10")) {{
         route(FULL);
     }}
     dlg_manage();
     if (!isflagset(FLT_TRUNK)) {{
         set_dlg_profile("source", "$si");
     }}
-    $dlg_var(worker) = $du;
+    $dlg_var(worker) = {chosen};
     t_on_failure("FAILOVER");
     t_on_reply("REPLY");
     route(RELAY);
@@ -345,6 +428,7 @@ route[REGISTRAR] {{
     }}
 }}
 
+{seat_route}
 route[WITHINDLG] {{
     if (!is_method("ACK") && t_check_trans()) {{
         exit;  # a retransmission: tm answered it again
@@ -409,8 +493,8 @@ failure_route[FAILOVER] {{
     }}
     if (t_branch_timeout() || t_check_status("408|5[0-9][0-9]")) {{
         ds_load_unset();
-        if (ds_next_dst()) {{
-            $dlg_var(worker) = $du;
+        if ({next_one}()) {{
+            $dlg_var(worker) = {chosen};
             t_on_failure("FAILOVER");
             route(RELAY);
             exit;
@@ -453,20 +537,38 @@ def exec_with_parent_death(binary: str, *args: str) -> list[str]:
 def render_dispatcher_list(destinations: list[Destination], maxload: int) -> str:
     lines = ["# setid destination flags priority attributes (written by handoff122 serve)"]
     for d in destinations:
-        lines.append(f"1 {d.uri} 0 0 duid=w{d.worker_id};maxload={maxload}")
+        lines.append(f"1 {d.uri} 0 0 duid={d.label or f'w{d.worker_id}'};maxload={maxload}")
     return "\n".join(lines) + "\n"
 
 
 class KamailioRpc:
     """JSON-RPC over Kamailio's datagram socket (blocking; run it in a thread from asyncio)."""
 
-    def __init__(self, rpc_socket: Path) -> None:
-        self.rpc_socket = rpc_socket
+    def __init__(self, rpc_socket: Path | str) -> None:
+        # ``udp:host:port``: jsonrpcs's UDP listener (a cluster front door on another machine)
+        self.udp: tuple[str, int] | None = None
+        if isinstance(rpc_socket, str) and rpc_socket.startswith("udp:"):
+            host, _, port = rpc_socket[4:].rpartition(":")
+            self.udp = (host.strip("[]"), int(port))
+        self.rpc_socket = Path(rpc_socket)
+        self.address = str(rpc_socket)  # as Kamailio's jsonrpcs dgram_socket takes it
         self._id = 0
+
+    def _udp_call(self, req: str, timeout: float) -> bytes:
+        assert self.udp is not None
+        s = socket.socket(socket.AF_INET6 if ":" in self.udp[0] else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.settimeout(timeout)
+            s.sendto(req.encode(), self.udp)
+            return s.recv(1 << 20)
+        finally:
+            s.close()
 
     def call(self, method: str, *params: Any, timeout: float = 2.0) -> Any:
         self._id += 1
         req = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": self._id})
+        if self.udp is not None:
+            return self._unpack(method, self._udp_call(req, timeout))
         with tempfile.TemporaryDirectory(prefix="h122rpc") as d:
             reply_path = os.path.join(d, "r.sock")
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -477,6 +579,10 @@ class KamailioRpc:
                 data = s.recv(1 << 20)
             finally:
                 s.close()
+        return self._unpack(method, data)
+
+    @staticmethod
+    def _unpack(method: str, data: bytes) -> Any:
         reply = json.loads(data)
         if "error" in reply:
             raise RuntimeError(f"kamailio {method}: {reply['error']}")
@@ -488,8 +594,10 @@ class Kamailio:
 
     def __init__(self, binary: str, run_dir: Path, *, host: str, port: int, service_numbers: list[str],
                  destinations: list[Destination], maxload: int, retry_after_s: int, shm_mb: int,
-                 probing: bool = True, edge: EdgePolicy | None = None, tls: TlsListener | None = None) -> None:
+                 probing: bool = True, edge: EdgePolicy | None = None, tls: TlsListener | None = None,
+                 cluster: ClusterRole | None = None, rpc_listen: str | None = None) -> None:
         self.binary = binary
+        self.cluster = cluster
         self.run_dir = run_dir
         self.host = host
         self.port = port
@@ -502,7 +610,9 @@ class Kamailio:
         self.edge = edge or EdgePolicy()
         self.tls = tls
         self.proc: asyncio.subprocess.Process | None = None
-        self.rpc = KamailioRpc(unix_socket_path(run_dir, "kamailio-rpc.sock"))
+        # a Unix socket in the run dir; or (a cluster front door serving nodes on other machines)
+        # rpc_listen = udp:<private address>:<port>
+        self.rpc = KamailioRpc(rpc_listen or unix_socket_path(run_dir, "kamailio-rpc.sock"))
         self._stderr_task: asyncio.Task[None] | None = None
         self.last_errors: deque[str] = deque(maxlen=5)
         self._stopping = False
@@ -516,9 +626,9 @@ class Kamailio:
         if self.tls is not None:
             tls_cfg.write_text(self.tls.render())
         cfg.write_text(render_config(host=self.host, port=self.port, service_numbers=self.service_numbers,
-                                     rpc_socket=self.rpc.rpc_socket, dispatcher_list=ds,
+                                     rpc_socket=self.rpc.address, dispatcher_list=ds,
                                      retry_after_s=self.retry_after_s, probing=self.probing, edge=self.edge,
-                                     tls=self.tls, tls_cfg=tls_cfg))
+                                     tls=self.tls, tls_cfg=tls_cfg, cluster=self.cluster))
         return cfg
 
     async def check_config(self) -> None:
@@ -532,7 +642,8 @@ class Kamailio:
 
     async def start(self) -> None:
         await self.check_config()
-        self.rpc.rpc_socket.unlink(missing_ok=True)
+        if self.rpc.udp is None:
+            self.rpc.rpc_socket.unlink(missing_ok=True)
         # -DD: the main process stays in the foreground as our direct child; its own session so its
         # shutdown (a signal to its process group) never reaches the node; and it receives SIGTERM
         # when the node dies, even by kill -9, so it never outlives the node holding the port.
@@ -546,7 +657,7 @@ class Kamailio:
                 await asyncio.sleep(0.1)  # let the stderr pump catch the reason
                 why = self.last_errors[-1] if self.last_errors else f"is {self.host}:{self.port} already in use?"
                 raise RuntimeError(f"kamailio exited at start (code {self.proc.returncode}): {why}")
-            if self.rpc.rpc_socket.exists() and await asyncio.to_thread(self._rpc_ok):
+            if (self.rpc.udp or self.rpc.rpc_socket.exists()) and await asyncio.to_thread(self._rpc_ok):
                 log.info("kamailio_started", extra={"pid": self.proc.pid, "port": self.port})
                 return
             await asyncio.sleep(0.1)

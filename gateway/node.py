@@ -58,7 +58,7 @@ def _check_port_free(host: str, port: int, udp: bool, what: str) -> None:
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.node_id = f"{socket.gethostname()}:{settings.sip_port}"
+        self.node_id = settings.node_id or f"{socket.gethostname()}:{settings.sip_port}"
         self.run_dir = settings.data_dir / "run"
         self.kamailio: Kamailio | None = None
         self.registrations: Any = None      # gateway.registrations.SeatRegistrations (seat phones that REGISTER)
@@ -219,7 +219,8 @@ class Node:
             # any), given back when its credentials are removed
             fixed = {spec.id: spec.contact for spec in self.seat_specs}
             phones = [replace(spec, contact=fixed.get(spec.id, "")) for spec in seats if spec.register_user]
-            self.registrations = SeatRegistrations(self.kamailio.call, self.routing, phones)
+            self.registrations = SeatRegistrations(self._registrar_rpc(), self.routing, phones,
+                                                   via=s.front_door_sip)
             await self.registrations.load_credentials()
             self.registrations.start()
 
@@ -241,6 +242,16 @@ class Node:
                                       "api": f"http://{s.api_host}:{s.api_port}" if s.api_port else None,
                                       "workers": len(specs), "front_door": "kamailio" if self.kamailio else "none",
                                       "capacity": len(specs) * s.worker_callers})
+
+    def _registrar_rpc(self) -> Any:
+        """Where seat phones register: the cluster front door if there is one, else this node's Kamailio."""
+        if self.settings.front_door_rpc:
+            from gateway.kamailio import KamailioRpc
+
+            rpc = KamailioRpc(self.settings.front_door_rpc)
+            return lambda method, *params: asyncio.to_thread(rpc.call, method, *params)
+        assert self.kamailio is not None
+        return self.kamailio.call
 
     def facts(self) -> NodeFacts:
         """What the banner tells a person about this running node."""

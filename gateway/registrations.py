@@ -79,8 +79,11 @@ class SeatRegistrations:
     """Keeps the routing service's seats in step with Kamailio's registrations."""
 
     def __init__(self, rpc: Callable[..., Awaitable[Any]], routing: Any, seats: list[SeatSpec],
-                 poll_s: float = 1.0) -> None:
+                 poll_s: float = 1.0, via: str | None = None) -> None:
         self.rpc = rpc
+        # a cluster front door (host:port): a registered seat is dialled as sip:<user>@front, so the
+        # INVITE passes the front door's one-call-per-seat dialog profile whichever node sends it
+        self.via = via
         self.routing = routing
         self.by_user = {s.register_user: s for s in seats if s.register_user}
         self.poll_s = poll_s
@@ -180,7 +183,7 @@ class SeatRegistrations:
                 self.current[spec.id] = reg.contact
                 log.info("seat_registered", extra={"seat_id": spec.id, "contact": reg.contact,
                                                    "expires_s": reg.expires_s})
-                self._update(spec, reg.contact)
+                self._update(spec, f"sip:{user}@{self.via}" if self.via else reg.contact)
             elif reg is None and was is not None:
                 del self.current[spec.id]
                 log.info("seat_registration_lost", extra={"seat_id": spec.id, "contact": was})

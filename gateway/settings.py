@@ -115,6 +115,20 @@ class Settings(BaseSettings):
                                         "goes back to the head of the queue; must exceed the phones' silence "
                                         "keep-alive (5 s); 0 = off (docs/DURABILITY.md)")
 
+    # cluster (issue 14, docs/CLUSTER.md): set by ``handoff122 cluster`` for each node it runs
+    cluster: bool = Field(False, description="this node is one of several behind a cluster front door: it "
+                          "takes part in the election of the routing authority (docs/CLUSTER.md)")
+    node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                                description="this node's name in the event log and the election; "
+                                "default host:sip_port")
+    front_door_sip: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:\[\]-]{1,128}$",
+                                       description="host:port of the cluster front door: seat phones register "
+                                       "there, and this node's seat INVITEs go through it (its dialog profile "
+                                       "refuses a second call to one seat); default none (the node's own Kamailio)")
+    front_door_rpc: str | None = Field(None, description="the cluster front door's JSON-RPC socket (a Unix "
+                                       "socket path, or udp:host:port): seat credentials are loaded and "
+                                       "registrations read there; needs front_door_sip")
+
     # Twilio ingress
     twilio_auth_token: str | None = Field(None, description="Twilio auth token: enables /twilio/* (signed webhooks)")
     public_base_url: str | None = Field(None, description="the URL Twilio calls (signatures are checked against it)")
@@ -159,6 +173,13 @@ class Settings(BaseSettings):
             ZoneInfo(self.report_timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"report_timezone {self.report_timezone!r} is not a known time zone") from None
+        return self
+
+    @model_validator(mode="after")
+    def _front_door_pair(self) -> Settings:
+        if bool(self.front_door_sip) != bool(self.front_door_rpc):
+            raise ValueError("front_door_sip and front_door_rpc go together (the front door's SIP address "
+                             "and its JSON-RPC socket)")
         return self
 
     @model_validator(mode="after")
