@@ -141,6 +141,12 @@ class RoutingAuthority:
         self._stopping = True
         await self._demote()
 
+    def resign(self) -> None:
+        """Give the authority up now (the leader found it cannot go on routing): the session is
+        closed, which releases the lock; ``on_demoted`` follows and the campaign goes on."""
+        if self._conn is not None:
+            self._conn.terminate()
+
     async def _campaign(self, conn: asyncpg.Connection) -> None:
         while not self._stopping:
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key, timeout=self.lease_s):

@@ -1,0 +1,624 @@
+"""Several nodes, one routing truth (issue 14): the ACD behind the elected authority, and the
+nodes as its clients.
+
+Three parts, all on the one PostgreSQL the nodes already share (no SIP, no HTTP here):
+
+- **The channel** (``routing_commands`` / ``routing_deliveries``).  A node writes each command
+  (enqueue, seat answered, ring-no-answer, seat failed, abandoned, completed, ...) as a row and
+  ``NOTIFY``s the leader; the leader reads rows by sequence number after its cursor.  The
+  notification is only a wake-up: a leader that missed it (reconnect, election) still reads every
+  row, in order, on its next poll.  A command carries a ``command_id`` so a node that is unsure
+  whether its insert committed simply sends it again.  The leader answers a node the same way
+  (``routing_deliveries``, one node's rows read by that node after its own cursor).  Both tables
+  are in the database that fences the offers, so an OFFER delivery is written in the very
+  transaction of its ``claim_offer``: there is no offer a node can see that the fence did not
+  accept.  Why not MQTT QoS 1: its redelivery is per session and not ordered with the database
+  writes, and a broker has no notion of "the current leader", so a deposed leader's publish
+  would reach the nodes all the same.
+- **The leader** (:class:`ClusterRouting`).  On election it restores the ACD from the event log's
+  projections (every node's callers, in their places), adopts what the fence says is being dialed,
+  replays the commands after the cursor, then routes for the whole cluster: every ``OFFER`` of the
+  ACD goes through ``claim_offer`` (epoch check, seat available -> offered, event) before any node
+  hears of it.  On demotion it stops at once: command reading and the ACD's timers are cancelled and
+  its unwritten events dropped.
+- **The client** (:class:`RoutingClient`).  Each node (the leader's own node too: one path) sends
+  its commands and receives the deliveries for its calls.  Before it dials a seat it calls
+  ``start_dialing``; only True lets the INVITE go.  A deposed leader's late offer fails there.
+
+Ordering: inserts into both tables take a transaction-level advisory lock, so sequence numbers are
+committed in the order they are allocated and a reader that has seen ``seq = n`` will never later
+find a committed row below ``n``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from routing.acd import (
+    Acd,
+    AcdConfig,
+    IllegalTransition,
+    RestoredConnected,
+    RestoredSeat,
+    RoutingError,
+    SeatSpec,
+)
+from routing.authority import RoutingAuthority, add_seat, claim_offer, connect_worker, plain_dsn
+from routing.authority import release as release_seat
+from routing.authority import start_dialing as start_dialing_seat
+from routing.events import Event, EventKind
+from routing.service import RoutingService
+from routing.status import SeatStatus
+from routing.store.models import calls
+from routing.store.restore import load_callbacks, load_recent_events, load_state
+from routing.store.writer import EventWriter, Fenced
+
+log = logging.getLogger("routing.cluster")
+
+CHANNEL_COMMANDS = "routing_commands"
+CHANNEL_DELIVERIES = "routing_deliveries"
+#: Transaction-level advisory locks that make sequence allocation and commit one order.
+COMMANDS_LOCK_KEY = 0x68313233
+DELIVERIES_LOCK_KEY = 0x68313234
+#: How often a reader looks for rows even without a notification (a missed NOTIFY costs this much).
+POLL_S = 1.0
+
+#: The commands a node may send, each with the RoutingService method that applies it.
+COMMANDS = frozenset({
+    "enqueue", "seat_answered", "ring_no_answer", "seat_failed", "caller_abandoned", "call_completed",
+    "seat_lost", "call_lost", "set_status", "end_wrap_up",
+})
+#: The ACD's decisions a node hears about its own calls (``journey.call.CallJourney.routing_event``).
+DELIVERED = frozenset({EventKind.OFFER, EventKind.RINGNOANSWER, EventKind.SEATFAILED, EventKind.ESCALATE,
+                       EventKind.CONNECT, EventKind.ABANDON, EventKind.CALLBACK, EventKind.ENTERQUEUE})
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One decision of the routing authority for one of this node's calls."""
+
+    seq: int
+    epoch: int
+    event: Event
+
+
+DeliveryListener = Callable[[Delivery], Awaitable[None] | None]
+
+
+class RoutingClient:
+    """A node's side of the channel: commands out, deliveries for its calls in, and the fence
+    steps of the dialing node (``start_dialing`` before the INVITE, ``release`` at the end)."""
+
+    def __init__(self, url: str, node_id: str, lease_s: float = 3.0) -> None:
+        self.url = plain_dsn(url)
+        self.node_id = node_id
+        self.lease_s = lease_s
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._listeners: list[DeliveryListener] = []
+        self._cursor = 0
+        self._tail: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.delivered = 0
+
+    async def start(self) -> None:
+        """Read deliveries from now on (earlier ones are for calls this process does not have)."""
+        conn = await self._connection()
+        self._cursor = int(await conn.fetchval(
+            "SELECT coalesce(max(seq), 0) FROM routing_deliveries WHERE node_id = $1", self.node_id))
+        self._tail = asyncio.create_task(self._read_deliveries(), name=f"deliveries-{self.node_id}")
+
+    async def stop(self) -> None:
+        if self._tail is not None:
+            self._tail.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tail
+            self._tail = None
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    def on_delivery(self, listener: DeliveryListener) -> None:
+        self._listeners.append(listener)
+
+    # -- commands ---------------------------------------------------------------------------------
+    async def send(self, kind: str, call_id: str | None = None, **args: Any) -> int:
+        """Append one command for the leader; returns its sequence number.  Retried with the same
+        ``command_id`` after a connection failure, so it is applied at most once."""
+        if kind not in COMMANDS:
+            raise ValueError(f"unknown routing command {kind!r}")
+        command_id = f"{self.node_id}:{uuid.uuid4().hex}"
+        if call_id is not None:
+            args["call_id"] = call_id
+        payload = json.dumps(args)
+        for attempt in range(1, 6):
+            try:
+                async with self._lock:
+                    conn = await self._connection()
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", COMMANDS_LOCK_KEY)
+                        seq = await conn.fetchval(
+                            "INSERT INTO routing_commands (command_id, node_id, kind, call_id, args, at) "
+                            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (command_id) DO NOTHING RETURNING seq",
+                            command_id, self.node_id, kind, call_id, payload, time.time())
+                        if seq is None:  # an earlier attempt did commit
+                            seq = await conn.fetchval("SELECT seq FROM routing_commands WHERE command_id = $1",
+                                                      command_id)
+                        await conn.execute(f"NOTIFY {CHANNEL_COMMANDS}")
+                return int(seq)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as e:
+                log.warning("routing command not sent, retrying", extra={
+                    "call_id": call_id, "kind": kind, "attempt": attempt, "error": f"{type(e).__name__}: {e}"})
+                self._drop_connection()
+                await asyncio.sleep(min(1.0, 0.1 * attempt))
+        raise RuntimeError(f"routing command {kind} for {call_id} could not be sent")
+
+    async def enqueue(self, call_id: str, skill: str, priority: int, caller: str | None = None,
+                      info: dict[str, Any] | None = None, place_at: float | None = None,
+                      only_seat: str | None = None) -> int:
+        return await self.send("enqueue", call_id, skill=skill, priority=priority, caller=caller,
+                               info=info or {}, place_at=place_at, only_seat=only_seat)
+
+    async def seat_answered(self, call_id: str, seat_id: str | None = None) -> int:
+        return await self.send("seat_answered", call_id, seat_id=seat_id)
+
+    async def ring_no_answer(self, call_id: str, seat_id: str | None = None) -> int:
+        return await self.send("ring_no_answer", call_id, seat_id=seat_id)
+
+    async def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None,
+                          detail: str | None = None) -> int:
+        return await self.send("seat_failed", call_id, reason=reason, seat_id=seat_id, detail=detail)
+
+    async def caller_abandoned(self, call_id: str) -> int:
+        return await self.send("caller_abandoned", call_id)
+
+    async def call_completed(self, call_id: str, ended_by: str) -> int:
+        return await self.send("call_completed", call_id, ended_by=ended_by)
+
+    # -- the fence, from the dialing node -----------------------------------------------------------
+    async def start_dialing(self, seat_id: str, call_id: str) -> bool:
+        """True: the offer is still the current epoch's and is now ours to dial.  Dial only then."""
+        async with self._lock:
+            return await start_dialing_seat(await self._connection(), seat_id, call_id, self.node_id)
+
+    async def release(self, seat_id: str, call_id: str) -> bool:
+        """The seat's part of ``call_id`` is over (or the dial failed): the seat may be offered again."""
+        for attempt in range(1, 6):
+            try:
+                async with self._lock:
+                    return await release_seat(await self._connection(), seat_id, call_id)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError):
+                self._drop_connection()
+                await asyncio.sleep(min(1.0, 0.1 * attempt))
+        log.error("seat not released at the fence", extra={"call_id": call_id, "seat_id": seat_id})
+        return False
+
+    # -- deliveries ---------------------------------------------------------------------------------
+    async def _read_deliveries(self) -> None:
+        listen: asyncpg.Connection | None = None
+        while True:
+            try:
+                if listen is None or listen.is_closed():
+                    listen = await connect_worker(self.url, self.lease_s)
+                    await listen.add_listener(CHANNEL_DELIVERIES, self._notified)
+                rows = await listen.fetch(
+                    "SELECT seq, epoch, kind, call_id, seat_id, data, at FROM routing_deliveries "
+                    "WHERE node_id = $1 AND seq > $2 ORDER BY seq", self.node_id, self._cursor)
+                for r in rows:
+                    self._cursor = int(r["seq"])
+                    await self._dispatch(Delivery(int(r["seq"]), int(r["epoch"]), Event(
+                        EventKind(r["kind"]), float(r["at"]), r["call_id"], r["seat_id"],
+                        json.loads(r["data"]).get("skill"), json.loads(r["data"]))))
+                if not rows:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), POLL_S)
+                    self._wake.clear()
+            except asyncio.CancelledError:
+                if listen is not None:
+                    listen.terminate()
+                raise
+            except Exception as e:
+                log.warning("routing deliveries: reading failed, reconnecting", extra={
+                    "node_id": self.node_id, "error": f"{type(e).__name__}: {e}"})
+                if listen is not None:
+                    listen.terminate()
+                listen = None
+                await asyncio.sleep(0.2)
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload == self.node_id:
+            self._wake.set()
+
+    async def _dispatch(self, d: Delivery) -> None:
+        self.delivered += 1
+        for listener in list(self._listeners):
+            try:
+                result = listener(d)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("routing delivery listener failed", extra={"call_id": d.event.call_id})
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await connect_worker(self.url, self.lease_s)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+
+class ClusterRouting:
+    """The ACD of the whole cluster, alive only while this node holds the routing authority.
+
+    ``make_acd`` builds a fresh ACD (the node's policy); ``seats`` are the seats file's, merged
+    after every restore like a single node does.  ``restored_in_s`` is how long the last election
+    took from ``on_elected`` to routing (the restore from the log plus the replay).
+    """
+
+    def __init__(self, url: str, engine: AsyncEngine, node_id: str, make_acd: Callable[[], Acd],
+                 seats: Iterable[SeatSpec] = (), lease_s: float = 3.0,
+                 on_routing: Callable[[RoutingService | None], None] | None = None) -> None:
+        self.url = plain_dsn(url)
+        self.engine = engine
+        self.node_id = node_id
+        self.make_acd = make_acd
+        self.seats = list(seats)
+        self.lease_s = lease_s
+        self.on_routing = on_routing
+        self.epoch: int | None = None
+        self.service: RoutingService | None = None
+        self.restored_in_s: float | None = None
+        self.applied_seq = 0
+        self.fenced_offers = 0  # offers the fence refused because the seat was not free there
+        self._owners: dict[str, str] = {}
+        self._conn: asyncpg.Connection | None = None  # commands, cursor, restore
+        self._out: asyncpg.Connection | None = None   # offers through the fence, deliveries
+        self._outbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._log_engine: AsyncEngine | None = None  # the event writer's: fenced, and a frozen
+        # transaction of it is ended by the server after the lease (it holds the epoch row FOR SHARE)
+        #: Called when routing cannot go on (a lost connection mid-offer): give up the authority.
+        self.resign: Callable[[], None] | None = None
+
+    # -- the authority's callbacks ------------------------------------------------------------------
+    async def elected(self, epoch: int) -> None:
+        t0 = time.monotonic()
+        self.epoch = epoch
+        self._conn = await connect_worker(self.url, self.lease_s)
+        self._out = await connect_worker(self.url, self.lease_s)
+        for spec in self.seats:
+            await add_seat(self._conn, spec.id)
+        self._owners = {r["call_id"]: r["node_id"] for r in await self._conn.fetch(
+            "SELECT DISTINCT ON (call_id) call_id, node_id FROM routing_commands "
+            "WHERE kind = 'enqueue' AND call_id IS NOT NULL ORDER BY call_id, seq DESC")}
+        self._log_engine = create_async_engine(
+            self.url.replace("postgresql://", "postgresql+asyncpg://", 1),
+            connect_args={"server_settings": {"idle_in_transaction_session_timeout": str(int(self.lease_s * 1000)),
+                                              "tcp_keepalives_idle": "1", "tcp_keepalives_interval": "1",
+                                              "tcp_keepalives_count": "3"}})
+
+        async def fence(conn: AsyncConnection) -> None:
+            current = (await conn.execute(text("SELECT epoch FROM routing_epoch WHERE id = 1 FOR SHARE"))).scalar()
+            if current != epoch:
+                raise Fenced(f"epoch {epoch} is no longer current ({current})")
+
+        service = RoutingService(self.make_acd(), writer=EventWriter(self._log_engine, self.node_id, fence=fence),
+                                 node_id=self.node_id)
+        service.on_event(self._decided)
+        self.service = service
+        self._outbox = asyncio.Queue()
+        self._tasks = []
+        await service.start(seats=())  # writer and timers; the restore is ours (all nodes' callers)
+        await self._restore(service)
+        for spec in self.seats:
+            service._merge_file_seat(spec, service.clock())
+        cursor = int(await self._conn.fetchval("SELECT applied_seq FROM routing_command_cursor WHERE id = 1"))
+        self.applied_seq = cursor
+        replayed = await self._apply_new_commands(epoch)
+        # Only now do decisions leave: an offer made by the restore that a replayed command
+        # overtook (the seat answered or the caller hung up while no one led) is no longer
+        # current in the ACD and is dropped by ``_deliver`` instead of ringing a seat.
+        self._tasks.append(self._task(self._deliver(epoch), f"offers-{epoch}", epoch))
+        self.restored_in_s = time.monotonic() - t0
+        log.info("routing for the cluster", extra={
+            "node_id": self.node_id, "epoch": epoch, "restore_s": round(self.restored_in_s, 4),
+            "replayed": replayed, "waiting": len(service.acd.waiting_entries())})
+        self._tasks.append(self._task(self._read_commands(epoch), f"commands-{epoch}", epoch))
+        if self.on_routing is not None:
+            self.on_routing(service)
+
+    def _task(self, coro: Awaitable[None], name: str, epoch: int) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+
+        def done(t: asyncio.Task[None]) -> None:
+            if t.cancelled() or self.epoch != epoch:
+                return
+            log.error("cluster routing stopped; giving the authority up", extra={"epoch": epoch, "task": name},
+                      exc_info=t.exception())
+            if self.resign is not None:
+                self.resign()
+
+        task.add_done_callback(done)
+        return task
+
+    async def demoted(self, epoch: int) -> None:
+        """Stop at once: no more commands read, no timers, no offers, no unwritten events."""
+        self.epoch = None
+        service, self.service = self.service, None
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = []
+        for conn in (self._conn, self._out):
+            if conn is not None:
+                conn.terminate()
+        self._conn = self._out = None
+        if service is not None:
+            if service.writer is not None:
+                dropped = service.writer.drop_pending()
+                if dropped:
+                    log.warning("deposed: unwritten routing events dropped (the next leader replays "
+                                "their commands)", extra={"epoch": epoch, "count": dropped})
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(service.stop(), 1.0)
+        if self._log_engine is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._log_engine.dispose(), 1.0)
+            self._log_engine = None
+        if self.on_routing is not None:
+            self.on_routing(None)
+
+    # -- restore ----------------------------------------------------------------------------------
+    async def _restore(self, service: RoutingService) -> None:
+        """Every node's waiting callers in their places; seats the fence shows being dialed stay
+        bound to their call (ringing or talking, the dialing node reports the rest); a seat that
+        was only offered (the election revoked that offer) is free again."""
+        assert self._conn is not None
+        now = service.clock()
+        m = service.acd.metrics
+        m.observe_all(await load_recent_events(self.engine, since=now - m.interval_s * m.keep_intervals))
+        seats, waiting = await load_state(self.engine)
+        for rs in seats:
+            await add_seat(self._conn, rs.spec.id)
+        fence = {r["seat_id"]: r["call_id"] for r in await self._conn.fetch(
+            "SELECT seat_id, call_id FROM seat_offers WHERE state = 'dialing'")}
+        entries = {e.call_id: e for e in waiting}
+        records: dict[str, Any] = {}
+        if fence:
+            async with self.engine.connect() as c:
+                records = {r["id"]: r for r in (await c.execute(
+                    select(calls).where(calls.c.id.in_(list(fence.values()))))).mappings().all()}
+        connected: list[RestoredConnected] = []
+        out_seats: list[RestoredSeat] = []
+        for rs in seats:
+            call_id = fence.get(rs.spec.id)
+            if call_id is not None:
+                e, row = entries.get(call_id), records.get(call_id)
+                skill = e.skill if e else (row["skill"] if row is not None and row["skill"] else next(iter(rs.spec.skills)))
+                connected.append(RestoredConnected(
+                    call_id, rs.spec.id, skill, e.priority if e else int((row or {}).get("priority") or 3),
+                    e.enqueued_at if e else float((row or {}).get("queued_at") or now),
+                    float((row or {}).get("seat_answered_at") or now), e.caller if e else (row or {}).get("caller"),
+                    dict(e.info) if e else {}))
+                out_seats.append(rs)
+            elif rs.status is SeatStatus.RESERVED:  # offered, never dialed: the election revoked it
+                out_seats.append(RestoredSeat(rs.spec, SeatStatus.AVAILABLE, None, now))
+            elif rs.status is SeatStatus.ON_CALL:   # released at the fence: the call is over
+                out_seats.append(RestoredSeat(rs.spec, SeatStatus.WRAP_UP, None, now))
+            else:
+                out_seats.append(rs)
+        bound = {c.call_id for c in connected}
+        waiting = [e for e in waiting if e.call_id not in bound]
+        events = service.acd.restore(out_seats, waiting, now, connected)
+        for row in await load_callbacks(self.engine):
+            with contextlib.suppress(RoutingError):
+                service.acd.callbacks.add(row["call_id"], row["caller"], row["skill"] or "intake_guidance",
+                                          int(row["priority"] or 3), float(row["enqueued_at"]),
+                                          float(row["abandoned_at"]), row["info"] or {}, row["callback_id"])
+        service.record(events)
+
+    # -- commands ---------------------------------------------------------------------------------
+    async def _read_commands(self, epoch: int) -> None:
+        listen = await connect_worker(self.url, self.lease_s)
+        try:
+            await listen.add_listener(CHANNEL_COMMANDS, lambda *_: self._wake.set())
+            while self.epoch == epoch:
+                if not await self._apply_new_commands(epoch):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), POLL_S)
+                    self._wake.clear()
+        finally:
+            listen.terminate()
+
+    async def _apply_new_commands(self, epoch: int) -> int:
+        assert self._conn is not None and self.service is not None
+        rows = await self._conn.fetch(
+            "SELECT seq, node_id, kind, call_id, args FROM routing_commands WHERE seq > $1 ORDER BY seq LIMIT 500",
+            self.applied_seq)
+        if not rows:
+            return 0
+        for r in rows:
+            if self.epoch != epoch:
+                return 0
+            self._apply(r["node_id"], r["kind"], json.loads(r["args"]))
+            self.applied_seq = int(r["seq"])
+        # the cursor moves only once the events of these commands are in the log
+        writer = self.service.writer
+        if writer is not None:
+            await writer.flush()
+        await self._move_cursor(epoch)
+        return len(rows)
+
+    async def _move_cursor(self, epoch: int) -> None:
+        assert self._conn is not None
+        async with self._conn.transaction():
+            current = await self._conn.fetchval("SELECT epoch FROM routing_epoch WHERE id = 1 FOR SHARE")
+            if int(current) != epoch:
+                raise RuntimeError(f"epoch {epoch} is no longer current ({current})")
+            await self._conn.execute(
+                "UPDATE routing_command_cursor SET applied_seq = $1, epoch = $2, updated_at = $3 WHERE id = 1",
+                self.applied_seq, epoch, time.time())
+
+    def _apply(self, node_id: str, kind: str, args: dict[str, Any]) -> None:
+        """One command on the ACD.  A refusal (a report that came too late, a replay of a command
+        already in the restored state) is logged and changes nothing."""
+        assert self.service is not None
+        call_id = args.get("call_id")
+        if kind not in COMMANDS:
+            log.error("unknown routing command ignored", extra={"kind": kind, "call_id": call_id})
+            return
+        if kind == "enqueue" and call_id:
+            self._owners[call_id] = node_id
+        try:
+            getattr(self.service, kind)(**args)
+        except IllegalTransition as e:
+            view = self.service.acd.call_view(call_id) if call_id else None
+            if kind in ("seat_failed", "ring_no_answer") and view is not None and view["state"] == "connected" \
+                    and (args.get("seat_id") in (None, view["seat_id"])):
+                # a seat still ringing at the election was adopted as talking; its ring ended
+                # without an answer: the caller goes back to the head of the queue
+                self.service.seat_lost(call_id, f"ring ended across a leader change ({kind})")
+            else:
+                log.info("routing command refused", extra={"kind": kind, "call_id": call_id, "error": str(e)})
+        except RoutingError as e:
+            log.info("routing command refused", extra={"kind": kind, "call_id": call_id,
+                                                       "error": f"{type(e).__name__}: {e}"})
+        except TypeError as e:
+            log.error("routing command with bad arguments ignored", extra={"kind": kind, "call_id": call_id,
+                                                                           "error": str(e)})
+
+    # -- decisions out ----------------------------------------------------------------------------
+    def _decided(self, ev: Event) -> None:
+        if (ev.kind in DELIVERED and ev.call_id in self._owners) or ev.kind is EventKind.SEATADDED:
+            self._outbox.put_nowait(ev)
+
+    async def _deliver(self, epoch: int) -> None:
+        """Offers through the fence, then every decision to the node of its call, in ACD order."""
+        while self.epoch == epoch:
+            ev = await self._outbox.get()
+            assert self._out is not None
+            if ev.kind is EventKind.SEATADDED:  # a seat added through the API: known to the fence too
+                await add_seat(self._out, ev.seat_id or "")
+                continue
+            assert ev.call_id is not None
+            node = self._owners[ev.call_id]
+            async with self._out.transaction():
+                if ev.kind is EventKind.OFFER:
+                    assert ev.seat_id is not None
+                    if not self._still_offered(ev):
+                        log.info("offer overtaken before it left, dropped", extra={
+                            "call_id": ev.call_id, "seat_id": ev.seat_id, "epoch": epoch})
+                        continue
+                    if not await claim_offer(self._out, epoch, ev.seat_id, ev.call_id):
+                        current = await self._out.fetchval("SELECT epoch FROM routing_epoch WHERE id = 1")
+                        if int(current) != epoch:
+                            log.warning("offer fenced: no longer the routing authority", extra={
+                                "call_id": ev.call_id, "seat_id": ev.seat_id, "epoch": epoch, "current": current})
+                            return  # the authority's ping finds out too; nothing more leaves here
+                        self._fence_refused(ev)
+                        continue
+                await self._out.execute("SELECT pg_advisory_xact_lock($1)", DELIVERIES_LOCK_KEY)
+                if int(await self._out.fetchval("SELECT epoch FROM routing_epoch WHERE id = 1 FOR SHARE")) != epoch:
+                    return
+                await self._out.execute(
+                    "INSERT INTO routing_deliveries (node_id, kind, call_id, seat_id, epoch, data, at) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7)", node, ev.kind.value, ev.call_id, ev.seat_id, epoch,
+                    json.dumps({**ev.data, "skill": ev.skill}, default=str), ev.at)
+                await self._out.execute("SELECT pg_notify($1, $2)", CHANNEL_DELIVERIES, node)
+
+    def _still_offered(self, ev: Event) -> bool:
+        """The ACD still has this call ringing this seat, in this attempt."""
+        view = self.service.acd.call_view(ev.call_id or "") if self.service is not None else None
+        return view is not None and view["state"] == "ringing" and view["seat_id"] == ev.seat_id \
+            and view["attempt"] == ev.data.get("attempt")
+
+    def _fence_refused(self, ev: Event) -> None:
+        """The seat is still held at the fence (a call dialed in an earlier epoch that its node has
+        not released yet): the ACD takes the offer back, the caller keeps its place, the seat is
+        held back for the reject delay and tried again."""
+        self.fenced_offers += 1
+        log.info("offer refused at the fence: seat still held", extra={"call_id": ev.call_id, "seat_id": ev.seat_id})
+        if self.service is not None:
+            with contextlib.suppress(RoutingError):
+                self.service.seat_failed(ev.call_id or "", "local_error", seat_id=ev.seat_id,
+                                         detail="seat still held at the fence")
+
+
+class ClusterNode:
+    """What a node's control process runs in cluster mode: the campaign, the ACD while it leads,
+    and the client through which its own calls are routed (whoever leads)."""
+
+    def __init__(self, url: str, engine: AsyncEngine, node_id: str, make_acd: Callable[[], Acd] | None = None,
+                 seats: Iterable[SeatSpec] = (), lease_s: float = 3.0,
+                 on_elected: Callable[[int], Awaitable[None] | None] | None = None,
+                 on_demoted: Callable[[int], Awaitable[None] | None] | None = None) -> None:
+        self.routing = ClusterRouting(url, engine, node_id, make_acd or (lambda: Acd(AcdConfig())), seats, lease_s)
+        self.client = RoutingClient(url, node_id, lease_s)
+        self._user_elected = on_elected
+        self._user_demoted = on_demoted
+        self.authority = RoutingAuthority(url, node_id, on_elected=self._elected, on_demoted=self._demoted,
+                                          lease_s=lease_s)
+        self.routing.resign = self.authority.resign
+        self._campaign: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.client.start()
+        self._campaign = asyncio.create_task(self.authority.run(), name="routing-authority")
+
+    async def stop(self) -> None:
+        await self.authority.stop()
+        if self._campaign is not None:
+            self._campaign.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._campaign
+        await self.client.stop()
+
+    async def _elected(self, epoch: int) -> None:
+        # in a task: the authority pings (its lease) while the ACD is restored
+        self._starting = asyncio.create_task(self._start_routing(epoch), name=f"restore-{epoch}")
+
+    async def _start_routing(self, epoch: int) -> None:
+        try:
+            await self.routing.elected(epoch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("routing for the cluster could not start; giving the authority up", extra={"epoch": epoch})
+            self.authority.resign()
+            return
+        if self._user_elected is not None:
+            r = self._user_elected(epoch)
+            if asyncio.iscoroutine(r):
+                await r
+
+    async def _demoted(self, epoch: int) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._starting
+            self._starting = None
+        await self.routing.demoted(epoch)
+        if self._user_demoted is not None:
+            r = self._user_demoted(epoch)
+            if asyncio.iscoroutine(r):
+                await r
+
+
+__all__ = ["COMMANDS", "ClusterNode", "ClusterRouting", "Delivery", "RoutingClient"]
