@@ -230,12 +230,18 @@ async def claim_offer(conn: asyncpg.Connection, epoch: int, seat_id: str, call_i
     return True
 
 
-async def start_dialing(conn: asyncpg.Connection, seat_id: str, call_id: str, node_id: str | None = None) -> bool:
+async def start_dialing(conn: asyncpg.Connection, seat_id: str, call_id: str, node_id: str | None = None,
+                        epoch: int | None = None) -> bool:
     """The dialing node takes the offer: True only if it is still offered for ``call_id`` and was
-    made in the current epoch.  Dial the seat only after True."""
+    made in the current epoch.  Dial the seat only after True.  ``epoch``: the epoch of the offer
+    the node received; it must be the current one too (a deposed leader's offer for the same call
+    and seat is not taken for the new leader's)."""
     now = time.time()
     async with conn.transaction():
-        epoch = await _current_epoch_locked(conn)
+        current = await _current_epoch_locked(conn)
+        if epoch is not None and epoch != current:
+            return False
+        epoch = current
         status = await conn.execute(
             "UPDATE seat_offers SET state = 'dialing', node_id = $4, updated_at = $5 "
             "WHERE seat_id = $1 AND call_id = $2 AND state = 'offered' AND epoch = $3",

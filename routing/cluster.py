@@ -59,7 +59,7 @@ from routing.authority import RoutingAuthority, add_seat, claim_offer, connect_w
 from routing.authority import release as release_seat
 from routing.authority import start_dialing as start_dialing_seat
 from routing.events import Event, EventKind
-from routing.service import RoutingService
+from routing.service import Emitted, RoutingService
 from routing.status import SeatStatus
 from routing.store.models import calls
 from routing.store.restore import load_callbacks, load_recent_events, load_state
@@ -188,10 +188,11 @@ class RoutingClient:
         return await self.send("call_completed", call_id, ended_by=ended_by)
 
     # -- the fence, from the dialing node -----------------------------------------------------------
-    async def start_dialing(self, seat_id: str, call_id: str) -> bool:
-        """True: the offer is still the current epoch's and is now ours to dial.  Dial only then."""
+    async def start_dialing(self, seat_id: str, call_id: str, epoch: int | None = None) -> bool:
+        """True: the offer (of ``epoch``) is still the current epoch's and is now ours to dial.
+        Dial only then."""
         async with self._lock:
-            return await start_dialing_seat(await self._connection(), seat_id, call_id, self.node_id)
+            return await start_dialing_seat(await self._connection(), seat_id, call_id, self.node_id, epoch)
 
     async def release(self, seat_id: str, call_id: str) -> bool:
         """The seat's part of ``call_id`` is over (or the dial failed): the seat may be offered again."""
@@ -218,9 +219,11 @@ class RoutingClient:
                     "WHERE node_id = $1 AND seq > $2 ORDER BY seq", self.node_id, self._cursor)
                 for r in rows:
                     self._cursor = int(r["seq"])
+                    data = json.loads(r["data"])
+                    data["epoch"] = int(r["epoch"])
                     await self._dispatch(Delivery(int(r["seq"]), int(r["epoch"]), Event(
-                        EventKind(r["kind"]), float(r["at"]), r["call_id"], r["seat_id"],
-                        json.loads(r["data"]).get("skill"), json.loads(r["data"]))))
+                        EventKind(r["kind"]), float(r["at"]), r["call_id"], r["seat_id"], data.pop("skill", None),
+                        data)))
                 if not rows:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_S)
@@ -621,4 +624,185 @@ class ClusterNode:
                 await r
 
 
-__all__ = ["COMMANDS", "ClusterNode", "ClusterRouting", "Delivery", "RoutingClient"]
+
+
+
+#: Reports after which this node's seat leg for the call is over: the seat is released at the
+#: fence before the report leaves, so the leader can offer that seat again once it applied it.
+SEAT_PART_ENDS = frozenset({"ring_no_answer", "seat_failed", "call_completed", "caller_abandoned", "seat_lost",
+                            "call_lost"})
+
+
+class RemoteAcdView:
+    """What a node that does not lead can read without asking the leader: the routing policy (the
+    same settings on every node) and the queue position last delivered for its own callers."""
+
+    def __init__(self, config: AcdConfig, positions: dict[str, int]) -> None:
+        self.config = config
+        self._positions = positions
+        self._policies = Acd(config)
+
+    def policy(self, skill: str) -> Any:
+        return self._policies.policy(skill)
+
+    def queue_position(self, call_id: str) -> int | None:
+        return self._positions.get(call_id)
+
+    def call_view(self, call_id: str) -> dict[str, Any] | None:
+        return None
+
+    def seat_view(self, seat_id: str, now: float) -> dict[str, Any]:
+        from routing.errors import UnknownSeat
+        raise UnknownSeat(f"{seat_id}: seats are read from the routing authority (this node does not lead)")
+
+    def seats_view(self, now: float) -> list[dict[str, Any]]:
+        return []
+
+
+class ClusterRoutingPort:
+    """The routing service as a node's calls use it in cluster mode (``journey.call.RoutingPort``
+    plus ``on_event``): the same command surface as ``RoutingService``, forwarded to whoever leads.
+
+    - Commands are queued in call order and sent by one task (so the leader applies them in the
+      order the node made them); they return an empty ``Emitted`` at once: the decisions come back
+      as deliveries.
+    - An OFFER reaches the listeners (the call flow, which dials) only after ``start_dialing``
+      said True; a fenced offer is logged and dropped, the caller keeps waiting for the next one.
+    - The seat is released at the fence before a report that ends the seat's part of the call
+      (``SEAT_PART_ENDS``) and when the leader's ring timer gave up on it (RINGNOANSWER).
+    - ``record`` (CALLSTART, JOURNEY, CALLEND, ...) goes to this node's own event writer.
+    - ``acd``: the leader's ACD when this node leads (the same object that decides), else a
+      ``RemoteAcdView``.
+    """
+
+    def __init__(self, node: ClusterNode, config: AcdConfig, writer: EventWriter | None = None) -> None:
+        self.node = node
+        self.client = node.client
+        self.writer = writer
+        self.config = config
+        self.fenced_offers = 0
+        self._positions: dict[str, int] = {}
+        self._holding: dict[str, str] = {}  # call id -> the seat this node dials or talks to for it
+        self._listeners: list[Callable[[Event], Any]] = []
+        self._sends: asyncio.Queue[tuple[str, str | None, dict[str, Any]]] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+        self._view = RemoteAcdView(config, self._positions)
+        self.client.on_delivery(self._delivered)
+
+    @property
+    def acd(self) -> Any:
+        service = self.node.routing.service
+        return service.acd if service is not None else self._view
+
+    async def start(self) -> None:
+        if self.writer is not None:
+            await self.writer.start()
+        self._sender = asyncio.create_task(self._send_in_order(), name="routing-commands-out")
+        await self.node.start()
+
+    async def stop(self) -> None:
+        await self.drain(5.0)
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        await self.node.stop()
+        if self.writer is not None:
+            await self.writer.stop()
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until every command made so far is in the command table."""
+        await asyncio.wait_for(self._sends.join(), timeout)
+
+    def on_event(self, listener: Callable[[Event], Any]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    # -- commands (same names and arguments as RoutingService) ----------------------------------------
+    def _command(self, kind: str, call_id: str | None, **args: Any) -> Any:
+        self._sends.put_nowait((kind, call_id, args))
+        return Emitted([])
+
+    def enqueue(self, call_id: str, skill: str, priority: int, caller: str | None = None,
+                info: dict[str, Any] | None = None, place_at: float | None = None,
+                only_seat: str | None = None) -> Any:
+        return self._command("enqueue", call_id, skill=skill, priority=priority, caller=caller, info=info or {},
+                             place_at=place_at, only_seat=only_seat)
+
+    def seat_answered(self, call_id: str, seat_id: str | None = None) -> Any:
+        return self._command("seat_answered", call_id, seat_id=seat_id)
+
+    def ring_no_answer(self, call_id: str, seat_id: str | None = None) -> Any:
+        return self._command("ring_no_answer", call_id, seat_id=seat_id)
+
+    def seat_failed(self, call_id: str, reason: str, seat_id: str | None = None, detail: str | None = None) -> Any:
+        return self._command("seat_failed", call_id, reason=reason, seat_id=seat_id, detail=detail)
+
+    def caller_abandoned(self, call_id: str) -> Any:
+        return self._command("caller_abandoned", call_id)
+
+    def call_completed(self, call_id: str, ended_by: str) -> Any:
+        return self._command("call_completed", call_id, ended_by=ended_by)
+
+    def seat_lost(self, call_id: str, reason: str) -> Any:
+        return self._command("seat_lost", call_id, reason=reason)
+
+    def call_lost(self, call_id: str, reason: str, caller: str | None = None,
+                  info: dict[str, Any] | None = None, enqueued_at: float | None = None) -> Any:
+        return self._command("call_lost", call_id, reason=reason, caller=caller, info=info, enqueued_at=enqueued_at)
+
+    def consult_reserve(self, call_id: str, seat_id: str | None = None, skill: str | None = None,
+                        info: dict[str, Any] | None = None) -> Any:
+        raise IllegalTransition("warm transfers are not available in cluster mode yet")
+
+    def consult_release(self, call_id: str, reason: str) -> Any:
+        return Emitted([])
+
+    def consult_complete(self, call_id: str) -> Any:
+        return Emitted([])
+
+    def record(self, events: list[Event]) -> Any:
+        if self.writer is not None:
+            self.writer.append(list(events))
+        return Emitted(events)
+
+    async def _send_in_order(self) -> None:
+        while True:
+            kind, call_id, args = await self._sends.get()
+            try:
+                seat = self._holding.pop(call_id, None) if kind in SEAT_PART_ENDS and call_id else None
+                if seat is not None:
+                    await self.client.release(seat, call_id or "")
+                await self.client.send(kind, call_id, **args)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("routing command lost", extra={"call_id": call_id, "kind": kind})
+            finally:
+                self._sends.task_done()
+
+    # -- deliveries ---------------------------------------------------------------------------------
+    async def _delivered(self, d: Delivery) -> None:
+        ev = d.event
+        call_id = ev.call_id or ""
+        if ev.kind is EventKind.OFFER:
+            if not await self.client.start_dialing(ev.seat_id or "", call_id, d.epoch):
+                self.fenced_offers += 1
+                log.warning("offer fenced at the seat, not dialed", extra={
+                    "call_id": call_id, "seat_id": ev.seat_id, "epoch": d.epoch})
+                return
+            self._holding[call_id] = ev.seat_id or ""
+            self._positions.pop(call_id, None)
+        elif ev.kind in (EventKind.ENTERQUEUE, EventKind.ESCALATE) and ev.data.get("position"):
+            self._positions[call_id] = int(ev.data["position"])
+        for listener in list(self._listeners):
+            try:
+                result = listener(ev)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("routing event listener failed", extra={"kind": ev.kind.value, "call_id": call_id})
+        if ev.kind is EventKind.RINGNOANSWER and self._holding.get(call_id) == ev.seat_id:
+            # the leader's ring timer gave up on the seat; the listener has hung up the leg
+            await self.client.release(self._holding.pop(call_id), call_id)
+__all__ = ["COMMANDS", "ClusterNode", "ClusterRouting", "ClusterRoutingPort", "Delivery", "RemoteAcdView", "RoutingClient"]

@@ -2,9 +2,10 @@
 
 Each node is its own OS process running what a node's control process runs in cluster mode
 (``routing.cluster.ClusterNode``: the campaign, the ACD while it leads, the routing client through
-which its own callers are routed).  The test plays the SIP side through each node's stdin: it
-enqueues callers, answers and hangs up the seat; a node prints ``DIAL`` when the fence let it
-dial (``start_dialing`` said True) -- the moment it would send the seat's INVITE.  The seat's
+which its own callers are routed), with ``ClusterRoutingPort`` as the call flow's routing.  The
+test plays the SIP side through each node's stdin: it enqueues callers, answers and hangs up the
+seat; a node prints ``DIAL`` when an OFFER reaches its call flow, which the port lets happen only
+after the fence's ``start_dialing`` said True -- the moment the node would send the seat's INVITE.  The seat's
 history is then read back from the event log, where every step of the fence is a row in one order.
 """
 
@@ -33,7 +34,7 @@ NODE = r"""
 import asyncio, json, logging, sys
 from sqlalchemy.ext.asyncio import create_async_engine
 from routing.acd import Acd, AcdConfig, SeatSpec, SkillPolicy
-from routing.cluster import ClusterNode
+from routing.cluster import ClusterNode, ClusterRoutingPort
 from routing.skills import SKILLS
 from routing.status import SeatStatus
 
@@ -65,35 +66,32 @@ async def main():
     node = ClusterNode(url, engine, node_id, make_acd=make_acd, seats=SEATS,
                        on_elected=lambda e: say("ELECTED", e), on_demoted=lambda e: say("DEMOTED", e))
     node.routing.on_routing = routing_ready
-    client = node.client
+    port = ClusterRoutingPort(node, make_acd().config)
 
-    async def delivered(d):
-        ev = d.event
+    def routed(ev):  # what the call flow hears: an OFFER only once start_dialing said True
         if ev.kind.value == "OFFER":
-            say("OFFER", ev.call_id, ev.seat_id, d.epoch)
-            ok = await client.start_dialing(ev.seat_id, ev.call_id)
-            say("DIAL", ev.call_id, ev.seat_id, d.epoch, ok)
+            say("DIAL", ev.call_id, ev.seat_id, ev.data["epoch"], True)
         elif ev.kind.value == "RINGNOANSWER":
             say("RONA", ev.call_id, ev.seat_id)
 
-    client.on_delivery(delivered)
-    await node.start()
+    port.on_event(routed)
+    await port.start()
     say("READY")
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
         cmd, *args = line.decode().split()
         if cmd == "enqueue":
-            seq = await client.enqueue(args[0], "intake_guidance", 3, caller="+4512345678")
+            port.enqueue(args[0], "intake_guidance", 3, caller="+4512345678")
         elif cmd == "answer":
-            seq = await client.seat_answered(args[0], args[1])
-        elif cmd == "hangup":
-            await client.release(args[1], args[0])
-            seq = await client.call_completed(args[0], "caller")
+            port.seat_answered(args[0], args[1])
+        elif cmd == "hangup":  # the seat's part ends: the port releases the seat at the fence first
+            port.call_completed(args[0], "caller")
         elif cmd == "abandon":
-            seq = await client.caller_abandoned(args[0])
-        say("SENT", cmd, args[0], seq)
-    await node.stop()
+            port.caller_abandoned(args[0])
+        await port.drain()
+        say("SENT", cmd, args[0])
+    await port.stop()
 
 asyncio.run(main())
 """
@@ -318,3 +316,43 @@ async def test_a_frozen_leader_is_fenced(db: str) -> None:  # noqa: F811
     finally:
         await a.close()
         await b.close()
+
+
+async def test_an_offer_of_a_deposed_leader_never_rings_the_seat(db: str) -> None:  # noqa: F811
+    """The leader commits an offer for a caller on a node that is frozen, then the leader dies.
+    The next leader revokes that offer and makes its own; the woken node receives both, in order:
+    the old one is refused by the fence (never reaches its call flow), the new one is dialed."""
+    a = await Node.start(db, "node-a")
+    await leader_of([a], 15)
+    b, c = await Node.start(db, "node-b"), await Node.start(db, "node-c")
+    try:
+        await c.command("enqueue", "c0")
+        await c.expect("DIAL", 10)
+        await c.command("answer", "c0", "s1")
+        await b.command("enqueue", "c1")  # waits: the seat talks
+        b.signal(signal.SIGSTOP)
+        await c.command("hangup", "c0", "s1")  # the leader offers c1 to the seat; b cannot dial it
+        await wait_for(lambda: _offered(db, "c1", 1), 10, "the offer of epoch 1 committed")
+        a.signal(signal.SIGKILL)
+        await c.expect("ROUTING", 10)
+        await wait_for(lambda: _offered(db, "c1", 2), 10, "the offer of epoch 2 committed")
+        b.signal(signal.SIGCONT)
+        line = await b.expect("DIAL", 15)
+        assert line.split()[1:4] == ["c1", "s1", "2"]
+        assert [line for line in b.said("LOG") if "offer fenced at the seat" in line], b.lines
+        assert b.dials() == [("c1", 2, True)]
+        await b.command("hangup", "c1", "s1")
+        assert assert_one_call_at_a_time(await fence_log(db)) == ["c0", "c1"]
+    finally:
+        for n in (a, b, c):
+            await n.close()
+
+
+async def _offered(url: str, call_id: str, epoch: int) -> bool:
+    conn = await asyncpg.connect(plain_dsn(url))
+    try:
+        return bool(await conn.fetchval(
+            "SELECT count(*) FROM events WHERE kind = 'SEATOFFER' AND call_id = $1 AND (data::jsonb->>'epoch')::int = $2",
+            call_id, epoch))
+    finally:
+        await conn.close()
