@@ -115,6 +115,15 @@ class Settings(BaseSettings):
                                         "goes back to the head of the queue; must exceed the phones' silence "
                                         "keep-alive (5 s); 0 = off (docs/DURABILITY.md)")
 
+    # cluster (issue 14, docs/CLUSTER.md): several nodes, one elected routing authority on PostgreSQL
+    cluster: bool = Field(False, description="route through the cluster's elected routing authority "
+                          "(true | false); needs db_url on PostgreSQL shared by every node")
+    cluster_node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                                        description="this node's name in the cluster, unique per node; "
+                                                    "default host:sip_port")
+    cluster_lease_s: float = Field(3.0, ge=1, le=60, description="the routing authority's lease: a frozen or "
+                                   "cut-off leader is replaced after about this long")
+
     # Twilio ingress
     twilio_auth_token: str | None = Field(None, description="Twilio auth token: enables /twilio/* (signed webhooks)")
     public_base_url: str | None = Field(None, description="the URL Twilio calls (signatures are checked against it)")
@@ -258,6 +267,9 @@ class Settings(BaseSettings):
                 f"(caller + seat leg) but worker_max_calls={self.worker_max_calls}"
             )
         self._check_port_ranges()
+        if self.cluster and not self.database_url.startswith("postgresql"):
+            raise ValueError("cluster mode needs a PostgreSQL db_url shared by every node "
+                             "(postgresql+asyncpg://...); SQLite is one node's database")
         return self
 
     def port_ranges(self) -> list[tuple[str, int, int]]:
