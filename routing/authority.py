@@ -252,6 +252,23 @@ async def start_dialing(conn: asyncpg.Connection, seat_id: str, call_id: str, no
     return True
 
 
+async def withdraw_offer(conn: asyncpg.Connection, epoch: int, seat_id: str, call_id: str) -> bool:
+    """The leader takes back an offer no node has started dialing (its ring timer ran out, the
+    caller left, the call was lost): the seat is available again.  Fenced like ``claim_offer``; a
+    no-op (False) once the offer is being dialed, which only the dialing node releases."""
+    now = time.time()
+    async with conn.transaction():
+        if await _current_epoch_locked(conn) != epoch:
+            return False
+        status = await conn.execute(
+            "UPDATE seat_offers SET state = 'available', call_id = NULL, epoch = NULL, node_id = NULL, "
+            "updated_at = $3 WHERE seat_id = $1 AND call_id = $2 AND state = 'offered'", seat_id, call_id, now)
+        if status != "UPDATE 1":
+            return False
+        await _append(conn, KIND_RELEASE, call_id, seat_id, {"epoch": epoch, "withdrawn": True}, now)
+    return True
+
+
 async def release(conn: asyncpg.Connection, seat_id: str, call_id: str) -> bool:
     """The call is over (or the dial failed): the seat is available again.  Not fenced by epoch, a
     release only ever frees what ``call_id`` held.  False when the seat did not hold that call."""
@@ -274,5 +291,5 @@ async def seat_state(conn: asyncpg.Connection, seat_id: str) -> dict[str, Any] |
 
 __all__ = [
     "AUTHORITY_LOCK_KEY", "RoutingAuthority", "add_seat", "authority_server_settings", "claim_offer",
-    "connect_worker", "plain_dsn", "release", "seat_state", "start_dialing",
+    "connect_worker", "plain_dsn", "release", "seat_state", "start_dialing", "withdraw_offer",
 ]

@@ -55,7 +55,14 @@ from routing.acd import (
     RoutingError,
     SeatSpec,
 )
-from routing.authority import RoutingAuthority, add_seat, claim_offer, connect_worker, plain_dsn
+from routing.authority import (
+    RoutingAuthority,
+    add_seat,
+    claim_offer,
+    connect_worker,
+    plain_dsn,
+    withdraw_offer,
+)
 from routing.authority import release as release_seat
 from routing.authority import start_dialing as start_dialing_seat
 from routing.events import Event, EventKind
@@ -114,11 +121,19 @@ class RoutingClient:
         self.delivered = 0
 
     async def start(self) -> None:
-        """Read deliveries from now on (earlier ones are for calls this process does not have)."""
+        """Connect.  Deliveries are read only after :meth:`open` (once every call has a listener)."""
+        await self._connection()
+
+    async def open(self) -> None:
+        """Read this node's deliveries from where its previous process stopped (an offer made while
+        the control process restarted is still dialed); a node's very first start begins at now."""
         conn = await self._connection()
-        self._cursor = int(await conn.fetchval(
-            "SELECT coalesce(max(seq), 0) FROM routing_deliveries WHERE node_id = $1", self.node_id))
-        self._tail = asyncio.create_task(self._read_deliveries(), name=f"deliveries-{self.node_id}")
+        async with self._lock:
+            stored = await conn.fetchval("SELECT seq FROM routing_node_cursor WHERE node_id = $1", self.node_id)
+            self._cursor = int(stored) if stored is not None else int(await conn.fetchval(
+                "SELECT coalesce(max(seq), 0) FROM routing_deliveries WHERE node_id = $1", self.node_id))
+        if self._tail is None:
+            self._tail = asyncio.create_task(self._read_deliveries(), name=f"deliveries-{self.node_id}")
 
     async def stop(self) -> None:
         if self._tail is not None:
@@ -224,6 +239,10 @@ class RoutingClient:
                     await self._dispatch(Delivery(int(r["seq"]), int(r["epoch"]), Event(
                         EventKind(r["kind"]), float(r["at"]), r["call_id"], r["seat_id"], data.pop("skill", None),
                         data)))
+                    await listen.execute(
+                        "INSERT INTO routing_node_cursor (node_id, seq, updated_at) VALUES ($1, $2, $3) "
+                        "ON CONFLICT (node_id) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
+                        self.node_id, self._cursor, time.time())
                 if not rows:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_S)
@@ -508,7 +527,8 @@ class ClusterRouting:
 
     # -- decisions out ----------------------------------------------------------------------------
     def _decided(self, ev: Event) -> None:
-        if (ev.kind in DELIVERED and ev.call_id in self._owners) or ev.kind is EventKind.SEATADDED:
+        if (ev.kind in DELIVERED and ev.call_id in self._owners) or ev.kind is EventKind.SEATADDED \
+                or _offer_taken_back(ev):
             self._outbox.put_nowait(ev)
 
     async def _deliver(self, epoch: int) -> None:
@@ -520,6 +540,9 @@ class ClusterRouting:
                 await add_seat(self._out, ev.seat_id or "")
                 continue
             assert ev.call_id is not None
+            if ev.kind is EventKind.SEATSTATUS:  # the ACD took an offer back: free it if no one dials it
+                await withdraw_offer(self._out, epoch, ev.seat_id or "", ev.call_id)
+                continue
             node = self._owners[ev.call_id]
             async with self._out.transaction():
                 if ev.kind is EventKind.OFFER:
@@ -563,6 +586,12 @@ class ClusterRouting:
                                          detail="seat still held at the fence")
 
 
+def _offer_taken_back(ev: Event) -> bool:
+    """A seat leaves ``reserved`` other than by answering (ring timer, caller gone, call lost)."""
+    return ev.kind is EventKind.SEATSTATUS and ev.data.get("previous") == SeatStatus.RESERVED.value \
+        and ev.data.get("status") != SeatStatus.ON_CALL.value and bool(ev.call_id and ev.seat_id)
+
+
 class ClusterNode:
     """What a node's control process runs in cluster mode: the campaign, the ACD while it leads,
     and the client through which its own calls are routed (whoever leads)."""
@@ -571,6 +600,7 @@ class ClusterNode:
                  seats: Iterable[SeatSpec] = (), lease_s: float = 3.0,
                  on_elected: Callable[[int], Awaitable[None] | None] | None = None,
                  on_demoted: Callable[[int], Awaitable[None] | None] | None = None) -> None:
+        self.node_id = node_id
         self.routing = ClusterRouting(url, engine, node_id, make_acd or (lambda: Acd(AcdConfig())), seats, lease_s)
         self.client = RoutingClient(url, node_id, lease_s)
         self._user_elected = on_elected
@@ -694,11 +724,62 @@ class ClusterRoutingPort:
         service = self.node.routing.service
         return service.acd if service is not None else self._view
 
-    async def start(self) -> None:
+    @classmethod
+    def from_settings(cls, settings: Any, engine: AsyncEngine, node_id: str,
+                      queues: dict[str, Any] | None = None) -> ClusterRoutingPort:
+        """A node's routing in cluster mode (``cluster``, ``cluster_lease_s``, ``db_url``): the same
+        ACD policy as ``RoutingService.from_settings`` builds, decided by whichever node leads."""
+
+        def make_acd() -> Acd:
+            return RoutingService.from_settings(settings, None, node_id=node_id, queues=queues).acd
+
+        url = str(settings.database_url)
+        lease = float(getattr(settings, "cluster_lease_s", 3.0))
+        return cls(ClusterNode(url, engine, node_id, make_acd=make_acd, lease_s=lease), make_acd().config,
+                   writer=EventWriter(engine, node_id))
+
+    async def start(self, seats: Iterable[SeatSpec] | None = None, live_calls: Iterable[str] | None = None,
+                    talking: dict[str, str] | None = None) -> None:
+        """``seats``: the seats file's, merged by whichever node leads after each election.
+        ``live_calls`` / ``talking`` (a restart's reconciliation) are not used in cluster mode yet:
+        see docs/CLUSTER.md."""
+        if seats is not None:
+            self.node.routing.seats = list(seats)
         if self.writer is not None:
             await self.writer.start()
         self._sender = asyncio.create_task(self._send_in_order(), name="routing-commands-out")
         await self.node.start()
+        await self._reconcile(None if live_calls is None else set(live_calls))
+
+    async def open_deliveries(self) -> None:
+        """Let the leader's decisions reach the listeners: call it once every live call has its
+        listener (after a restart's adoption), so no offer arrives for a call nobody holds yet."""
+        await self.client.open()
+
+    async def _reconcile(self, live: set[str] | None) -> None:
+        """After a (re)start: the seats this node was dialing or talking to are its again; with
+        ``live`` (the calls whose media is alive), every call of this node that is not is closed
+        as lost with a callback, and its seat released at the fence."""
+        conn = await connect_worker(self.client.url, self.client.lease_s)
+        try:
+            self._holding = {r["call_id"]: r["seat_id"] for r in await conn.fetch(
+                "SELECT seat_id, call_id FROM seat_offers WHERE state = 'dialing' AND node_id = $1", self.node.node_id)}
+        finally:
+            conn.terminate()
+        if live is None:
+            return
+        from routing.store.reconcile import LOST_NODE_FAILURE, in_progress
+
+        progress = await in_progress(self.node.routing.engine, self.node.node_id)
+        now = time.time()
+        for call_id in sorted(progress.lost(live) | (set(self._holding) - live)):
+            row = progress.open_calls.get(call_id)
+            self.call_lost(call_id, LOST_NODE_FAILURE, caller=row.caller if row else None,
+                           info={"ivr": row.ivr} if row is not None and row.ivr else {},
+                           enqueued_at=(row.queued_at or row.started_at) if row is not None else None)
+            self.record([Event(EventKind.CALLEND, now, call_id=call_id, skill=row.skill if row else None,
+                               data={"reason": LOST_NODE_FAILURE, "ended_by": "node_failure"})])
+            log.warning("call_lost", extra={"call_id": call_id, "reason": LOST_NODE_FAILURE})
 
     async def stop(self) -> None:
         await self.drain(5.0)
@@ -743,6 +824,20 @@ class ClusterRoutingPort:
 
     def call_completed(self, call_id: str, ended_by: str) -> Any:
         return self._command("call_completed", call_id, ended_by=ended_by)
+
+    def set_status(self, seat_id: str, status: Any, reason: str | None = None) -> Any:
+        return self._command("set_status", None, seat_id=seat_id, status=SeatStatus(status).value, reason=reason)
+
+    def end_wrap_up(self, seat_id: str) -> Any:
+        return self._command("end_wrap_up", None, seat_id=seat_id)
+
+    def update_seat(self, spec: SeatSpec) -> Any:
+        raise IllegalTransition(f"seat {spec.id}: seats change through the seats file in cluster mode (for now)")
+
+    add_seat = update_seat
+
+    def remove_seat(self, seat_id: str) -> Any:
+        raise IllegalTransition(f"seat {seat_id}: seats change through the seats file in cluster mode (for now)")
 
     def seat_lost(self, call_id: str, reason: str) -> Any:
         return self._command("seat_lost", call_id, reason=reason)

@@ -91,3 +91,13 @@ routing_deliveries = Table(
     Column("at", Float, nullable=False),
     Index("ix_routing_deliveries_node_id", "node_id", "seq"),
 )
+
+#: How far each node has read its deliveries, so a restarted control process goes on where the
+#: previous one stopped (an offer made while it was down is still dialed).
+routing_node_cursor = Table(
+    "routing_node_cursor",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False, default=0),
+    Column("updated_at", Float, nullable=False, default=0.0),
+)

@@ -76,6 +76,7 @@ async def main():
 
     port.on_event(routed)
     await port.start()
+    await port.open_deliveries()
     say("READY")
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

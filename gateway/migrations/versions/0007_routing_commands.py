@@ -1,7 +1,8 @@
 """routing commands (issue 14): the channel between the nodes and the elected routing authority
 
 ``routing_commands`` (nodes -> leader, read by sequence number), ``routing_command_cursor`` (one
-row: the last command whose events are in the log) and ``routing_deliveries`` (leader -> one node).
+row: the last command whose events are in the log), ``routing_deliveries`` (leader -> one node) and
+``routing_node_cursor`` (how far each node has read its deliveries).
 
 Revision ID: 0007_routing_commands
 Revises: 0006_seat_credentials
@@ -55,9 +56,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_routing_deliveries")),
     )
     op.create_index("ix_routing_deliveries_node_id", "routing_deliveries", ["node_id", "seq"], unique=False)
+    op.create_table(
+        "routing_node_cursor",
+        sa.Column("node_id", sa.String(length=64), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("node_id", name=op.f("pk_routing_node_cursor")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("routing_node_cursor")
     op.drop_index("ix_routing_deliveries_node_id", table_name="routing_deliveries")
     op.drop_table("routing_deliveries")
     op.drop_table("routing_command_cursor")
