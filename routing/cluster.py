@@ -340,8 +340,10 @@ class ClusterRouting:
             if current != epoch:
                 raise Fenced(f"epoch {epoch} is no longer current ({current})")
 
-        service = RoutingService(self.make_acd(), writer=EventWriter(self._log_engine, self.node_id, fence=fence),
-                                 node_id=self.node_id)
+        # node_id None: the calls this ACD logs belong to the nodes that carry them (their own
+        # CALLSTART says which), never to the leader that happens to route them
+        writer = EventWriter(self._log_engine, None, fence=fence)  # type: ignore[arg-type]
+        service = RoutingService(self.make_acd(), writer=writer, node_id=self.node_id)
         service.on_event(self._decided)
         self.service = service
         self._outbox = asyncio.Queue()
@@ -688,6 +690,24 @@ class RemoteAcdView:
     def seats_view(self, now: float) -> list[dict[str, Any]]:
         return []
 
+    def queues_view(self, now: float) -> list[dict[str, Any]]:
+        return []
+
+    callbacks = None
+
+
+class LeadersAcd:
+    """One object that reads the ACD of the moment: the leader's own when this node leads (the
+    very object that decides), else the ``RemoteAcdView``.  Holders that keep a reference (the API
+    desk) therefore follow elections."""
+
+    def __init__(self, port: ClusterRoutingPort) -> None:
+        self._port = port
+
+    def __getattr__(self, name: str) -> Any:
+        service = self._port.node.routing.service
+        return getattr(service.acd if service is not None else self._port._view, name)
+
 
 class ClusterRoutingPort:
     """The routing service as a node's calls use it in cluster mode (``journey.call.RoutingPort``
@@ -717,12 +737,12 @@ class ClusterRoutingPort:
         self._sends: asyncio.Queue[tuple[str, str | None, dict[str, Any]]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         self._view = RemoteAcdView(config, self._positions)
+        self._acd = LeadersAcd(self)
         self.client.on_delivery(self._delivered)
 
     @property
     def acd(self) -> Any:
-        service = self.node.routing.service
-        return service.acd if service is not None else self._view
+        return self._acd
 
     @classmethod
     def from_settings(cls, settings: Any, engine: AsyncEngine, node_id: str,
