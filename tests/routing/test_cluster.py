@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
 
 NODE = r"""
-import asyncio, json, logging, sys
+import asyncio, json, logging, os, sys
 from sqlalchemy.ext.asyncio import create_async_engine
 from routing.acd import Acd, AcdConfig, SeatSpec, SkillPolicy
 from routing.cluster import ClusterNode, ClusterRoutingPort
@@ -51,7 +51,8 @@ class Say(logging.Handler):
 logging.getLogger("routing").addHandler(Say(logging.WARNING))
 
 def make_acd():
-    return Acd(AcdConfig(ring_timeout_s=60.0, policies={s: SkillPolicy(wrap_up_s=0.0) for s in SKILLS}))
+    return Acd(AcdConfig(ring_timeout_s=float(os.environ.get("RING_TIMEOUT_S", "60")), rona_not_ready_after=100,
+                         reject_delay_s=0.5, policies={s: SkillPolicy(wrap_up_s=0.0) for s in SKILLS}))
 
 SEATS = [SeatSpec("s1", "sip:s1@127.0.0.1", {"intake_guidance": 0}, name="Seat 1", status=SeatStatus.AVAILABLE)]
 
@@ -109,9 +110,9 @@ class Node:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, url: str, name: str) -> Node:
+    async def start(cls, url: str, name: str, **env: str) -> Node:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", NODE, url, name, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            sys.executable, "-c", NODE, url, name, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         n = cls(proc, name)
         await n.expect("READY", 20)
@@ -357,3 +358,49 @@ async def _offered(url: str, call_id: str, epoch: int) -> bool:
             call_id, epoch))
     finally:
         await conn.close()
+
+
+async def test_an_offer_no_node_dials_is_taken_back_and_the_seat_goes_on(db: str) -> None:  # noqa: F811
+    """The node of the offered caller is frozen and never dials: the leader's ring timer takes the
+    offer back and withdraws it at the fence too, so the seat can be offered again (without the
+    withdrawal the fence would hold it for that call forever).  The frozen node, woken, refuses
+    the withdrawn offers it finds and dials only a current one."""
+    a = await Node.start(db, "node-a", RING_TIMEOUT_S="1.0")
+    await leader_of([a], 15)
+    b, c = await Node.start(db, "node-b", RING_TIMEOUT_S="1.0"), await Node.start(db, "node-c", RING_TIMEOUT_S="1.0")
+    try:
+        await c.command("enqueue", "c0")
+        await c.expect("DIAL", 10)
+        await c.command("answer", "c0", "s1")
+        await b.command("enqueue", "c1")
+        await c.command("enqueue", "c2")
+        b.signal(signal.SIGSTOP)
+        await c.command("hangup", "c0", "s1")  # s1 is offered to c1, whose node is frozen
+        await wait_for(lambda: _offers_of(db, "c1", 2), 20, "c1 offered again after its ring timer")
+        b.signal(signal.SIGCONT)
+        line = await b.expect("DIAL", 20)
+        assert line.split()[1] == "c1"
+        await b.command("answer", "c1", "s1")
+        await b.command("hangup", "c1", "s1")
+        line = await c.expect("DIAL", 15, 2)
+        assert line.split()[1] == "c2"
+        await c.command("answer", "c2", "s1")
+        await c.command("hangup", "c2", "s1")
+        assert b.said("RONA"), b.lines  # it heard that offers were taken back
+        assert [x for x in b.said("LOG") if "offer fenced at the seat" in x], b.lines  # and refused them
+        assert len(b.dials()) == 1, b.lines
+        history = await fence_log(db)
+        assert any(k == "SEATRELEASE" and d.get("withdrawn") for k, _, d in history), history
+        assert assert_one_call_at_a_time(history) == ["c0", "c1", "c2"]
+    finally:
+        for n in (a, b, c):
+            await n.close()
+
+
+async def _offers_of(url: str, call_id: str, at_least: int) -> bool:
+    conn = await asyncpg.connect(plain_dsn(url))
+    try:
+        n = await conn.fetchval("SELECT count(*) FROM events WHERE kind = 'SEATOFFER' AND call_id = $1", call_id)
+    finally:
+        await conn.close()
+    return int(n) >= at_least
