@@ -214,16 +214,18 @@ async def add_seat(conn: asyncpg.Connection, seat_id: str) -> None:
                        "ON CONFLICT (seat_id) DO NOTHING", seat_id, time.time())
 
 
-async def claim_offer(conn: asyncpg.Connection, epoch: int, seat_id: str, call_id: str) -> bool:
+async def claim_offer(conn: asyncpg.Connection, epoch: int, seat_id: str, call_id: str,
+                      attempt: int | None = None) -> bool:
     """The leader offers ``call_id`` to ``seat_id``: True only if ``epoch`` is the current epoch and
-    the seat was available.  One transaction: fence check, compare-and-set, event."""
+    the seat was available.  One transaction: fence check, compare-and-set, event.  ``attempt``:
+    the ACD's attempt number, which ``start_dialing`` can then require."""
     now = time.time()
     async with conn.transaction():
         if await _current_epoch_locked(conn) != epoch:
             return False
         status = await conn.execute(
-            "UPDATE seat_offers SET state = 'offered', call_id = $2, epoch = $3, node_id = NULL, updated_at = $4 "
-            "WHERE seat_id = $1 AND state = 'available'", seat_id, call_id, epoch, now)
+            "UPDATE seat_offers SET state = 'offered', call_id = $2, epoch = $3, node_id = NULL, updated_at = $4, "
+            "attempt = $5 WHERE seat_id = $1 AND state = 'available'", seat_id, call_id, epoch, now, attempt)
         if status != "UPDATE 1":
             return False
         await _append(conn, KIND_OFFER, call_id, seat_id, {"epoch": epoch}, now)
@@ -231,11 +233,11 @@ async def claim_offer(conn: asyncpg.Connection, epoch: int, seat_id: str, call_i
 
 
 async def start_dialing(conn: asyncpg.Connection, seat_id: str, call_id: str, node_id: str | None = None,
-                        epoch: int | None = None) -> bool:
+                        epoch: int | None = None, attempt: int | None = None) -> bool:
     """The dialing node takes the offer: True only if it is still offered for ``call_id`` and was
-    made in the current epoch.  Dial the seat only after True.  ``epoch``: the epoch of the offer
-    the node received; it must be the current one too (a deposed leader's offer for the same call
-    and seat is not taken for the new leader's)."""
+    made in the current epoch.  Dial the seat only after True.  ``epoch`` / ``attempt``: those of
+    the offer the node received; they must match the one at the fence (a deposed leader's offer,
+    or an earlier attempt, for the same call and seat is never taken for the current one)."""
     now = time.time()
     async with conn.transaction():
         current = await _current_epoch_locked(conn)
@@ -244,8 +246,9 @@ async def start_dialing(conn: asyncpg.Connection, seat_id: str, call_id: str, no
         epoch = current
         status = await conn.execute(
             "UPDATE seat_offers SET state = 'dialing', node_id = $4, updated_at = $5 "
-            "WHERE seat_id = $1 AND call_id = $2 AND state = 'offered' AND epoch = $3",
-            seat_id, call_id, epoch, node_id, now)
+            "WHERE seat_id = $1 AND call_id = $2 AND state = 'offered' AND epoch = $3 "
+            "AND ($6::integer IS NULL OR attempt = $6::integer)",
+            seat_id, call_id, epoch, node_id, now, attempt)
         if status != "UPDATE 1":
             return False
         await _append(conn, KIND_DIALING, call_id, seat_id, {"epoch": epoch, "node_id": node_id}, now)

@@ -203,11 +203,12 @@ class RoutingClient:
         return await self.send("call_completed", call_id, ended_by=ended_by)
 
     # -- the fence, from the dialing node -----------------------------------------------------------
-    async def start_dialing(self, seat_id: str, call_id: str, epoch: int | None = None) -> bool:
-        """True: the offer (of ``epoch``) is still the current epoch's and is now ours to dial.
-        Dial only then."""
+    async def start_dialing(self, seat_id: str, call_id: str, epoch: int | None = None,
+                            attempt: int | None = None) -> bool:
+        """True: the offer (of ``epoch``, ``attempt``) is still the one at the fence, in the
+        current epoch, and is now ours to dial.  Dial only then."""
         async with self._lock:
-            return await start_dialing_seat(await self._connection(), seat_id, call_id, self.node_id, epoch)
+            return await start_dialing_seat(await self._connection(), seat_id, call_id, self.node_id, epoch, attempt)
 
     async def release(self, seat_id: str, call_id: str) -> bool:
         """The seat's part of ``call_id`` is over (or the dial failed): the seat may be offered again."""
@@ -553,7 +554,7 @@ class ClusterRouting:
                         log.info("offer overtaken before it left, dropped", extra={
                             "call_id": ev.call_id, "seat_id": ev.seat_id, "epoch": epoch})
                         continue
-                    if not await claim_offer(self._out, epoch, ev.seat_id, ev.call_id):
+                    if not await claim_offer(self._out, epoch, ev.seat_id, ev.call_id, ev.data.get("attempt")):
                         current = await self._out.fetchval("SELECT epoch FROM routing_epoch WHERE id = 1")
                         if int(current) != epoch:
                             log.warning("offer fenced: no longer the routing authority", extra={
@@ -665,6 +666,10 @@ SEAT_PART_ENDS = frozenset({"ring_no_answer", "seat_failed", "call_completed", "
                             "call_lost"})
 
 
+#: Reports after which the call is over for this node (nothing more to dial for it).
+CALL_ENDS = frozenset({"caller_abandoned", "call_completed", "call_lost"})
+
+
 class RemoteAcdView:
     """What a node that does not lead can read without asking the leader: the routing policy (the
     same settings on every node) and the queue position last delivered for its own callers."""
@@ -733,6 +738,7 @@ class ClusterRoutingPort:
         self.fenced_offers = 0
         self._positions: dict[str, int] = {}
         self._holding: dict[str, str] = {}  # call id -> the seat this node dials or talks to for it
+        self._ended: set[str] = set()  # calls this node said are over: an offer for one is never dialed
         self._listeners: list[Callable[[Event], Any]] = []
         self._sends: asyncio.Queue[tuple[str, str | None, dict[str, Any]]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
@@ -784,6 +790,9 @@ class ClusterRoutingPort:
         try:
             self._holding = {r["call_id"]: r["seat_id"] for r in await conn.fetch(
                 "SELECT seat_id, call_id FROM seat_offers WHERE state = 'dialing' AND node_id = $1", self.node.node_id)}
+            mine = {r["call_id"] for r in await conn.fetch(
+                "SELECT DISTINCT call_id FROM routing_commands WHERE kind = 'enqueue' AND node_id = $1",
+                self.node.node_id)} if live is not None else set()
         finally:
             conn.terminate()
         if live is None:
@@ -792,7 +801,10 @@ class ClusterRoutingPort:
 
         progress = await in_progress(self.node.routing.engine, self.node.node_id)
         now = time.time()
-        for call_id in sorted(progress.lost(live) | (set(self._holding) - live)):
+        # only this node's calls (its call records, what it queued): another node's callers are
+        # on that node's SIP legs, alive or not, and not ours to close
+        ours = {c for c in progress.lost(live) if c in progress.open_calls or c in mine}
+        for call_id in sorted(ours | (set(self._holding) - live)):
             row = progress.open_calls.get(call_id)
             self.call_lost(call_id, LOST_NODE_FAILURE, caller=row.caller if row else None,
                            info={"ivr": row.ivr} if row is not None and row.ivr else {},
@@ -821,6 +833,10 @@ class ClusterRoutingPort:
 
     # -- commands (same names and arguments as RoutingService) ----------------------------------------
     def _command(self, kind: str, call_id: str | None, **args: Any) -> Any:
+        if call_id and kind in CALL_ENDS:
+            self._ended.add(call_id)
+        elif call_id and kind == "enqueue":
+            self._ended.discard(call_id)
         self._sends.put_nowait((kind, call_id, args))
         return Emitted([])
 
@@ -901,7 +917,12 @@ class ClusterRoutingPort:
         ev = d.event
         call_id = ev.call_id or ""
         if ev.kind is EventKind.OFFER:
-            if not await self.client.start_dialing(ev.seat_id or "", call_id, d.epoch):
+            if call_id in self._ended:  # decided before the leader heard that the call is over
+                log.info("offer for a call that is over, not dialed", extra={"call_id": call_id, "seat_id": ev.seat_id})
+                return
+            attempt = ev.data.get("attempt")
+            if not await self.client.start_dialing(ev.seat_id or "", call_id, d.epoch,
+                                                   int(attempt) if attempt is not None else None):
                 self.fenced_offers += 1
                 log.warning("offer fenced at the seat, not dialed", extra={
                     "call_id": call_id, "seat_id": ev.seat_id, "epoch": d.epoch})

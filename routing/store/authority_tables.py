@@ -45,6 +45,8 @@ seat_offers = Table(
     Column("epoch", BigInteger),  # the epoch of the leader that made the offer
     Column("node_id", String(64)),  # the node that moved it to dialing
     Column("updated_at", Float, nullable=False, default=0.0),
+    Column("attempt", Integer),  # the ACD's attempt number of the offer (0007): a late delivery of an
+    # earlier attempt of the same call never takes a newer offer
     Index("ix_seat_offers_state", "state"),
 )
 

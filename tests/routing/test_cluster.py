@@ -37,6 +37,7 @@ from routing.acd import Acd, AcdConfig, SeatSpec, SkillPolicy
 from routing.cluster import ClusterNode, ClusterRoutingPort
 from routing.skills import SKILLS
 from routing.status import SeatStatus
+from routing.store.writer import EventWriter
 
 url, node_id = sys.argv[1], sys.argv[2]
 
@@ -67,7 +68,7 @@ async def main():
     node = ClusterNode(url, engine, node_id, make_acd=make_acd, seats=SEATS,
                        on_elected=lambda e: say("ELECTED", e), on_demoted=lambda e: say("DEMOTED", e))
     node.routing.on_routing = routing_ready
-    port = ClusterRoutingPort(node, make_acd().config)
+    port = ClusterRoutingPort(node, make_acd().config, writer=EventWriter(engine, node_id))
 
     def routed(ev):  # what the call flow hears: an OFFER only once start_dialing said True
         if ev.kind.value == "OFFER":
@@ -76,7 +77,8 @@ async def main():
             say("RONA", ev.call_id, ev.seat_id)
 
     port.on_event(routed)
-    await port.start()
+    live = os.environ.get("LIVE_CALLS")  # a restart: the calls whose media is still alive
+    await port.start(live_calls=None if live is None else [c for c in live.split(",") if c])
     await port.open_deliveries()
     say("READY")
     reader = asyncio.StreamReader()
@@ -404,3 +406,38 @@ async def _offers_of(url: str, call_id: str, at_least: int) -> bool:
     finally:
         await conn.close()
     return int(n) >= at_least
+
+
+async def test_a_node_that_restarts_without_its_calls_closes_them_and_frees_the_seat(db: str) -> None:  # noqa: F811
+    """A node that is not the leader dies (kill -9) with a caller talking to the seat and one
+    waiting; it comes back with no call alive.  It closes both as lost (callbacks), releases the
+    seat at the fence, and the seat goes to the next caller of the other node."""
+    a = await Node.start(db, "node-a")
+    await leader_of([a], 15)
+    b = await Node.start(db, "node-b")
+    try:
+        await b.command("enqueue", "c1")
+        await b.expect("DIAL", 10)
+        await b.command("answer", "c1", "s1")
+        await b.command("enqueue", "c2")
+        await a.command("enqueue", "c3")
+        b.signal(signal.SIGKILL)
+        await b.close()
+        b = await Node.start(db, "node-b", LIVE_CALLS="")
+        line = await a.expect("DIAL", 15)
+        assert line.split()[1] == "c3"
+        await a.command("answer", "c3", "s1")
+        await a.command("hangup", "c3", "s1")
+        assert assert_one_call_at_a_time(await fence_log(db)) == ["c1", "c3"]
+        conn = await asyncpg.connect(plain_dsn(db))
+        try:
+            lost = {r["call_id"] for r in await conn.fetch(
+                "SELECT call_id FROM events WHERE kind = 'CALLEND' AND data::jsonb->>'reason' = 'lost_node_failure'")}
+            callbacks = {r["call_id"] for r in await conn.fetch("SELECT call_id FROM events WHERE kind = 'CALLBACK'")}
+        finally:
+            await conn.close()
+        assert lost == {"c1", "c2"}, lost
+        assert {"c1", "c2"} <= callbacks, callbacks
+    finally:
+        await a.close()
+        await b.close()

@@ -2,7 +2,7 @@
 
 ``routing_commands`` (nodes -> leader, read by sequence number), ``routing_command_cursor`` (one
 row: the last command whose events are in the log), ``routing_deliveries`` (leader -> one node) and
-``routing_node_cursor`` (how far each node has read its deliveries).
+``routing_node_cursor`` (how far each node has read its deliveries); ``seat_offers.attempt``.
 
 Revision ID: 0007_routing_commands
 Revises: 0006_seat_credentials
@@ -21,6 +21,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("seat_offers", sa.Column("attempt", sa.Integer(), nullable=True))
     op.create_table(
         "routing_commands",
         sa.Column("seq", sa.BigInteger(), autoincrement=True, nullable=False),
@@ -72,3 +73,4 @@ def downgrade() -> None:
     op.drop_table("routing_command_cursor")
     op.drop_index("ix_routing_commands_call_id", table_name="routing_commands")
     op.drop_table("routing_commands")
+    op.drop_column("seat_offers", "attempt")
