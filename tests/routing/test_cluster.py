@@ -429,13 +429,25 @@ async def test_a_node_that_restarts_without_its_calls_closes_them_and_frees_the_
         await a.command("answer", "c3", "s1")
         await a.command("hangup", "c3", "s1")
         assert assert_one_call_at_a_time(await fence_log(db)) == ["c1", "c3"]
-        conn = await asyncpg.connect(plain_dsn(db))
+        async def closed() -> tuple[set[str], set[str]]:
+            conn = await asyncpg.connect(plain_dsn(db))
+            try:
+                return ({r["call_id"] for r in await conn.fetch(
+                    "SELECT call_id FROM events WHERE kind = 'CALLEND' AND data::jsonb->>'reason' = 'lost_node_failure'")},
+                        {r["call_id"] for r in await conn.fetch("SELECT call_id FROM events WHERE kind = 'CALLBACK'")})
+            finally:
+                await conn.close()
+
+        async def both_closed() -> bool:
+            lost, callbacks = await closed()
+            return lost == {"c1", "c2"} and {"c1", "c2"} <= callbacks
+
         try:
-            lost = {r["call_id"] for r in await conn.fetch(
-                "SELECT call_id FROM events WHERE kind = 'CALLEND' AND data::jsonb->>'reason' = 'lost_node_failure'")}
-            callbacks = {r["call_id"] for r in await conn.fetch("SELECT call_id FROM events WHERE kind = 'CALLBACK'")}
-        finally:
-            await conn.close()
+            await wait_for(both_closed, 10, "c1 and c2 closed as lost, with callbacks")
+        except AssertionError:
+            print(b.lines, await closed())
+            raise
+        lost, callbacks = await closed()
         assert lost == {"c1", "c2"}, lost
         assert {"c1", "c2"} <= callbacks, callbacks
     finally:
