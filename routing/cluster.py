@@ -321,7 +321,7 @@ class ClusterRouting:
 
     # -- the authority's callbacks ------------------------------------------------------------------
     async def elected(self, epoch: int) -> None:
-        t0 = time.monotonic()
+        t0, cut = time.monotonic(), time.time()  # what the log holds from before this election
         self.epoch = epoch
         self._conn = await connect_worker(self.url, self.lease_s)
         self._out = await connect_worker(self.url, self.lease_s)
@@ -361,6 +361,10 @@ class ClusterRouting:
         # current in the ACD and is dropped by ``_deliver`` instead of ringing a seat.
         self._tasks.append(self._task(self._deliver(epoch), f"offers-{epoch}", epoch))
         self.restored_in_s = time.monotonic() - t0
+        # the metrics of the recent log (up to 48 h of events) are not needed to route: they are
+        # refolded after routing resumed, from the events decided before this election
+        self._tasks.append(self._task(self._refold_metrics(service, cut), f"metrics-{epoch}", epoch,
+                                      fatal=False))
         log.info("routing for the cluster", extra={
             "node_id": self.node_id, "epoch": epoch, "restore_s": round(self.restored_in_s, 4),
             "replayed": replayed, "waiting": len(service.acd.waiting_entries())})
@@ -368,12 +372,16 @@ class ClusterRouting:
         if self.on_routing is not None:
             self.on_routing(service)
 
-    def _task(self, coro: Awaitable[None], name: str, epoch: int) -> asyncio.Task[None]:
+    def _task(self, coro: Awaitable[None], name: str, epoch: int, fatal: bool = True) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
 
         def done(t: asyncio.Task[None]) -> None:
             if t.cancelled() or self.epoch != epoch:
+                return
+            if not fatal:
+                if t.exception() is not None:
+                    log.error("cluster routing task failed", extra={"task": name}, exc_info=t.exception())
                 return
             log.error("cluster routing stopped; giving the authority up", extra={"epoch": epoch, "task": name},
                       exc_info=t.exception())
@@ -416,8 +424,6 @@ class ClusterRouting:
         was only offered (the election revoked that offer) is free again."""
         assert self._conn is not None
         now = service.clock()
-        m = service.acd.metrics
-        m.observe_all(await load_recent_events(self.engine, since=now - m.interval_s * m.keep_intervals))
         seats, waiting = await load_state(self.engine)
         for rs in seats:
             await add_seat(self._conn, rs.spec.id)
@@ -457,6 +463,13 @@ class ClusterRouting:
                                           int(row["priority"] or 3), float(row["enqueued_at"]),
                                           float(row["abandoned_at"]), row["info"] or {}, row["callback_id"])
         service.record(events)
+
+    async def _refold_metrics(self, service: RoutingService, elected_at: float) -> None:
+        t0 = time.monotonic()
+        m = service.acd.metrics
+        recent = await load_recent_events(self.engine, since=elected_at - m.interval_s * m.keep_intervals)
+        m.observe_all([e for e in recent if e.at < elected_at])
+        log.info("routing metrics refolded", extra={"events": len(recent), "s": round(time.monotonic() - t0, 3)})
 
     # -- commands ---------------------------------------------------------------------------------
     async def _read_commands(self, epoch: int) -> None:
