@@ -157,7 +157,7 @@ class RoutingClient:
         command_id = f"{self.node_id}:{uuid.uuid4().hex}"
         if call_id is not None:
             args["call_id"] = call_id
-        payload = json.dumps(args)
+        payload = json.dumps(args, default=str)
         for attempt in range(1, 6):
             try:
                 async with self._lock:
