@@ -211,8 +211,10 @@ class RoutingClient:
             return await start_dialing_seat(await self._connection(), seat_id, call_id, self.node_id, epoch, attempt)
 
     async def release(self, seat_id: str, call_id: str) -> bool:
-        """The seat's part of ``call_id`` is over (or the dial failed): the seat may be offered again."""
-        for attempt in range(1, 6):
+        """The seat's part of ``call_id`` is over (or the dial failed): the seat may be offered again.
+        Retried for about half a minute (a database restart), since a seat not released stays out
+        of every offer."""
+        for attempt in range(1, 31):
             try:
                 async with self._lock:
                     return await release_seat(await self._connection(), seat_id, call_id)
@@ -827,7 +829,10 @@ class ClusterRoutingPort:
             log.warning("call_lost", extra={"call_id": call_id, "reason": LOST_NODE_FAILURE})
 
     async def stop(self) -> None:
-        await self.drain(5.0)
+        try:
+            await self.drain(5.0)
+        except TimeoutError:
+            log.error("routing commands not sent at stop", extra={"count": self._sends.qsize()})
         if self._sender is not None:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -917,11 +922,18 @@ class ClusterRoutingPort:
                 seat = self._holding.pop(call_id, None) if kind in SEAT_PART_ENDS and call_id else None
                 if seat is not None:
                     await self.client.release(seat, call_id or "")
-                await self.client.send(kind, call_id, **args)
+                while True:  # the database away: keep trying, in order (later commands wait)
+                    try:
+                        await self.client.send(kind, call_id, **args)
+                        break
+                    except (RuntimeError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                        log.error("routing command not sent yet, retrying", extra={
+                            "call_id": call_id, "kind": kind, "error": f"{type(e).__name__}: {e}"})
+                        await asyncio.sleep(1.0)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("routing command lost", extra={"call_id": call_id, "kind": kind})
+                log.exception("routing command refused", extra={"call_id": call_id, "kind": kind})
             finally:
                 self._sends.task_done()
 
