@@ -123,6 +123,9 @@ class Settings(BaseSettings):
                                                     "default host:sip_port")
     cluster_lease_s: float = Field(3.0, ge=1, le=60, description="the routing authority's lease: a frozen or "
                                    "cut-off leader is replaced after about this long")
+    cluster_node_grace_s: float = Field(30.0, ge=1, le=3600, description="a node gone this long (no session "
+                                        "with the database) is dead: the leader closes its calls as lost and "
+                                        "frees its seats; longer than a control-process restart")
 
     # Twilio ingress
     twilio_auth_token: str | None = Field(None, description="Twilio auth token: enables /twilio/* (signed webhooks)")

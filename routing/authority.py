@@ -64,6 +64,21 @@ def authority_server_settings(lease_s: float) -> dict[str, str]:
     }
 
 
+#: The campaign session of each node is named after it: the leader sees which nodes are alive.
+SESSION_PREFIX = "handoff122-authority:"
+
+
+def session_name(node_id: str) -> str:
+    return (SESSION_PREFIX + node_id)[:63]
+
+
+async def live_nodes(conn: asyncpg.Connection) -> set[str]:
+    """The nodes whose campaign session is open now (the leader's own included)."""
+    rows = await conn.fetch("SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND application_name LIKE $1", SESSION_PREFIX + "%")
+    return {r["application_name"][len(SESSION_PREFIX):] for r in rows}
+
+
 def plain_dsn(url: str) -> str:
     """asyncpg takes ``postgresql://``; the settings carry SQLAlchemy's ``postgresql+asyncpg://``."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -116,8 +131,9 @@ class RoutingAuthority:
         last_failure = ""
         while not self._stopping:
             try:
-                self._conn = await asyncio.wait_for(asyncpg.connect(
-                    self.url, server_settings=authority_server_settings(self.lease_s)), self.lease_s)
+                self._conn = await asyncio.wait_for(asyncpg.connect(self.url, server_settings={
+                    **authority_server_settings(self.lease_s), "application_name": session_name(self.node_id)}),
+                    self.lease_s)
                 if self._conn.get_server_version().major < 14:
                     raise RuntimeError("the routing authority needs PostgreSQL 14 or newer "
                                        "(idle_session_timeout is its lease)")

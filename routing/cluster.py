@@ -60,6 +60,7 @@ from routing.authority import (
     add_seat,
     claim_offer,
     connect_worker,
+    live_nodes,
     plain_dsn,
     withdraw_offer,
 )
@@ -297,8 +298,12 @@ class ClusterRouting:
 
     def __init__(self, url: str, engine: AsyncEngine, node_id: str, make_acd: Callable[[], Acd],
                  seats: Iterable[SeatSpec] = (), lease_s: float = 3.0,
-                 on_routing: Callable[[RoutingService | None], None] | None = None) -> None:
+                 on_routing: Callable[[RoutingService | None], None] | None = None,
+                 node_grace_s: float = 30.0) -> None:
         self.url = plain_dsn(url)
+        #: A node whose campaign session has been gone this long is dead: its calls are closed as
+        #: lost and its seats freed.  Longer than a control-process restart, which keeps its calls.
+        self.node_grace_s = node_grace_s
         self.engine = engine
         self.node_id = node_id
         self.make_acd = make_acd
@@ -371,6 +376,7 @@ class ClusterRouting:
             "node_id": self.node_id, "epoch": epoch, "restore_s": round(self.restored_in_s, 4),
             "replayed": replayed, "waiting": len(service.acd.waiting_entries())})
         self._tasks.append(self._task(self._read_commands(epoch), f"commands-{epoch}", epoch))
+        self._tasks.append(self._task(self._watch_nodes(epoch), f"nodes-{epoch}", epoch, fatal=False))
         if self.on_routing is not None:
             self.on_routing(service)
 
@@ -465,6 +471,50 @@ class ClusterRouting:
                                           int(row["priority"] or 3), float(row["enqueued_at"]),
                                           float(row["abandoned_at"]), row["info"] or {}, row["callback_id"])
         service.record(events)
+
+    async def _watch_nodes(self, epoch: int) -> None:
+        """Close the calls of a node that is gone for good (no campaign session for
+        ``node_grace_s``): they are lost with a callback, the seats it was dialing are freed."""
+        conn = await connect_worker(self.url, self.lease_s)
+        missing_since: dict[str, float] = {}
+        try:
+            while self.epoch == epoch:
+                await asyncio.sleep(1.0)
+                alive = await live_nodes(conn)
+                now = time.monotonic()
+                owners = {n for c, n in self._owners.items() if self.service and self.service.acd.call_view(c)}
+                for node in owners - alive:
+                    missing_since.setdefault(node, now)
+                for node in list(missing_since):
+                    if node in alive:
+                        del missing_since[node]
+                    elif now - missing_since[node] >= self.node_grace_s and self.epoch == epoch:
+                        del missing_since[node]
+                        await self._close_node(conn, epoch, node)
+        finally:
+            conn.terminate()
+
+    async def _close_node(self, conn: asyncpg.Connection, epoch: int, node: str) -> None:
+        from routing.store.reconcile import LOST_NODE_FAILURE
+
+        assert self.service is not None
+        calls_of = sorted(c for c, n in self._owners.items() if n == node and self.service.acd.call_view(c))
+        log.warning("node gone: its calls are closed as lost", extra={"node_id": node, "calls": len(calls_of)})
+        async with conn.transaction():  # its seats first, fenced: only the current leader frees them
+            if int(await conn.fetchval("SELECT epoch FROM routing_epoch WHERE id = 1 FOR SHARE")) != epoch:
+                return
+            for r in await conn.fetch("SELECT seat_id, call_id FROM seat_offers WHERE state = 'dialing' "
+                                      "AND node_id = $1 FOR UPDATE", node):
+                await release_seat(conn, r["seat_id"], r["call_id"])
+        now = self.service.clock()
+        for call_id in calls_of:
+            view = self.service.acd.call_view(call_id) or {}
+            with contextlib.suppress(RoutingError):
+                self.service.call_lost(call_id, LOST_NODE_FAILURE, caller=view.get("caller"),
+                                       info=view.get("info"), enqueued_at=view.get("enqueued_at"))
+            self.service.record([Event(EventKind.CALLEND, now, call_id=call_id, skill=view.get("skill"),
+                                       data={"reason": LOST_NODE_FAILURE, "ended_by": "node_failure",
+                                             "node_id": node})])
 
     async def _refold_metrics(self, service: RoutingService, elected_at: float) -> None:
         t0 = time.monotonic()
@@ -617,9 +667,11 @@ class ClusterNode:
     def __init__(self, url: str, engine: AsyncEngine, node_id: str, make_acd: Callable[[], Acd] | None = None,
                  seats: Iterable[SeatSpec] = (), lease_s: float = 3.0,
                  on_elected: Callable[[int], Awaitable[None] | None] | None = None,
-                 on_demoted: Callable[[int], Awaitable[None] | None] | None = None) -> None:
+                 on_demoted: Callable[[int], Awaitable[None] | None] | None = None,
+                 node_grace_s: float = 30.0) -> None:
         self.node_id = node_id
-        self.routing = ClusterRouting(url, engine, node_id, make_acd or (lambda: Acd(AcdConfig())), seats, lease_s)
+        self.routing = ClusterRouting(url, engine, node_id, make_acd or (lambda: Acd(AcdConfig())), seats, lease_s,
+                                      node_grace_s=node_grace_s)
         self.client = RoutingClient(url, node_id, lease_s)
         self._user_elected = on_elected
         self._user_demoted = on_demoted
@@ -776,7 +828,9 @@ class ClusterRoutingPort:
 
         url = str(settings.database_url)
         lease = float(getattr(settings, "cluster_lease_s", 3.0))
-        return cls(ClusterNode(url, engine, node_id, make_acd=make_acd, lease_s=lease), make_acd().config,
+        grace = float(getattr(settings, "cluster_node_grace_s", 30.0))
+        return cls(ClusterNode(url, engine, node_id, make_acd=make_acd, lease_s=lease, node_grace_s=grace),
+                   make_acd().config,
                    writer=EventWriter(engine, node_id))
 
     async def start(self, seats: Iterable[SeatSpec] | None = None, live_calls: Iterable[str] | None = None,

@@ -66,7 +66,8 @@ async def main():
             say("ROUTING", node.routing.epoch, round(node.routing.restored_in_s, 4))
 
     node = ClusterNode(url, engine, node_id, make_acd=make_acd, seats=SEATS,
-                       on_elected=lambda e: say("ELECTED", e), on_demoted=lambda e: say("DEMOTED", e))
+                       on_elected=lambda e: say("ELECTED", e), on_demoted=lambda e: say("DEMOTED", e),
+                       node_grace_s=float(os.environ.get("NODE_GRACE_S", "30")))
     node.routing.on_routing = routing_ready
     port = ClusterRoutingPort(node, make_acd().config, writer=EventWriter(engine, node_id))
 
@@ -450,6 +451,43 @@ async def test_a_node_that_restarts_without_its_calls_closes_them_and_frees_the_
         lost, callbacks = await closed()
         assert lost == {"c1", "c2"}, lost
         assert {"c1", "c2"} <= callbacks, callbacks
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_node_gone_for_good_has_its_calls_closed_by_the_leader(db: str) -> None:  # noqa: F811
+    """A node that is not the leader dies (kill -9) and does not come back, with a caller talking
+    to the seat and one waiting: after the grace period the leader closes both as lost (callbacks),
+    frees the seat at the fence, and the seat goes to the next caller of the other node."""
+    a = await Node.start(db, "node-a", NODE_GRACE_S="2")
+    await leader_of([a], 15)
+    b = await Node.start(db, "node-b", NODE_GRACE_S="2")
+    try:
+        await b.command("enqueue", "c1")
+        await b.expect("DIAL", 10)
+        await b.command("answer", "c1", "s1")
+        await b.command("enqueue", "c2")
+        await a.command("enqueue", "c3")
+        b.signal(signal.SIGKILL)
+        line = await a.expect("DIAL", 20)
+        assert line.split()[1] == "c3"
+        assert [x for x in a.said("LOG") if "node gone" in x], a.lines
+        await a.command("answer", "c3", "s1")
+        await a.command("hangup", "c3", "s1")
+        assert assert_one_call_at_a_time(await fence_log(db)) == ["c1", "c3"]
+
+        async def closed() -> bool:
+            conn = await asyncpg.connect(plain_dsn(db))
+            try:
+                lost = {r["call_id"] for r in await conn.fetch(
+                    "SELECT call_id FROM events WHERE kind = 'CALLEND' AND data::jsonb->>'reason' = 'lost_node_failure'")}
+                callbacks = {r["call_id"] for r in await conn.fetch("SELECT call_id FROM events WHERE kind = 'CALLBACK'")}
+            finally:
+                await conn.close()
+            return lost == {"c1", "c2"} and {"c1", "c2"} <= callbacks
+
+        await wait_for(closed, 10, "c1 and c2 closed as lost, with callbacks")
     finally:
         await a.close()
         await b.close()
