@@ -91,13 +91,13 @@ def test_two_cluster_nodes_share_one_seat_one_invite_at_a_time(tmp_path: Path, p
         b = cluster_node(tmp_path, "node-b", pg_db, seats)
         start_seat(a, "s1", p1, "--answer-after", "0.5", "--hangup-after", "2")
         callers = []
-        for n, (number, node) in enumerate((("a1", a), ("b1", b), ("a2", a), ("b2", b)), start=1):
+        for n, (number, node) in enumerate((("1001", a), ("2001", b), ("1002", a), ("2002", b)), start=1):
             callers.append(start_caller(node, HUMAN, stay=90, number=number))
             a.wait_for(lambda n=n: enqueued(pg_db) >= n, timeout=30)  # queued in this order
         results = [caller_result(p, timeout=180) for p in callers]
         assert all(r["answered"] and r["bridged"] for r in results), results
         reps = a.wait_for(lambda: (r := seat_reports(a, "s1")) and len(r) >= 4 and r, timeout=60)
-        assert [r["caller"] for r in reps] == ["a1", "b1", "a2", "b2"], reps
+        assert [r["caller"] for r in reps] == ["1001", "2001", "1002", "2002"], reps
         assert [r["others"] for r in reps] == [0, 0, 0, 0], reps
         assert assert_one_call_at_a_time(seat_history(pg_db)) == [r["call_id"] for r in reps]
         assert a.journey_errors() == [] and b.journey_errors() == []
@@ -121,10 +121,10 @@ def test_kill_9_of_the_leaders_control_process_with_callers_queued_on_the_other_
         a.wait_for(lambda: routing_lines(a), timeout=30)
         b = cluster_node(tmp_path, "node-b", pg_db, seats)
         start_seat(a, "s1", p1, "--answer-after", "0.5", "--hangup-after", "6")
-        first = start_caller(a, HUMAN, stay=90, number="a1")
+        first = start_caller(a, HUMAN, stay=90, number="1001")
         a.wait_for(lambda: any(x.get("event") == "bridged" for x in a.logs()), timeout=30)
         waiting = []
-        for n, number in enumerate(("b1", "b2"), start=2):
+        for n, number in enumerate(("2001", "2002"), start=2):
             waiting.append(start_caller(b, HUMAN, stay=90, number=number))
             b.wait_for(lambda n=n: enqueued(pg_db) >= n, timeout=30)
         control = int((a.data_dir / "run" / "control.pid").read_text())
@@ -138,7 +138,7 @@ def test_kill_9_of_the_leaders_control_process_with_callers_queued_on_the_other_
         results = [caller_result(p, timeout=180) for p in (first, *waiting)]
         assert all(r["answered"] and r["bridged"] for r in results), results
         reps = a.wait_for(lambda: (r := seat_reports(a, "s1")) and len(r) >= 3 and r, timeout=60)
-        assert [r["caller"] for r in reps] == ["a1", "b1", "b2"], reps
+        assert [r["caller"] for r in reps] == ["1001", "2001", "2002"], reps
         assert [r["others"] for r in reps] == [0, 0, 0], reps
         assert assert_one_call_at_a_time(seat_history(pg_db)) == [r["call_id"] for r in reps]
         assert b.journey_errors() == []
