@@ -146,3 +146,48 @@ def test_kill_9_of_the_leaders_control_process_with_callers_queued_on_the_other_
         a.stop()
         if b is not None:
             b.stop()
+
+
+def test_a_frozen_leader_control_process_is_fenced(tmp_path: Path, pg_db: str) -> None:
+    """The leader's control process is frozen (SIGSTOP) while a caller of the other node talks to
+    the seat and another waits: the other node takes over after the lease and gives the seat to the
+    waiting caller when the first hangs up; woken (SIGCONT), the old leader steps down and no offer
+    of its epoch reaches the seat (one INVITE at a time, every offer of the epoch current then)."""
+    p1 = free_port()
+    seats = seats_yaml(("s1", "intake_guidance", p1))
+    a = cluster_node(tmp_path, "node-a", pg_db, seats)
+    b: RunningNode | None = None
+    control = 0
+    try:
+        a.wait_for(lambda: routing_lines(a), timeout=30)
+        b = cluster_node(tmp_path, "node-b", pg_db, seats)
+        start_seat(a, "s1", p1, "--answer-after", "0.5", "--hangup-after", "5")
+        first = start_caller(b, HUMAN, stay=90, number="2001")
+        b.wait_for(lambda: any(x.get("event") == "bridged" for x in b.logs()), timeout=30)
+        second = start_caller(b, HUMAN, stay=90, number="2002")
+        b.wait_for(lambda: enqueued(pg_db) >= 2, timeout=30)
+        control = int((a.data_dir / "run" / "control.pid").read_text())
+        frozen = time.time()
+        os.kill(control, signal.SIGSTOP)
+        line = b.wait_for(lambda: routing_lines(b), timeout=30)[0]
+        print(f"\nSIGSTOP of the leader's control process -> the other node routing: "
+              f"{(float(line['ts']) - frozen) * 1000:.0f} ms")
+        results = [caller_result(p, timeout=180) for p in (first, second)]
+        assert all(r["answered"] and r["bridged"] for r in results), results
+        os.kill(control, signal.SIGCONT)
+        control = 0
+        a.wait_for(lambda: any("no longer the routing authority" in str(x.get("event")) for x in a.logs()),
+                   timeout=30)
+        stale = [x["event"] for x in a.logs() if "fenced" in str(x.get("event"))]
+        print(f"the old leader after SIGCONT: {stale or 'demoted before it decided anything'}")
+        reps = a.wait_for(lambda: (r := seat_reports(a, "s1")) and len(r) >= 2 and r, timeout=60)
+        assert [r["caller"] for r in reps] == ["2001", "2002"], reps
+        assert [r["others"] for r in reps] == [0, 0], reps
+        assert assert_one_call_at_a_time(seat_history(pg_db)) == [r["call_id"] for r in reps]
+        assert b.journey_errors() == []
+    finally:
+        if control:
+            os.kill(control, signal.SIGCONT)
+        a.stop()
+        if b is not None:
+            b.stop()
