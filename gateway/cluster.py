@@ -255,7 +255,7 @@ class Cluster:
         argv = ["-m", "gateway.cli", "serve", "--sip-port", str(p.sip_port), "--worker-base-port",
                 str(p.worker_base_port), "--rtp-base-port", str(p.rtp_base_port), "--api-port", str(p.api_port),
                 "--workers", str(o.workers), "--data-dir", str(p.data_dir),
-                "--node-id", p.name, "--cluster", "true" if ROUTING_AUTHORITY_WIRED else "false",
+                "--cluster-node-id", p.name, "--cluster", "true" if ROUTING_AUTHORITY_WIRED else "false",
                 "--front-door-sip", f"{s.sip_host}:{o.sip_port}", "--front-door-rpc", str(self.front.rpc.rpc_socket),
                 "--log-format", "json"]
         if o.mqtt_url:

@@ -58,7 +58,7 @@ def _check_port_free(host: str, port: int, udp: bool, what: str) -> None:
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.node_id = settings.node_id or f"{socket.gethostname()}:{settings.sip_port}"
+        self.node_id = settings.cluster_node_id or f"{socket.gethostname()}:{settings.sip_port}"
         self.run_dir = settings.data_dir / "run"
         self.kamailio: Kamailio | None = None
         self.registrations: Any = None      # gateway.registrations.SeatRegistrations (seat phones that REGISTER)
@@ -158,7 +158,12 @@ class Node:
         self.calls = CallRecords(self.engine)
         self.catalog = Catalog(self.engine, s.recordings_dir, node_id=self.node_id)  # issue 13: owner of its recordings
         self.catalog.layout.prepare()
-        self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id, queues=self.queues)
+        if s.cluster:  # issue 14: the elected routing authority decides; this node's calls are its clients
+            from routing.cluster import ClusterRoutingPort
+
+            self.routing = ClusterRoutingPort.from_settings(s, self.engine, self.node_id, queues=self.queues)
+        else:
+            self.routing = RoutingService.from_settings(s, self.engine, node_id=self.node_id, queues=self.queues)
 
         # 3. the media workers: spawned by the supervisor (or found running after a control
         # restart); their events wait until the calls they carry are taken over
@@ -199,6 +204,8 @@ class Node:
             records = (await in_progress(self.engine, self.node_id)).open_calls
             await self.director.adopt(self.pool.live_at_hello, records)
         self.pool.dispatch()
+        if s.cluster:  # the leader's offers reach the calls only now that every live call has its journey
+            await self.routing.open_deliveries()
 
         # 5. the front door (the supervisor runs it; it lives through a control restart)
         if self.direct_mode:

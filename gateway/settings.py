@@ -115,12 +115,17 @@ class Settings(BaseSettings):
                                         "goes back to the head of the queue; must exceed the phones' silence "
                                         "keep-alive (5 s); 0 = off (docs/DURABILITY.md)")
 
-    # cluster (issue 14, docs/CLUSTER.md): set by ``handoff122 cluster`` for each node it runs
-    cluster: bool = Field(False, description="this node is one of several behind a cluster front door: it "
-                          "takes part in the election of the routing authority (docs/CLUSTER.md)")
-    node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
-                                description="this node's name in the event log and the election; "
-                                "default host:sip_port")
+    # cluster (issue 14, docs/CLUSTER.md): several nodes, one elected routing authority on PostgreSQL
+    cluster: bool = Field(False, description="route through the cluster's elected routing authority "
+                          "(true | false); needs db_url on PostgreSQL shared by every node")
+    cluster_node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                                        description="this node's name in the cluster, unique per node; "
+                                                    "default host:sip_port")
+    cluster_lease_s: float = Field(3.0, ge=1, le=60, description="the routing authority's lease: a frozen or "
+                                   "cut-off leader is replaced after about this long")
+    cluster_node_grace_s: float = Field(30.0, ge=1, le=3600, description="a node gone this long (no session "
+                                        "with the database) is dead: the leader closes its calls as lost and "
+                                        "frees its seats; longer than a control-process restart")
     front_door_sip: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:\[\]-]{1,128}$",
                                        description="host:port of the cluster front door: seat phones register "
                                        "there, and this node's seat INVITEs go through it (its dialog profile "
@@ -279,6 +284,9 @@ class Settings(BaseSettings):
                 f"(caller + seat leg) but worker_max_calls={self.worker_max_calls}"
             )
         self._check_port_ranges()
+        if self.cluster and not self.database_url.startswith("postgresql"):
+            raise ValueError("cluster mode needs a PostgreSQL db_url shared by every node "
+                             "(postgresql+asyncpg://...); SQLite is one node's database")
         return self
 
     def port_ranges(self) -> list[tuple[str, int, int]]:

@@ -64,6 +64,21 @@ def authority_server_settings(lease_s: float) -> dict[str, str]:
     }
 
 
+#: The campaign session of each node is named after it: the leader sees which nodes are alive.
+SESSION_PREFIX = "handoff122-authority:"
+
+
+def session_name(node_id: str) -> str:
+    return (SESSION_PREFIX + node_id)[:63]
+
+
+async def live_nodes(conn: asyncpg.Connection) -> set[str]:
+    """The nodes whose campaign session is open now (the leader's own included)."""
+    rows = await conn.fetch("SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND application_name LIKE $1", SESSION_PREFIX + "%")
+    return {r["application_name"][len(SESSION_PREFIX):] for r in rows}
+
+
 def plain_dsn(url: str) -> str:
     """asyncpg takes ``postgresql://``; the settings carry SQLAlchemy's ``postgresql+asyncpg://``."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -116,8 +131,9 @@ class RoutingAuthority:
         last_failure = ""
         while not self._stopping:
             try:
-                self._conn = await asyncio.wait_for(asyncpg.connect(
-                    self.url, server_settings=authority_server_settings(self.lease_s)), self.lease_s)
+                self._conn = await asyncio.wait_for(asyncpg.connect(self.url, server_settings={
+                    **authority_server_settings(self.lease_s), "application_name": session_name(self.node_id)}),
+                    self.lease_s)
                 if self._conn.get_server_version().major < 14:
                     raise RuntimeError("the routing authority needs PostgreSQL 14 or newer "
                                        "(idle_session_timeout is its lease)")
@@ -140,6 +156,12 @@ class RoutingAuthority:
         """Step down cleanly: closing the session releases the lock for the next node at once."""
         self._stopping = True
         await self._demote()
+
+    def resign(self) -> None:
+        """Give the authority up now (the leader found it cannot go on routing): the session is
+        closed, which releases the lock; ``on_demoted`` follows and the campaign goes on."""
+        if self._conn is not None:
+            self._conn.terminate()
 
     async def _campaign(self, conn: asyncpg.Connection) -> None:
         while not self._stopping:
@@ -208,35 +230,61 @@ async def add_seat(conn: asyncpg.Connection, seat_id: str) -> None:
                        "ON CONFLICT (seat_id) DO NOTHING", seat_id, time.time())
 
 
-async def claim_offer(conn: asyncpg.Connection, epoch: int, seat_id: str, call_id: str) -> bool:
+async def claim_offer(conn: asyncpg.Connection, epoch: int, seat_id: str, call_id: str,
+                      attempt: int | None = None) -> bool:
     """The leader offers ``call_id`` to ``seat_id``: True only if ``epoch`` is the current epoch and
-    the seat was available.  One transaction: fence check, compare-and-set, event."""
+    the seat was available.  One transaction: fence check, compare-and-set, event.  ``attempt``:
+    the ACD's attempt number, which ``start_dialing`` can then require."""
     now = time.time()
     async with conn.transaction():
         if await _current_epoch_locked(conn) != epoch:
             return False
         status = await conn.execute(
-            "UPDATE seat_offers SET state = 'offered', call_id = $2, epoch = $3, node_id = NULL, updated_at = $4 "
-            "WHERE seat_id = $1 AND state = 'available'", seat_id, call_id, epoch, now)
+            "UPDATE seat_offers SET state = 'offered', call_id = $2, epoch = $3, node_id = NULL, updated_at = $4, "
+            "attempt = $5 WHERE seat_id = $1 AND state = 'available'", seat_id, call_id, epoch, now, attempt)
         if status != "UPDATE 1":
             return False
         await _append(conn, KIND_OFFER, call_id, seat_id, {"epoch": epoch}, now)
     return True
 
 
-async def start_dialing(conn: asyncpg.Connection, seat_id: str, call_id: str, node_id: str | None = None) -> bool:
+async def start_dialing(conn: asyncpg.Connection, seat_id: str, call_id: str, node_id: str | None = None,
+                        epoch: int | None = None, attempt: int | None = None) -> bool:
     """The dialing node takes the offer: True only if it is still offered for ``call_id`` and was
-    made in the current epoch.  Dial the seat only after True."""
+    made in the current epoch.  Dial the seat only after True.  ``epoch`` / ``attempt``: those of
+    the offer the node received; they must match the one at the fence (a deposed leader's offer,
+    or an earlier attempt, for the same call and seat is never taken for the current one)."""
     now = time.time()
     async with conn.transaction():
-        epoch = await _current_epoch_locked(conn)
+        current = await _current_epoch_locked(conn)
+        if epoch is not None and epoch != current:
+            return False
+        epoch = current
         status = await conn.execute(
             "UPDATE seat_offers SET state = 'dialing', node_id = $4, updated_at = $5 "
-            "WHERE seat_id = $1 AND call_id = $2 AND state = 'offered' AND epoch = $3",
-            seat_id, call_id, epoch, node_id, now)
+            "WHERE seat_id = $1 AND call_id = $2 AND state = 'offered' AND epoch = $3 "
+            "AND ($6::integer IS NULL OR attempt = $6::integer)",
+            seat_id, call_id, epoch, node_id, now, attempt)
         if status != "UPDATE 1":
             return False
         await _append(conn, KIND_DIALING, call_id, seat_id, {"epoch": epoch, "node_id": node_id}, now)
+    return True
+
+
+async def withdraw_offer(conn: asyncpg.Connection, epoch: int, seat_id: str, call_id: str) -> bool:
+    """The leader takes back an offer no node has started dialing (its ring timer ran out, the
+    caller left, the call was lost): the seat is available again.  Fenced like ``claim_offer``; a
+    no-op (False) once the offer is being dialed, which only the dialing node releases."""
+    now = time.time()
+    async with conn.transaction():
+        if await _current_epoch_locked(conn) != epoch:
+            return False
+        status = await conn.execute(
+            "UPDATE seat_offers SET state = 'available', call_id = NULL, epoch = NULL, node_id = NULL, "
+            "updated_at = $3 WHERE seat_id = $1 AND call_id = $2 AND state = 'offered'", seat_id, call_id, now)
+        if status != "UPDATE 1":
+            return False
+        await _append(conn, KIND_RELEASE, call_id, seat_id, {"epoch": epoch, "withdrawn": True}, now)
     return True
 
 
@@ -262,5 +310,5 @@ async def seat_state(conn: asyncpg.Connection, seat_id: str) -> dict[str, Any] |
 
 __all__ = [
     "AUTHORITY_LOCK_KEY", "RoutingAuthority", "add_seat", "authority_server_settings", "claim_offer",
-    "connect_worker", "plain_dsn", "release", "seat_state", "start_dialing",
+    "connect_worker", "plain_dsn", "release", "seat_state", "start_dialing", "withdraw_offer",
 ]

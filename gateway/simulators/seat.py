@@ -106,6 +106,8 @@ class SeatPhone(pj.Account):
             "caller": sip_user_of(header_value(msg, "From") or header_value(msg, "f") or ""),
             "pai": sip_user_of(header_value(msg, "P-Asserted-Identity") or ""),
             "n": self.count,
+            "others": len(self.calls),  # calls this phone already had when the INVITE came (0 = one at a time)
+            "invite_at": time.time(),
         }
         call = SeatPhoneCall(self, prm.callId, self, info)
         self.calls.add(call)

@@ -15,7 +15,7 @@ to is ``routing.store.models.events``.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table
+from sqlalchemy import JSON, BigInteger, Column, Float, Index, Integer, MetaData, String, Table
 
 metadata = MetaData(
     naming_convention={
@@ -45,5 +45,61 @@ seat_offers = Table(
     Column("epoch", BigInteger),  # the epoch of the leader that made the offer
     Column("node_id", String(64)),  # the node that moved it to dialing
     Column("updated_at", Float, nullable=False, default=0.0),
+    Column("attempt", Integer),  # the ACD's attempt number of the offer (0007): a late delivery of an
+    # earlier attempt of the same call never takes a newer offer
     Index("ix_seat_offers_state", "state"),
+)
+
+#: Commands from the nodes to the routing authority (enqueue, seat answered, ring-no-answer, ...).
+#: ``seq`` is allocated and committed in one order (inserts take a transaction-level advisory lock),
+#: so the leader reads ``seq > cursor`` without ever skipping a row that commits late;
+#: ``command_id`` makes a retry after a lost reply harmless (``ON CONFLICT DO NOTHING``).
+routing_commands = Table(
+    "routing_commands",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=True),
+    Column("command_id", String(96), nullable=False, unique=True),
+    Column("node_id", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("call_id", String(64)),
+    Column("args", JSON, nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_routing_commands_call_id", "call_id"),
+)
+
+#: The last command the routing authority applied *and* whose events are in the log (one row,
+#: ``id = 1``): a new leader restores from the log and replays only what comes after it.
+routing_command_cursor = Table(
+    "routing_command_cursor",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("applied_seq", BigInteger, nullable=False, default=0),
+    Column("epoch", BigInteger, nullable=False, default=0),
+    Column("updated_at", Float),
+)
+
+#: What the routing authority tells one node about its calls (OFFER, RINGNOANSWER, ...), in order.
+#: An OFFER row is written in the same transaction as the fenced ``claim_offer``.
+routing_deliveries = Table(
+    "routing_deliveries",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=True),
+    Column("node_id", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("call_id", String(64)),
+    Column("seat_id", String(32)),
+    Column("epoch", BigInteger, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_routing_deliveries_node_id", "node_id", "seq"),
+)
+
+#: How far each node has read its deliveries, so a restarted control process goes on where the
+#: previous one stopped (an offer made while it was down is still dialed).
+routing_node_cursor = Table(
+    "routing_node_cursor",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False, default=0),
+    Column("updated_at", Float, nullable=False, default=0.0),
 )

@@ -18,11 +18,12 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from routing.events import Event
 from routing.store.projection import BatchChanges, apply, event_row, fold
@@ -31,6 +32,11 @@ log = logging.getLogger("routing.store.writer")
 
 #: Failed attempts of one batch, with the database answering, before the batch is salvaged event by event.
 POISON_AFTER = 3
+
+
+class Fenced(Exception):
+    """Raised by a writer's ``fence`` inside the batch's transaction: this writer may no longer
+    write (its routing authority was deposed); the batch and everything queued are dropped."""
 
 
 @dataclass
@@ -47,8 +53,12 @@ class WriterStats:
 
 class EventWriter:
     def __init__(self, engine: AsyncEngine, node_id: str, batch_window_s: float = 0.05, max_batch: int = 500,
-                 max_buffered: int = 500_000, clock: Any = time.time) -> None:
+                 max_buffered: int = 500_000, clock: Any = time.time,
+                 fence: Callable[[AsyncConnection], Awaitable[None]] | None = None) -> None:
         self.engine = engine
+        #: Run first in every batch's transaction (the routing authority's epoch check, issue 14):
+        #: raising ``Fenced`` there means nothing of this writer lands in the log any more.
+        self.fence = fence
         self.node_id = node_id
         self.batch_window_s = batch_window_s
         self.max_batch = max_batch
@@ -133,6 +143,15 @@ class EventWriter:
             await asyncio.sleep(0.002)
         self._hurry = False
 
+    def drop_pending(self) -> int:
+        """Forget what is not yet being written; returns how many events.  A deposed routing
+        authority calls it: its unwritten decisions must not land after the next leader restored
+        (the next leader replays the commands that led to them).  A batch already in flight is
+        not stopped."""
+        n = len(self._pending)
+        self._pending.clear()
+        return n
+
     @property
     def buffered(self) -> int:
         return len(self._pending) + len(self._inflight)
@@ -178,6 +197,13 @@ class EventWriter:
                 await self._write(self._inflight)
             except asyncio.CancelledError:
                 raise
+            except Fenced as e:
+                dropped = len(self._inflight) + len(self._pending)
+                self._inflight = []
+                self._pending.clear()
+                self._stats.dropped += dropped
+                log.warning("event writer fenced, events dropped", extra={"count": dropped, "error": str(e)})
+                return
             except Exception as e:
                 failures += 1
                 self._stats.failures += 1
@@ -223,6 +249,8 @@ class EventWriter:
                     if changes is None:
                         changes = fold([ev], self.node_id, now)
                     async with self.engine.begin() as conn:
+                        if self.fence is not None:
+                            await self.fence(conn)
                         await apply(conn, changes, now)
                     self._stats.events_written += 1
                     break
@@ -243,6 +271,8 @@ class EventWriter:
         now = self.clock()
         changes = fold([ev for _, ev in batch], self.node_id, now)
         async with self.engine.begin() as conn:
+            if self.fence is not None:
+                await self.fence(conn)
             await apply(conn, changes, now)
         done = time.monotonic()
         s = self._stats
@@ -265,4 +295,4 @@ def refused_data(e: BaseException) -> bool:
     return isinstance(e, ValueError | TypeError | KeyError)
 
 
-__all__ = ["EventWriter", "WriterStats", "refused_data"]
+__all__ = ["EventWriter", "Fenced", "WriterStats", "refused_data"]

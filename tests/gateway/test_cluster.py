@@ -63,7 +63,7 @@ def test_every_node_gets_its_own_ports_and_the_front_door_config_is_accepted(tmp
     for p in c.plans:
         s = _settings_from(build_parser().parse_args(c.node_argv(p)[2:]))  # what the node itself will load
         assert "postgresql" not in " ".join(c.node_argv(p))  # the database URL (a password) goes by environment
-        assert (s.node_id, s.front_door_sip, s.data_dir) == (p.name, "127.0.0.1:5060", p.data_dir)
+        assert (s.cluster_node_id, s.front_door_sip, s.data_dir) == (p.name, "127.0.0.1:5060", p.data_dir)
         taken += [(f"{p.name} {what}", a, b) for what, a, b in s.port_ranges()]
     for i, (a, a1, a2) in enumerate(taken):
         for b, b1, b2 in taken[i + 1:]:

@@ -39,11 +39,20 @@ def test_flags_beat_environment_beat_file(tmp_path: Path, monkeypatch: pytest.Mo
     ({"worker_callers": 3}, "worker_callers"),
     ({"log_level": "chatty"}, "log_level"),
     ({"service_numbers": "1 2 2!"}, "service_numbers"),
+    ({"cluster": "true"}, "cluster mode needs a PostgreSQL db_url"),  # SQLite is one node's database
+    ({"cluster_node_id": "node 1"}, "cluster_node_id"),
 ])
 def test_bad_settings_are_one_line(values: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_settings(values)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cluster_mode_settings() -> None:
+    s = load_settings({"cluster": "true", "cluster_node_id": "node-2", "cluster_lease_s": 5,
+                       "db_url": "postgresql+asyncpg://postgres@127.0.0.1:5432/handoff"})
+    assert (s.cluster, s.cluster_node_id, s.cluster_lease_s) == (True, "node-2", 5.0)
+    assert load_settings({}).cluster is False
 
 
 def test_unreadable_config_file(tmp_path: Path) -> None:
