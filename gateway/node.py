@@ -183,7 +183,16 @@ class Node:
 
         kept = await live_calls_at_start(self.pool, self.engine, self.node_id)
         seats = await self._with_stored_credentials(seats)
-        await self.routing.start(seats, live_calls=kept, talking=talking_at_hello(self.pool))
+        lost_reasons: dict[str, str] = {}
+        if self.adopting:  # a media worker that died while this process was away: its calls' reason
+            from gateway.reconcile import died_with_workers
+            from routing.store.reconcile import LOST_WORKER_FAILURE
+
+            deaths = await self.processes.worker_deaths()
+            lost_reasons = dict.fromkeys(await died_with_workers(self.engine, self.node_id, deaths, kept),
+                                         LOST_WORKER_FAILURE)
+        await self.routing.start(seats, live_calls=kept, talking=talking_at_hello(self.pool),
+                                 lost_reasons=lost_reasons)
         recovered = await seal_after_crash(self.catalog, self.calls, time.time(), open_calls=kept)
         if recovered:
             log.warning("recordings_recovered", extra={"count": len(recovered)})

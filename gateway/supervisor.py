@@ -157,6 +157,12 @@ class LocalProcesses:
     async def exit_codes(self) -> dict[int, int]:
         return dict(self.workers.exit_codes)
 
+    async def worker_deaths(self) -> list[dict[str, Any]]:
+        """The media workers that died (and were replaced) since the node started: a control
+        process started again learns from it which of the calls it cannot find died with their
+        worker (``lost_worker_failure``) rather than with it (``gateway.reconcile``)."""
+        return list(self.workers.deaths)
+
     async def ready(self) -> None:
         """Nothing to do when the node runs without a supervisor."""
 
@@ -207,6 +213,9 @@ class SupervisorLink:
     async def exit_codes(self) -> dict[int, int]:
         return {int(k): v for k, v in (await self._ask("exit_codes")).items()}
 
+    async def worker_deaths(self) -> list[dict[str, Any]]:
+        return list(await self._ask("worker_deaths"))
+
     async def ready(self) -> None:
         await self._ask("ready")
 
@@ -255,6 +264,7 @@ class Supervisor:
                     fn = {"status": self.procs.status, "ensure_workers": self.procs.ensure_workers,
                           "ensure_front_door": self.procs.ensure_front_door,
                           "stopping": self.procs.stopping, "exit_codes": self.procs.exit_codes,
+                          "worker_deaths": self.procs.worker_deaths,
                           "ready": self._ready}[op]
                     result = await fn()
                     if op == "ensure_workers" and self.control is not None:
