@@ -101,8 +101,10 @@ class WorkerProcesses:
         self._started_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
-        #: the workers that died since the node started (newest last, at most ``MAX_DEATHS``)
+        #: the workers that died since the node started (newest last, at most ``MAX_DEATHS``); each
+        #: says whether a control process was there to see it (``control_alive``, set by the supervisor)
         self.deaths: list[dict[str, Any]] = []
+        self.control_alive: Callable[[], bool] = lambda: True
 
     def pids(self) -> dict[int, int]:
         return {wid: p.pid for wid, p in self.procs.items() if p.returncode is None}
@@ -143,7 +145,8 @@ class WorkerProcesses:
             return
         self.exit_codes[s.worker_id] = code
         # issue 13: a control process started after this learns which calls died with the worker
-        self.deaths.append({"worker_id": s.worker_id, "pid": proc.pid, "died_at": time.time(), "exit_code": code})
+        self.deaths.append({"worker_id": s.worker_id, "pid": proc.pid, "died_at": time.time(), "exit_code": code,
+                            "control_alive": self.control_alive(), "reported": False})
         del self.deaths[:-MAX_DEATHS]
         self.run_dir.joinpath(f"worker-{s.worker_id}.pid").unlink(missing_ok=True)
         n = self.restarts[s.worker_id] = self.restarts[s.worker_id] + 1

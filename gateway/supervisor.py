@@ -161,7 +161,10 @@ class LocalProcesses:
         """The media workers that died (and were replaced) since the node started: a control
         process started again learns from it which of the calls it cannot find died with their
         worker (``lost_worker_failure``) rather than with it (``gateway.reconcile``)."""
-        return list(self.workers.deaths)
+        out = [dict(d) for d in self.workers.deaths]
+        for d in self.workers.deaths:
+            d["reported"] = True
+        return out
 
     async def ready(self) -> None:
         """Nothing to do when the node runs without a supervisor."""
@@ -253,6 +256,8 @@ class Supervisor:
         self.control: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.ready_once = False
+        # a worker that dies while no control process runs: the next one must learn of it
+        self.procs.workers.control_alive = lambda: self.control is not None and self.control.returncode is None
 
     async def _serve(self, sock: socket.socket) -> None:
         """Answer the control process's requests until it closes its end."""
