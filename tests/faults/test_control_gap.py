@@ -84,9 +84,9 @@ def test_a_conversation_that_ends_while_the_control_is_away_is_completed_not_los
     p1 = free_port()
     node = boot(tmp_path, NodePorts.pick(workers=2), seats_yaml=seats_yaml(("s1", "intake_guidance", p1, "available")),
                 env={"HANDOFF_WRAP_UP_S": "60"})
-    seat_args = ["--answer-after", "0.3"] + (["--hangup-after", "6"] if who == "seat" else [])
+    seat_args = ["--answer-after", "0.3"] + (["--hangup-after", "8"] if who == "seat" else [])
     sim = start_seat_sim(tmp_path, "s1", p1, *seat_args)
-    caller = start_caller(node, HUMAN, gap=0.5, stay=12 if who == "caller" else 90)
+    caller = start_caller(node, HUMAN, gap=0.5, stay=15 if who == "caller" else 90)
     try:
         call_id = node.wait_for(lambda: on_call_with(node, "s1"), timeout=40)["call_id"]
         with control_away(node):
@@ -113,7 +113,7 @@ def test_a_queued_caller_who_hangs_up_while_the_control_is_away_is_abandoned_not
     p1 = free_port()
     node = boot(tmp_path, NodePorts.pick(workers=2), seats_yaml=seats_yaml(("s1", "intake_guidance", p1, "not_ready")))
     sim = start_seat_sim(tmp_path, "s1", p1, "--answer-after", "0.3")
-    caller = start_caller(node, HUMAN, gap=0.5, stay=10)
+    caller = start_caller(node, HUMAN, gap=0.5, stay=15)
     try:
         node.wait_for(lambda: queue(node, "intake_guidance")["waiting"] == 1, timeout=40)
         call_id = node.wait_for(lambda: next((c["id"] for c in node.calls() if c["queued_at"]), None))
@@ -123,7 +123,7 @@ def test_a_queued_caller_who_hangs_up_while_the_control_is_away_is_abandoned_not
             assert res["answered"] and not res["bridged"] and res["hung_up_by"] == "caller", res
         done = ended(node, call_id)
         assert done["end_reason"] == "abandoned" and done["ended_by"] == "caller", done
-        assert call_id not in callbacks(node)          # waited 10 s: under callback_after_s (30 s)
+        assert call_id not in callbacks(node)          # waited 15 s: under callback_after_s (30 s)
         assert queue(node, "intake_guidance")["waiting"] == 0
         # the seat becomes available: nothing is offered to it (a ghost would be offered at once)
         assert api(node, "PUT", "/api/v1/seats/s1/status", json={"status": "available"}).status_code == 200
