@@ -39,6 +39,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from gateway import channel as ch
@@ -257,7 +258,18 @@ class Supervisor:
         self.restarts = 0
         self.ready_once = False
         # a worker that dies while no control process runs: the next one must learn of it
-        self.procs.workers.control_alive = lambda: self.control is not None and self.control.returncode is None
+        self.procs.workers.control_alive = self._control_alive
+
+    def _control_alive(self) -> bool:
+        """The control process runs (not dead, nor a zombie this process has not reaped yet: a
+        ``kill -9`` of both it and a worker is seen here in either order)."""
+        proc = self.control
+        if proc is None or proc.returncode is not None:
+            return False
+        try:
+            return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
 
     async def _serve(self, sock: socket.socket) -> None:
         """Answer the control process's requests until it closes its end."""
