@@ -222,6 +222,7 @@ modparam("dispatcher", "ds_hash_size", 9)
 modparam("dispatcher", "ds_hash_expire", 14400)
 modparam("dispatcher", "ds_hash_initexpire", 300)
 modparam("dispatcher", "ds_ping_interval", 1)
+modparam("dispatcher", "reload_delta", 0)
 modparam("dispatcher", "ds_ping_from", "sip:front@{host}:{port}")
 modparam("dispatcher", "ds_probing_mode", {1 if probing else 0})
 modparam("dispatcher", "ds_probing_threshold", 1)
@@ -603,12 +604,21 @@ class Kamailio:
         it answers OPTIONS.  False when the RPC failed (then it stays as ``mark_down`` left it)."""
         try:
             await self.call("dispatcher.remove", 1, dest.uri)
-            await self.call("dispatcher.add", 1, dest.uri, DS_INACTIVE_PROBING, 0,
-                            f"duid=w{dest.worker_id};maxload={self.maxload}")
         except Exception as e:
             log.warning("kamailio_fresh_destination_failed", extra={"worker_id": dest.worker_id, "error": str(e)})
             return False
-        return True
+        # (``reload_delta`` 0 lets the add follow at once; should it be refused all the same, it
+        # is tried again: a destination left out would be a worker the front door never uses)
+        for attempt in range(20):
+            try:
+                await self.call("dispatcher.add", 1, dest.uri, DS_INACTIVE_PROBING, 0,
+                                f"duid=w{dest.worker_id};maxload={self.maxload}")
+                return True
+            except Exception as e:
+                log.warning("kamailio_fresh_destination_failed", extra={
+                    "worker_id": dest.worker_id, "error": str(e), "attempt": attempt + 1})
+                await asyncio.sleep(0.5)
+        return False
 
     async def end_dialogs_of(self, dest: Destination) -> int:
         """End (BYE) every dialog that was relayed to ``dest``; returns how many."""

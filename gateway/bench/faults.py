@@ -212,12 +212,12 @@ class Callers(threading.Thread):
 
 
 def front_door_loads(node: FaultNode) -> dict[str, Any]:
-    """Kamailio's call load per worker (``dispatcher.list``: DLOAD), by worker id; empty when unknown."""
+    """Kamailio's call load per worker (``dispatcher.list``: ``RUNTIME.DLGLOAD``), by worker id; empty when unknown."""
     from gateway.kamailio import KamailioRpc
     from gateway.local_sockets import unix_socket_path
 
     try:
-        listed = KamailioRpc(unix_socket_path(node.data / "run", "kamailio-rpc.sock")).call("dispatcher.list")
+        listed = KamailioRpc(unix_socket_path(node.data / "run" / "kamailio", "kamailio-rpc.sock")).call("dispatcher.list")
     except Exception as e:
         say(f"  dispatcher.list failed: {e}")
         return {}
@@ -230,7 +230,7 @@ def front_door_loads(node: FaultNode) -> dict[str, Any]:
                 attrs = dest.get("ATTRS") or {}
                 runtime = dest.get("RUNTIME") or {}
                 key = str(attrs.get("DUID") or dest["URI"]) if isinstance(attrs, dict) else str(dest["URI"])
-                out[key] = runtime.get("DLOAD", dest.get("DLOAD")) if isinstance(runtime, dict) else None
+                out[key] = runtime.get("DLGLOAD") if isinstance(runtime, dict) else None
             for v in x.values():
                 walk(v)
         elif isinstance(x, list):

@@ -114,16 +114,16 @@ def test_worker_kill_loses_only_its_calls_each_with_a_callback_and_a_sealed_reco
 
 
 def dispatcher_targets(node: RunningNode) -> dict[str, dict[str, object]]:
-    """Kamailio's view of each worker (``dispatcher.list``): duid -> flags and call load."""
+    """Kamailio's view of each worker (``dispatcher.list``): duid -> flags and call load (DLGLOAD)."""
     from gateway.kamailio import KamailioRpc
     from gateway.local_sockets import unix_socket_path
 
-    listed = KamailioRpc(unix_socket_path(node.data_dir / "run", "kamailio-rpc.sock")).call("dispatcher.list")
+    listed = KamailioRpc(unix_socket_path(node.data_dir / "run" / "kamailio", "kamailio-rpc.sock")).call("dispatcher.list")
     out: dict[str, dict[str, object]] = {}
     for rec in listed["RECORDS"]:
         for target in rec["SET"]["TARGETS"]:
             dest = target["DEST"]
-            out[str(dest["ATTRS"]["DUID"])] = {"flags": dest["FLAGS"], "load": (dest.get("RUNTIME") or {}).get("DLOAD")}
+            out[str(dest["ATTRS"]["DUID"])] = {"flags": dest["FLAGS"], "load": (dest.get("RUNTIME") or {}).get("DLGLOAD")}
     return out
 
 
