@@ -77,6 +77,12 @@ class CallFlow:
         return self.journey.stage
 
 
+def _leg_number(leg_id: str | None, prefix: str) -> int:
+    """``c-..-3`` -> 3 (``prefix`` ``x``: ``c-..-x2`` -> 2); 0 when there is none."""
+    tail = (leg_id or "").rsplit("-", 1)[-1]
+    return int(tail[len(prefix):]) if leg_id and tail.startswith(prefix) and tail[len(prefix):].isdigit() else 0
+
+
 class CallDirector:
     """Drives every live SIP call of this node (runs on the control process's event loop)."""
 
@@ -182,7 +188,13 @@ class CallDirector:
         message and their position and keeps their place (a seat offered to them since is dialled);
         a routed caller without a queue entry is queued again at the head; a caller in the IVR
         hears the flow again from its start (the answers given so far are not kept); a call the
-        store never heard of starts now, like a new one."""
+        store never heard of starts now, like a new one.
+
+        ``live`` describes each call as it was when the previous control process went away; what
+        happened since (``gateway.worker.gap``) follows as worker events once the pool dispatches.
+        A call flagged ``ended`` ended meanwhile: it is rebuilt the same way but nothing is sent to
+        its worker (no prompt, no seat dialled, not queued again), and its replayed ``CallEnded``
+        closes it with its true end (``completed``, ``abandoned``, ``caller_hangup_in_ivr``)."""
         now = self.clock()
         for call_id, (worker_id, lc) in sorted(live.items(), key=lambda kv: kv[1][1].started_at):
             rec = records.get(call_id)
@@ -202,8 +214,9 @@ class CallDirector:
                                   "node_id": self.node_id, "recording_id": journey.recording_id, "ingress": "sip",
                                   "screen_pop": describe(self.flow, ivr_record) if ivr_record else {}}
             call = CallFlow(journey=journey, ivr=IvrSession(self.flow, call_id), recording_path=lc.recording_path)
-            if lc.seat_leg_id and lc.seat_leg_id.rsplit("-", 1)[-1].isdigit():
-                call.attempts = int(lc.seat_leg_id.rsplit("-", 1)[-1])
+            # legs dialled from now on get new ids: a replayed event of an old leg is found stale
+            call.attempts = _leg_number(lc.last_seat_leg or lc.seat_leg_id, "")
+            call.consults = _leg_number(lc.last_consult_leg, "x")
             self.calls[call_id] = call
             if self.recordings is not None and hasattr(self.recordings, "adopted"):
                 await self.recordings.adopted(call_id, lc.recording_path, journey.started_at, lc.recording_error)
@@ -222,10 +235,13 @@ class CallDirector:
                         EventKind.OFFER, now, call_id=call_id, seat_id=view["seat_id"], skill=view["skill"],
                         data={"contact": seat["contact"], "attempt": view.get("attempt") or 1,
                               "ring_timeout_s": self.routing.acd.config.ring_timeout_s}), now)
-                    if isinstance(offer, Offer):
+                    if isinstance(offer, Offer) and not lc.ended:
                         self._dial(call, offer)
-                if journey.waiting:
+                if journey.waiting and not lc.ended:
                     self._announce(call)
+            elif lc.ended:
+                # ended meanwhile: its stage as the store knew it, for its end to count right
+                journey.stage = Stage.QUEUED if rec.skill else Stage.IN_IVR
             elif rec.skill:
                 journey.stage = Stage.QUEUED
                 self.routing.enqueue(call_id, rec.skill, REQUEUE_PRIORITY, caller=journey.caller,
@@ -236,7 +252,8 @@ class CallDirector:
             else:
                 self._apply(call, call.ivr.start(now))
             log.warning("call_adopted", extra={"call_id": call_id, "stage": journey.stage.value,
-                                               "seat_id": journey.seat_id, "worker_id": worker_id})
+                                               "seat_id": journey.seat_id, "worker_id": worker_id,
+                                               "ended_meanwhile": lc.ended})
 
     async def _recording_started(self, call: CallFlow, error: str | None) -> None:
         assert self.recordings is not None

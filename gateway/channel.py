@@ -209,14 +209,23 @@ class LiveCall(_Msg):
     seat_id: str | None = None
     on_hold: bool = False
     was_bridged: bool = False
+    #: the last seat / consult leg the worker dialled for this call (the next one gets a new id, so
+    #: a late event of an old leg can never be taken for the new one's)
+    last_seat_leg: str | None = None
+    last_consult_leg: str | None = None
+    #: the call ended while no control process was connected; its end follows the hello
+    #: (``gateway.worker.gap``): the call is taken over as it was, then closed with that end
+    ended: bool = False
 
 
 class Hello(_Msg):
     """A worker's first line on every connection.  ``secret`` is the per-start secret the node's
     supervisor gave the worker in its environment: with the socket's peer credentials (same uid, a
     child of this node's supervisor) it is how the control process knows the peer is its own worker
-    and not any local process.  ``calls`` are the calls the worker carries right now: empty for a
-    new worker, the live calls when a worker reconnects to a restarted control process."""
+    and not any local process.  ``calls`` are the calls the worker carries: empty for a new
+    worker; when a worker reconnects to a restarted control process, its calls as they were when
+    the previous one went away (those ended since flagged ``ended``), their events since following
+    the hello."""
 
     type: Literal["hello"] = "hello"
     worker_id: int
@@ -225,6 +234,9 @@ class Hello(_Msg):
     max_calls: int
     secret: str = Field("", repr=False)
     calls: list[LiveCall] = Field(default_factory=list)
+    #: events of the calls above that happened while no control process was connected; they follow
+    #: this hello on the channel, in order (``gateway.worker.gap``)
+    replayed: int = 0
 
 
 class CallStarted(_Msg):

@@ -305,6 +305,7 @@ modparam("dispatcher", "ds_hash_size", 9)
 modparam("dispatcher", "ds_hash_expire", 14400)
 modparam("dispatcher", "ds_hash_initexpire", 300)
 modparam("dispatcher", "ds_ping_interval", 1)
+modparam("dispatcher", "reload_delta", 0)
 modparam("dispatcher", "ds_ping_from", "sip:front@{host}:{port}")
 modparam("dispatcher", "ds_probing_mode", {1 if probing else 0})
 modparam("dispatcher", "ds_probing_threshold", 1)
@@ -534,6 +535,10 @@ def exec_with_parent_death(binary: str, *args: str) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_SHIM, str(os.getpid()), binary, *args]
 
 
+#: dispatcher destination flags: inactive (1) and probing (8): back in use when it answers OPTIONS
+DS_INACTIVE_PROBING = 9
+
+
 def render_dispatcher_list(destinations: list[Destination], maxload: int) -> str:
     lines = ["# setid destination flags priority attributes (written by handoff122 serve)"]
     for d in destinations:
@@ -696,6 +701,35 @@ class Kamailio:
             await self.call("dispatcher.set_state", "ip", 1, dest.uri)
         except Exception as e:
             log.warning("kamailio_mark_down_failed", extra={"worker_id": dest.worker_id, "error": str(e)})
+
+    async def fresh_destination(self, dest: Destination) -> bool:
+        """A worker that died is replaced: its destination starts again with no call load.
+
+        The load-based algorithm (10) counts a call from its INVITE until ``ds_load_update`` sees
+        its BYE in the script.  The dialogs of a dead worker are ended by the dialog module
+        (``end_dialogs_of``), whose BYEs never pass the script: their load stayed counted for
+        ``ds_hash_expire`` (4 h), so the replacement looked full (``maxload``) and the front door
+        answered 503 while it sat idle (issue 13, ``bench faults`` worker_kill).  Removing the
+        destination and adding it again gives it a load of 0 (``dispatcher.remove`` / ``add`` keep
+        the other workers' loads); it comes back inactive and probing, so it takes callers once
+        it answers OPTIONS.  False when the RPC failed (then it stays as ``mark_down`` left it)."""
+        try:
+            await self.call("dispatcher.remove", 1, dest.uri)
+        except Exception as e:
+            log.warning("kamailio_fresh_destination_failed", extra={"worker_id": dest.worker_id, "error": str(e)})
+            return False
+        # (``reload_delta`` 0 lets the add follow at once; should it be refused all the same, it
+        # is tried again: a destination left out would be a worker the front door never uses)
+        for attempt in range(20):
+            try:
+                await self.call("dispatcher.add", 1, dest.uri, DS_INACTIVE_PROBING, 0,
+                                f"duid=w{dest.worker_id};maxload={self.maxload}")
+                return True
+            except Exception as e:
+                log.warning("kamailio_fresh_destination_failed", extra={
+                    "worker_id": dest.worker_id, "error": str(e), "attempt": attempt + 1})
+                await asyncio.sleep(0.5)
+        return False
 
     async def end_dialogs_of(self, dest: Destination) -> int:
         """End (BYE) every dialog that was relayed to ``dest``; returns how many."""

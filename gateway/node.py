@@ -170,6 +170,10 @@ class Node:
         self.pool = WorkerPool(specs, run_dir=self.run_dir, callers_per_worker=s.worker_callers,
                                secret=self.processes.secret, spawner_pid=self.processes.spawner_pid,
                                on_event=self._worker_event, on_worker_lost=self._worker_lost)
+        deaths: list[dict[str, Any]] = []
+        if self.adopting:
+            deaths = await self.processes.worker_deaths()
+            await self._front_door_after_gap(deaths, specs)
         await self.pool.listen()
         (self.run_dir / "control.pid").write_text(str(os.getpid()))
         try:
@@ -188,7 +192,15 @@ class Node:
 
         kept = await live_calls_at_start(self.pool, self.engine, self.node_id)
         seats = await self._with_stored_credentials(seats)
-        await self.routing.start(seats, live_calls=kept, talking=talking_at_hello(self.pool))
+        lost_reasons: dict[str, str] = {}
+        if deaths:  # a media worker that died while this process was away: its calls' reason
+            from gateway.reconcile import died_with_workers
+            from routing.store.reconcile import LOST_WORKER_FAILURE
+
+            lost_reasons = dict.fromkeys(await died_with_workers(self.engine, self.node_id, deaths, kept),
+                                         LOST_WORKER_FAILURE)
+        await self.routing.start(seats, live_calls=kept, talking=talking_at_hello(self.pool),
+                                 lost_reasons=lost_reasons)
         recovered = await seal_after_crash(self.catalog, self.calls, time.time(), open_calls=kept)
         if recovered:
             log.warning("recordings_recovered", extra={"count": len(recovered)})
@@ -419,11 +431,36 @@ class Node:
             return  # a start that failed before the calls could be taken over: the node stops
         self.director.worker_event(worker_id, msg)
 
+    async def _front_door_after_gap(self, deaths: list[dict[str, Any]], specs: list[WorkerSpec]) -> None:
+        """Workers that died while no control process was there (``Supervisor``): the front door
+        still holds their dialogs and counts their calls' load, so their replacement would look
+        full.  Done before the control socket opens: until their hello no worker takes a caller
+        (a replacement waits for a control process before it starts SIP), so only dead calls'
+        dialogs are ended."""
+        if self.direct_mode:
+            return
+        from gateway.supervisor import front_door
+
+        kamailio = front_door(self.settings)
+        assert kamailio is not None
+        for d in deaths:
+            if d.get("control_alive", True) or d.get("reported"):
+                continue  # seen (and handled) by the control process that was there
+            spec = next((w for w in specs if w.worker_id == d["worker_id"]), None)
+            if spec is None:
+                continue
+            ended = await kamailio.end_dialogs_of(spec.destination)
+            fresh = await kamailio.fresh_destination(spec.destination)
+            log.warning("worker_dialogs_ended", extra={"worker_id": spec.worker_id, "dialogs": ended,
+                                                       "load_reset": fresh, "died_at": d.get("died_at")})
+
     async def _worker_lost(self, spec: WorkerSpec, call_ids: set[str]) -> None:
         if self.kamailio is not None:
             await self.kamailio.mark_down(spec.destination)
             ended = await self.kamailio.end_dialogs_of(spec.destination)
-            log.warning("worker_dialogs_ended", extra={"worker_id": spec.worker_id, "dialogs": ended})
+            fresh = await self.kamailio.fresh_destination(spec.destination)  # its dead calls' load forgotten
+            log.warning("worker_dialogs_ended", extra={"worker_id": spec.worker_id, "dialogs": ended,
+                                                       "load_reset": fresh})
         self.worker_stats.pop(spec.worker_id, None)
         if self.director is not None:
             from gateway.reconcile import worker_lost

@@ -11,8 +11,9 @@ The control socket is private: 0600 in a 0700 directory, and a peer counts as a 
 the kernel says it runs as our uid and is a child of this node's supervisor (``SO_PEERCRED``,
 then ``/proc/<pid>/status``) and its ``hello`` carries this start's secret (given in the worker's
 environment, never its argv).  A worker that reconnects to a restarted control process lists the
-calls it carries in its ``hello``; the pool holds their later events back until the control
-process has taken them over (``dispatch``).
+calls it carries in its ``hello`` (as they were when the previous control process went away,
+then the events of the gap: ``gateway.worker.gap``); the pool holds those events back until the
+control process has taken the calls over (``dispatch``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class WorkerArgs:
     srtp: str = "off"
 
 
+#: worker deaths the supervisor remembers for the next control process (``WorkerProcesses.deaths``)
+MAX_DEATHS = 1000
+
 EventSink = Callable[[int, Any], None]
 LossSink = Callable[[WorkerSpec, set[str]], Awaitable[None]]
 
@@ -97,6 +101,10 @@ class WorkerProcesses:
         self._started_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
+        #: the workers that died since the node started (newest last, at most ``MAX_DEATHS``); each
+        #: says whether a control process was there to see it (``control_alive``, set by the supervisor)
+        self.deaths: list[dict[str, Any]] = []
+        self.control_alive: Callable[[], bool] = lambda: True
 
     def pids(self) -> dict[int, int]:
         return {wid: p.pid for wid, p in self.procs.items() if p.returncode is None}
@@ -136,6 +144,10 @@ class WorkerProcesses:
         if self.stopping or self.procs.get(s.worker_id) is not proc:
             return
         self.exit_codes[s.worker_id] = code
+        # issue 13: a control process started after this learns which calls died with the worker
+        self.deaths.append({"worker_id": s.worker_id, "pid": proc.pid, "died_at": time.time(), "exit_code": code,
+                            "control_alive": self.control_alive(), "reported": False})
+        del self.deaths[:-MAX_DEATHS]
         self.run_dir.joinpath(f"worker-{s.worker_id}.pid").unlink(missing_ok=True)
         n = self.restarts[s.worker_id] = self.restarts[s.worker_id] + 1
         log.warning("worker_exited", extra={"worker_id": s.worker_id, "exit_code": code, "restarts": n})
@@ -330,7 +342,9 @@ class WorkerPool:
             self.call_worker[call.call_id] = wid
             self.live_at_hello[call.call_id] = (wid, call)
         h.ready.set()
-        log.info("worker_connected", extra={"worker_id": wid, "pid": msg.pid, "calls": len(msg.calls)})
+        log.info("worker_connected", extra={"worker_id": wid, "pid": msg.pid, "calls": len(msg.calls),
+                                            "ended_meanwhile": sum(c.ended for c in msg.calls),
+                                            "replayed": msg.replayed})
 
     async def _connection_ended(self, h: WorkerHandle) -> None:
         """The worker's socket closed: at a stop, expected; otherwise the worker died (its

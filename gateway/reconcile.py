@@ -1,7 +1,7 @@
 """Matching what the store says is in progress with what is really alive (issue 13).
 
 Two moments lose calls: a whole node stops (every media worker with it), and one media worker
-dies while the node runs.  A restart of the control process alone loses none: the workers keep
+dies (while the control process runs, or while it is itself being restarted: ``died_with_workers``).  A restart of the control process alone loses none: the workers keep
 their calls and list them when they reconnect (``Hello.calls``), so only what no worker carries
 is closed as lost.  In both the callers' SIP legs are gone, so nothing may stay queued for
 them (a ghost offered to a seat would ring nobody and penalise the seat): each such call is closed
@@ -62,6 +62,44 @@ async def live_calls_at_start(pool: Any, engine: Any, node_id: str) -> set[str]:
     except Exception:  # no journeys to keep: they are reconciled as lost, with a callback
         log.exception("journeys_unreadable")
     return alive
+
+
+async def died_with_workers(engine: Any, node_id: str, deaths: list[dict[str, Any]], alive: set[str]) -> set[str]:
+    """The calls this node has open, not alive, whose media worker died after they started.
+
+    A control process started again by the supervisor cannot tell from the workers' hellos alone
+    why a call is gone: the replaced worker knows nothing of the calls of the one that died.  The
+    supervisor remembers which workers died and when (``deaths``, ``WorkerProcesses.deaths``), and
+    each call's ``CALLSTART`` names the worker that answered it: a call gone with its worker is
+    ``lost_worker_failure``, as it would have been with the control process there; the rest of the
+    gone calls are ``lost_node_failure``."""
+    if not deaths:
+        return set()
+    from sqlalchemy import select
+
+    from routing.events import EventKind
+    from routing.store.models import calls, events
+
+    died: dict[int, list[float]] = {}
+    for d in deaths:
+        died.setdefault(int(d["worker_id"]), []).append(float(d["died_at"]))
+    out: set[str] = set()
+    async with engine.connect() as conn:
+        rows = (await conn.execute(
+            select(calls.c.id, calls.c.started_at, events.c.data)
+            .select_from(calls.join(events, events.c.call_id == calls.c.id))
+            .where(calls.c.ended_at.is_(None), calls.c.node_id == node_id,
+                   events.c.kind == EventKind.CALLSTART.value))).all()
+    for call_id, started_at, data in rows:
+        if call_id in alive or not isinstance(data, dict) or data.get("worker_id") is None:
+            continue
+        try:
+            wid = int(data["worker_id"])
+        except (TypeError, ValueError):
+            continue
+        if any(at >= (started_at or 0.0) for at in died.get(wid, ())):
+            out.add(call_id)
+    return out
 
 
 def worker_lost(director: CallDirector | None, routing: Any, call_ids: Iterable[str]) -> list[str]:
@@ -225,5 +263,5 @@ async def expire_unclaimed(routing: Any, twilio: TwilioCalls | None, engine: Any
     return expired
 
 
-__all__ = ["clear_leftovers", "expire_unclaimed", "live_calls", "live_calls_at_start", "seal_after_crash",
+__all__ = ["clear_leftovers", "died_with_workers", "expire_unclaimed", "live_calls", "live_calls_at_start", "seal_after_crash",
            "talking_at_hello", "wait_gone", "worker_lost"]

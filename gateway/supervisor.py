@@ -39,6 +39,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from gateway import channel as ch
@@ -157,6 +158,15 @@ class LocalProcesses:
     async def exit_codes(self) -> dict[int, int]:
         return dict(self.workers.exit_codes)
 
+    async def worker_deaths(self) -> list[dict[str, Any]]:
+        """The media workers that died (and were replaced) since the node started: a control
+        process started again learns from it which of the calls it cannot find died with their
+        worker (``lost_worker_failure``) rather than with it (``gateway.reconcile``)."""
+        out = [dict(d) for d in self.workers.deaths]
+        for d in self.workers.deaths:
+            d["reported"] = True
+        return out
+
     async def ready(self) -> None:
         """Nothing to do when the node runs without a supervisor."""
 
@@ -207,6 +217,9 @@ class SupervisorLink:
     async def exit_codes(self) -> dict[int, int]:
         return {int(k): v for k, v in (await self._ask("exit_codes")).items()}
 
+    async def worker_deaths(self) -> list[dict[str, Any]]:
+        return list(await self._ask("worker_deaths"))
+
     async def ready(self) -> None:
         await self._ask("ready")
 
@@ -244,6 +257,19 @@ class Supervisor:
         self.control: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.ready_once = False
+        # a worker that dies while no control process runs: the next one must learn of it
+        self.procs.workers.control_alive = self._control_alive
+
+    def _control_alive(self) -> bool:
+        """The control process runs (not dead, nor a zombie this process has not reaped yet: a
+        ``kill -9`` of both it and a worker is seen here in either order)."""
+        proc = self.control
+        if proc is None or proc.returncode is not None:
+            return False
+        try:
+            return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
 
     async def _serve(self, sock: socket.socket) -> None:
         """Answer the control process's requests until it closes its end."""
@@ -255,6 +281,7 @@ class Supervisor:
                     fn = {"status": self.procs.status, "ensure_workers": self.procs.ensure_workers,
                           "ensure_front_door": self.procs.ensure_front_door,
                           "stopping": self.procs.stopping, "exit_codes": self.procs.exit_codes,
+                          "worker_deaths": self.procs.worker_deaths,
                           "ready": self._ready}[op]
                     result = await fn()
                     if op == "ensure_workers" and self.control is not None:

@@ -113,7 +113,8 @@ class RoutingService:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, seats: Iterable[SeatSpec] | None = None,
-                    live_calls: Iterable[str] | None = None, talking: dict[str, str] | None = None) -> None:
+                    live_calls: Iterable[str] | None = None, talking: dict[str, str] | None = None,
+                    lost_reasons: dict[str, str] | None = None) -> None:
         """Restore from the store, merge the seats file, then start writer, bus and timer.
 
         ``live_calls`` are the calls whose media is really alive (none after a whole-node restart):
@@ -121,12 +122,16 @@ class RoutingService:
         trusts the store as it is (a routing service without media of its own, e.g. tests).
         ``talking`` (call id -> seat id): live calls still bridged to a seat after a restart of the
         control process alone; that seat stays ``on_call`` bound to the call.
+        ``lost_reasons`` (call id -> end reason): calls gone for a known cause other than the
+        node's (their media worker died while the control process was restarting:
+        ``lost_worker_failure``); the others lost are ``lost_node_failure``.
         """
         now = self.clock()
         if self.writer is not None:
             await self.writer.start()
         if self.engine is not None:
-            await self._restore(now, None if live_calls is None else frozenset(live_calls), talking or {})
+            await self._restore(now, None if live_calls is None else frozenset(live_calls), talking or {},
+                                lost_reasons or {})
         for spec in seats or ():
             self._merge_file_seat(spec, now)
         if self.bus is not None:
@@ -136,7 +141,7 @@ class RoutingService:
         self._mark_all_queues()
 
     async def _restore(self, now: float, live: frozenset[str] | None = None,
-                       talking: dict[str, str] | None = None) -> None:
+                       talking: dict[str, str] | None = None, lost_reasons: dict[str, str] | None = None) -> None:
         assert self.engine is not None
         m = self.acd.metrics
         recent = await load_recent_events(self.engine, since=now - m.interval_s * m.keep_intervals)
@@ -147,7 +152,8 @@ class RoutingService:
         lost_entries = {e.call_id: e for e in waiting if e.call_id in lost}
         connected = _connected(talking or {}, waiting, progress, {s.spec.id for s in seats})
         waiting = [e for e in waiting if e.call_id not in lost and e.call_id not in connected]
-        seats, released = _release_lost_seats(seats, progress, lost, (live or frozenset()) - set(connected), now)
+        seats, released = _release_lost_seats(seats, progress, lost, (live or frozenset()) - set(connected), now,
+                                              {c.call_id: c.seat_id for c in connected.values()})
         events = self.acd.restore(seats, waiting, now, list(connected.values()))
         for entry in waiting:
             self._pop_info[entry.call_id] = {"caller": entry.caller, "info": entry.info}
@@ -159,16 +165,17 @@ class RoutingService:
                                        int(row["priority"] or 3), float(row["enqueued_at"]),
                                        float(row["abandoned_at"]), row["info"] or {}, row["callback_id"])
                 restored_callbacks += 1
-        closing = self._close_lost(lost, progress, lost_entries, now)
+        closing = self._close_lost(lost, progress, lost_entries, now, lost_reasons or {})
         log.info("routing state restored", extra={"seats": len(seats), "waiting": len(waiting),
                                                   "callbacks": restored_callbacks, "log_events": len(recent),
                                                   "lost": len(lost), "seats_released": len(released)})
         self._emit(released + closing + events)
 
     def _close_lost(self, lost: set[str], progress: InProgress, entries: dict[str, RestoredEntry],
-                    now: float) -> list[Event]:
+                    now: float, reasons: dict[str, str] | None = None) -> list[Event]:
         """Close every call whose media died with the node: its record ends with
-        ``lost_node_failure`` and the caller joins the callback list with the IVR's answers."""
+        ``lost_node_failure`` (or the reason ``reasons`` knows for it: ``lost_worker_failure``)
+        and the caller joins the callback list with the IVR's answers."""
         out: list[Event] = []
         for call_id in sorted(lost):
             entry = entries.get(call_id)
@@ -180,11 +187,12 @@ class RoutingService:
             enq = entry.enqueued_at if entry is not None else (row.queued_at or row.started_at if row else None)
             skill = entry.skill if entry is not None else (row.skill if row else None)
             priority = entry.priority if entry is not None else (row.priority if row else None)
-            out += self.acd.call_lost(call_id, now, LOST_NODE_FAILURE, caller=caller, info=info, enqueued_at=enq,
+            reason = (reasons or {}).get(call_id, LOST_NODE_FAILURE)
+            out += self.acd.call_lost(call_id, now, reason, caller=caller, info=info, enqueued_at=enq,
                                       skill=skill, priority=priority)
-            out.append(Event(EventKind.CALLEND, now, call_id=call_id, skill=skill,
-                             data={"reason": LOST_NODE_FAILURE, "ended_by": "node_failure"}))
-            log.warning("call_lost", extra={"call_id": call_id, "reason": LOST_NODE_FAILURE, "caller": caller})
+            out.append(Event(EventKind.CALLEND, now, call_id=call_id, skill=skill, data={
+                "reason": reason, "ended_by": "node_failure" if reason == LOST_NODE_FAILURE else "worker_failure"}))
+            log.warning("call_lost", extra={"call_id": call_id, "reason": reason, "caller": caller})
         return out
 
     def _merge_file_seat(self, spec: SeatSpec, now: float) -> None:
@@ -457,17 +465,21 @@ def _connected(talking: dict[str, str], waiting: list[RestoredEntry], progress: 
 
 
 def _release_lost_seats(seats: list[RestoredSeat], progress: InProgress, lost: set[str], alive: frozenset[str],
-                        now: float) -> tuple[list[RestoredSeat], list[Event]]:
+                        now: float, talking: dict[str, str] | None = None) -> tuple[list[RestoredSeat], list[Event]]:
     """Seats busy with a lost call come back free, with no penalty: reserved -> available,
     on a call -> wrap-up (the agent's notes, then available).  A seat reserved for a call still
     alive (a Twilio caller waiting at Twilio) is free too: the call waits again and is offered
-    anew.  A seat busy with another node's open call is kept out of this node's offers
+    anew.  A seat reserved for a live conversation with *another* seat (seat 2 of a warm transfer
+    the worker cancelled when the control process died, ``talking``: call id -> its seat) is
+    free too.  A seat busy with another node's open call is kept out of this node's offers
     (``not_ready`` here) without a word to the store, where the other node's status stands."""
     out: list[RestoredSeat] = []
     events: list[Event] = []
     for rs in seats:
         call_id = progress.seat_calls.get(rs.spec.id)
-        if (rs.status in (SeatStatus.RESERVED, SeatStatus.ON_CALL) and call_id in lost) or \
+        consult_seat = rs.status is SeatStatus.RESERVED and call_id in (talking or {}) \
+            and (talking or {})[call_id] != rs.spec.id
+        if (rs.status in (SeatStatus.RESERVED, SeatStatus.ON_CALL) and call_id in lost) or consult_seat or \
                 (rs.status is SeatStatus.RESERVED and call_id in alive and call_id in progress.queued):
             target = SeatStatus.AVAILABLE if rs.status is SeatStatus.RESERVED else SeatStatus.WRAP_UP
             out.append(RestoredSeat(spec=rs.spec, status=target, reason=None, since=now))

@@ -211,6 +211,35 @@ class Callers(threading.Thread):
         self.attempted = r.ok_calls + r.failed_calls
 
 
+def front_door_loads(node: FaultNode) -> dict[str, Any]:
+    """Kamailio's call load per worker (``dispatcher.list``: ``RUNTIME.DLGLOAD``), by worker id; empty when unknown."""
+    from gateway.kamailio import KamailioRpc
+    from gateway.local_sockets import unix_socket_path
+
+    try:
+        listed = KamailioRpc(unix_socket_path(node.data / "run" / "kamailio", "kamailio-rpc.sock")).call("dispatcher.list")
+    except Exception as e:
+        say(f"  dispatcher.list failed: {e}")
+        return {}
+    out: dict[str, Any] = {}
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            dest = x.get("DEST")
+            if isinstance(dest, dict) and "URI" in dest:
+                attrs = dest.get("ATTRS") or {}
+                runtime = dest.get("RUNTIME") or {}
+                key = str(attrs.get("DUID") or dest["URI"]) if isinstance(attrs, dict) else str(dest["URI"])
+                out[key] = runtime.get("DLGLOAD") if isinstance(runtime, dict) else None
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+    walk(listed)
+    return out
+
+
 def _callers(node: FaultNode, calls: int, rate: float, limit: int, stay_ms: int) -> Callers:
     return Callers(node, calls, rate, limit, stay_ms)
 
@@ -252,7 +281,7 @@ def _count(node: FaultNode, calls: list[dict[str, Any]], load: Callers, ghost_of
                    or (c["end_reason"].startswith("lost_") and c["id"] not in callbacks)]
     # attempted - offered: INVITEs refused at the front door (503 + Retry-After while capacity was
     # down): those callers were told to retry, never answered, so never in the node's records
-    return {"attempted": load.attempted, "offered": len(calls), "completed": reasons.get("completed", 0),
+    return {"attempted": load.attempted, "refused": max(0, load.attempted - len(calls)), "offered": len(calls), "completed": reasons.get("completed", 0),
             "abandoned": reasons.get("abandoned", 0) + reasons.get("caller_hangup_in_ivr", 0),
             "called_back": len(callbacks & {c["id"] for c in calls}), "lost": lost, "ghost_offers": ghost_offers,
             "unaccounted": len(unaccounted)}
@@ -315,7 +344,12 @@ def case_worker_kill(root: Path, quick: bool) -> dict[str, Any]:
             next_at += WORKER_KILL_EVERY
         load.join()
         say(f"  worker_kill: {kills} worker(s) killed")
-        return _count(node, _settled(node, calls=calls), load)
+        row = _count(node, _settled(node, calls=calls), load)
+        # with every call over, the front door must count no load on any worker: a load left is
+        # capacity lost (a replaced worker's dead calls still counted: it looks full, 503s)
+        row["front_door_load_after"] = front_door_loads(node)
+        say(f"  worker_kill: front door call load with every call over: {row['front_door_load_after']}")
+        return row
     finally:
         node.stop()
         uas.terminate()
@@ -564,15 +598,15 @@ CASES: dict[str, Callable[[Path, bool], dict[str, Any] | None]] = {
 
 
 def table(rows: dict[str, dict[str, Any] | None]) -> str:
-    head = ["case", "attempted", "offered", "completed", "abandoned", "called_back", "lost (reason: n)", "ghost_offers",
+    head = ["case", "attempted", "refused (503)", "offered", "completed", "abandoned", "called_back", "lost (reason: n)", "ghost_offers",
             "unaccounted"]
     lines = [head]
     for name, r in rows.items():
         if r is None:
-            lines.append([name, "skipped", "", "", "", "", "", "", ""])
+            lines.append([name, "skipped", "", "", "", "", "", "", "", ""])
             continue
         lost = ", ".join(f"{k}: {v}" for k, v in sorted(r["lost"].items())) or "0"
-        lines.append([name, str(r["attempted"]), str(r["offered"]), str(r["completed"]), str(r["abandoned"]), str(r["called_back"]), lost,
+        lines.append([name, str(r["attempted"]), str(r["refused"]), str(r["offered"]), str(r["completed"]), str(r["abandoned"]), str(r["called_back"]), lost,
                       str(r["ghost_offers"]), str(r["unaccounted"])])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)

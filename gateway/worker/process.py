@@ -31,6 +31,7 @@ from typing import Any
 from gateway import channel as ch
 from gateway.logs import configure_logging
 from gateway.pjsip import PjsipConfig, PjsipRuntime
+from gateway.worker.gap import ControlGap
 from gateway.worker.service import GatewayAccount, WorkerConfig, WorkerService
 
 log = logging.getLogger("gateway.worker")
@@ -40,9 +41,10 @@ class ControlLink:
     """The worker's end of the control channel, across control-process restarts.
 
     Every connection starts with a ``Hello`` (built on the PJSIP thread, so it lists exactly the
-    calls that exist when the events after it start flowing).  Events produced while no control
-    process is connected are dropped: the next ``Hello`` describes what is live instead.  The
-    socket is tried again every ``retry_s`` until a control process accepts it.
+    calls that exist when the events after it start flowing).  While no control process is
+    connected, ``gap`` (``gateway.worker.gap.ControlGap``) keeps the calls as they were when it went
+    away and the events produced since; the next ``Hello`` carries the former and the latter follow
+    it, in order.  The socket is tried again every ``retry_s`` until a control process accepts it.
     """
 
     def __init__(self, path: str, retry_s: float = 0.2) -> None:
@@ -53,6 +55,7 @@ class ControlLink:
         self._out: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
         self.closed = threading.Event()
         self.stopping = False
+        self.gap: ControlGap | None = None  # PJSIP thread only
 
     def connect(self, timeout_s: float | None = None) -> bool:
         """Connect (retrying); False when ``timeout_s`` passed or the worker is stopping."""
@@ -70,14 +73,20 @@ class ControlLink:
             time.sleep(self.retry_s)
         return False
 
-    def attach(self, hello: Any) -> None:
-        """PJSIP thread: the connected socket carries events from now on, ``hello`` first."""
+    def attach(self, hello: Any, replay: list[Any] | None = None) -> None:
+        """PJSIP thread: the connected socket carries events from now on, ``hello`` first, then
+        ``replay`` (what happened while no control process was connected)."""
         self._gen += 1
         self.closed.clear()
         self._out.put((self._gen, ch.encode(hello)))
+        for msg in replay or ():
+            self._out.put((self._gen, ch.encode(msg)))
 
     def send(self, msg: Any) -> None:
-        if not self.closed.is_set() and self.sock is not None:
+        """PJSIP thread: to the control process, or kept for the next one while there is none."""
+        if self.gap is not None:
+            self.gap.add(msg)
+        elif not self.closed.is_set() and self.sock is not None:
             self._out.put((self._gen, ch.encode(msg)))
 
     def start(self) -> None:
@@ -191,15 +200,22 @@ def main(argv: list[str] | None = None) -> int:
         rt.wake()
 
     def hello() -> None:
-        """PJSIP thread, on every (re)connection: say who we are and which calls we carry."""
+        """PJSIP thread, on every (re)connection: say who we are and which calls we carry (as they
+        were when the last control process went away), then what happened to them since."""
+        gap, link.gap = link.gap, None
         calls = service.live_call_report()
+        replay: list[Any] = []
+        if gap is not None:
+            calls, replay = gap.hello_calls(calls)
         link.attach(ch.Hello(worker_id=a.worker_id, pid=os.getpid(), sip_port=rt.udp_port, max_calls=a.max_calls,
-                             secret=secret, calls=calls))
+                             secret=secret, calls=calls, replayed=len(replay)), replay)
         service.control_up = True
         reconnecting[0] = False
         link.read(on_command, on_close)
-        if calls:
-            log.warning("control_reconnected", extra={"worker_id": a.worker_id, "calls": len(calls)})
+        if gap is not None:
+            log.warning("control_reconnected", extra={
+                "worker_id": a.worker_id, "calls": len(calls), "ended_meanwhile": sum(c.ended for c in calls),
+                "replayed": len(replay), "dropped": gap.dropped, "overflowed": gap.overflowed})
 
     reconnecting = [False]  # PJSIP thread only: one reconnect loop at a time
 
@@ -216,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             if link.stopping:
                 return  # the Shutdown that came before the close is being carried out
             log.warning("control_lost", extra={"worker_id": a.worker_id, "calls": len(service.sessions)})
-            service.control_lost()
+            if link.gap is None:
+                link.gap = ControlGap(service.control_lost())
             if not reconnecting[0]:
                 reconnecting[0] = True
                 threading.Thread(target=reconnect, name="channel-reconnect", daemon=True).start()

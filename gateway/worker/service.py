@@ -245,17 +245,25 @@ class WorkerService:
         self.send(ch.CallRejected(code=code, reason=reason, callee=callee, caller=caller))
 
     # -- the control process restarting (gateway.supervisor) ----------------------------------------
-    def control_lost(self) -> None:
+    def control_lost(self) -> list[ch.LiveCall]:
         """The control socket closed: calls go on (a bridged conversation flows in this worker's
-        bridge, a waiting caller hears their prompt again), new callers are refused, and a seat
-        leg still ringing is cancelled (its answer could not be routed; the caller keeps their
-        place and is offered again once the control process is back)."""
+        bridge, a waiting caller hears their prompt again), new callers are refused, and a warm
+        transfer under way is cancelled (the caller back with seat 1: nobody could complete it).
+        Returns the calls as they are now (``gateway.worker.gap``: what happens to them from here
+        on is kept for the next control process); then a seat leg still ringing is cancelled (its
+        answer could not be routed; the caller keeps their place and is offered again once the
+        control process is back, the cancel's ``SeatFailed`` is replayed and found stale)."""
         self.control_up = False
         for session in list(self.sessions.values()):
             if session.pending_answer is not None:
                 session.hangup(503)  # rang while the control died: refused like any new caller
-            elif session.seat_leg_id is not None and not session.bridged:
+            elif session.consult is not None:
+                session.drop_consult("control restart")
+        snapshot = self.live_call_report()
+        for session in list(self.sessions.values()):
+            if session.pending_answer is None and session.seat_leg_id is not None and not session.bridged:
                 session.cancel_seat(session.seat_leg_id, "control restart")
+        return snapshot
 
     def live_call_report(self) -> list[ch.LiveCall]:
         """The calls this worker carries, for the hello to a (restarted) control process."""
@@ -270,7 +278,7 @@ class WorkerService:
                 recording_error=s.recording_error, seat_leg_id=s.seat_leg_id,
                 seat_state=s.seat_state.value if s.seat_state is not None else None,
                 seat_id=s.seat_id if s.seat_state is not None else None, on_hold=s.on_hold,
-                was_bridged=s.was_bridged))
+                was_bridged=s.was_bridged, last_seat_leg=s.last_seat_leg, last_consult_leg=s.last_consult_leg))
         return out
 
     # -- commands from the control process -----------------------------------------------------

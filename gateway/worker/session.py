@@ -90,6 +90,8 @@ class HandoffSession:
         self.identity: tuple[str, str, str, float] | None = None  # caller, callee, SIP Call-ID, answered at
         self.playing: tuple[list[str], int] | None = None  # what the caller hears, replayed while no control
         self.seat_media_timeout_s = 0.0  # the current seat leg's media watchdog (DialSeat.media_timeout_s)
+        self.last_seat_leg: str | None = None     # the last seat leg dialled (``LiveCall.last_seat_leg``)
+        self.last_consult_leg: str | None = None  # the last consult leg dialled
 
     # -- the seat leg's states -------------------------------------------------------------------
     @property
@@ -233,6 +235,7 @@ class HandoffSession:
             self.service.send(ch.CommandFailed(call_id=self.call_id, command="dial_seat",
                                                error="a seat leg already exists"))
             return
+        self.last_seat_leg = cmd.leg_id
         leg = SeatLeg(self.service.account, self, cmd.leg_id)
         prm = outgoing_call_params(cmd.headers, cmd.from_uri)
         try:
@@ -492,6 +495,7 @@ class HandoffSession:
             why = "no seat is talking to the caller"
         elif self.consult is not None:
             why = "a consult is already under way"
+        self.last_consult_leg = cmd.leg_id
         if why is None:
             leg = SeatLeg(self.service.account, self, cmd.leg_id)
             prm = outgoing_call_params(cmd.headers, cmd.from_uri)
@@ -578,6 +582,23 @@ class HandoffSession:
         self._back_to_seat()
         self.service.send(ch.ConsultEnded(call_id=self.call_id, leg_id=leg.leg_id, outcome="cancelled",
                                           reason=leg.cancelled, answered=answered, at=time.time()))
+
+    def drop_consult(self, reason: str) -> bool:
+        """No control process (it died): a warm transfer under way is cancelled at once.  Seat 2's
+        leg is ended (CANCEL if ringing, BYE if answered), the caller is back with seat 1.  Nobody
+        could complete it (the agents' complete/cancel go through the control process), and the
+        caller must not wait on hold for a control process that may take seconds to come back.
+        The control process hears nothing of it (it is gone): its successor finds the call talking
+        to seat 1 and releases seat 2's reservation (``routing.service``)."""
+        leg = self.consult
+        if leg is None:
+            return False
+        self.consult, self.consult_answered = None, False
+        leg.cancelled = reason
+        self.service.orphan_seat(leg)
+        self._back_to_seat()
+        log.warning("consult_dropped", extra={"call_id": self.call_id, "leg_id": leg.leg_id, "reason": reason})
+        return True
 
     def _hand_over(self, reason: str) -> None:
         """Seat 2 takes the caller: seat 1's leg (if still there) is released with a BYE as an orphan,

@@ -6,6 +6,8 @@ sealed by the control process; the call on the other worker goes on untouched.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import wave
 from pathlib import Path
@@ -108,4 +110,49 @@ def test_worker_kill_loses_only_its_calls_each_with_a_callback_and_a_sealed_reco
                 s.wait(5)
             except subprocess.TimeoutExpired:
                 s.kill()
+        node.stop()
+
+
+def dispatcher_targets(node: RunningNode) -> dict[str, dict[str, object]]:
+    """Kamailio's view of each worker (``dispatcher.list``): duid -> flags and call load (DLGLOAD)."""
+    from gateway.kamailio import KamailioRpc
+    from gateway.local_sockets import unix_socket_path
+
+    listed = KamailioRpc(unix_socket_path(node.data_dir / "run" / "kamailio", "kamailio-rpc.sock")).call("dispatcher.list")
+    out: dict[str, dict[str, object]] = {}
+    for rec in listed["RECORDS"]:
+        for target in rec["SET"]["TARGETS"]:
+            dest = target["DEST"]
+            out[str(dest["ATTRS"]["DUID"])] = {"flags": dest["FLAGS"], "load": (dest.get("RUNTIME") or {}).get("DLGLOAD")}
+    return out
+
+
+def test_a_replaced_worker_takes_callers_again_at_once(tmp_path: Path) -> None:
+    """The front door forgets the dead worker's calls: its replacement is not counted full
+    (issue 13: ``bench faults`` saw 503s while a replaced worker sat idle)."""
+    node = boot(tmp_path, NodePorts.pick(workers=2), seats_yaml=seats_yaml(("s1", "intake_guidance", free_port(),
+                                                                            "not_ready")))
+    # four callers stay in the IVR (no key): two on each worker, the node is full
+    first = [start_caller(node, "", stay=120) for _ in range(4)]
+    extra = []
+    try:
+        node.wait_for(lambda: len(node.calls()) == 4, timeout=40)
+        assert {t["load"] for t in dispatcher_targets(node).values()} == {2}
+        victim = next(iter(node.worker_pids().values()))
+        os.kill(victim, signal.SIGKILL)
+        # the replacement answers OPTIONS: back in use, with no load left from the dead calls
+        node.wait_for(lambda: victim not in node.worker_pids().values() and len(node.worker_pids()) == 2, timeout=20)
+        targets = node.wait_for(lambda: (t := dispatcher_targets(node)) and all(x["flags"] == "AP" for x in t.values())
+                                and t, timeout=20)
+        assert sorted(t["load"] for t in targets.values()) == [0, 2], targets
+        # two new callers are answered (before the fix: 503, the replacement counted full)
+        extra = [start_caller(node, "", stay=2) for _ in range(2)]
+        for p in extra:
+            res = caller_result(p, timeout=60)
+            assert res["answered"], res
+        assert node.journey_errors() == []
+    finally:
+        for p in [*first, *extra]:
+            if p.poll() is None:
+                p.kill()
         node.stop()

@@ -520,3 +520,56 @@ async def test_a_seat_lost_or_a_transfer_does_not_end_the_call_record(db_url: st
         assert done["seat_id"] == "s1"
     finally:
         await engine.dispose()
+
+
+async def test_a_control_restart_tells_worker_losses_from_node_losses_and_frees_a_consult_seat(
+        db_url: str, tmp_path) -> None:
+    """The control process restarts alone (issue 13).  Meanwhile media worker 1 died: its call is
+    ``lost_worker_failure``; a call of worker 0 that no worker reports is ``lost_node_failure``;
+    both get callbacks.  The conversation still bridged to s1 keeps s1 ``on_call``, and s2, reserved
+    for the warm transfer the worker cancelled when the control went away, is ``available`` (not
+    stuck reserved, not penalised)."""
+    from gateway.reconcile import died_with_workers
+    from gateway.settings import Settings
+    from routing.service import RoutingService
+    from routing.store.reconcile import LOST_WORKER_FAILURE
+
+    engine = await fresh_engine(db_url)
+    settings = Settings(data_dir=tmp_path, db_url=db_url)
+    t = [1000.0]
+    specs = [SeatSpec("s1", "sip:s1@127.0.0.1:5091", {"rescue": 0}, status=SeatStatus.AVAILABLE),
+             SeatSpec("s2", "sip:s2@127.0.0.1:5092", {"rescue": 0}, status=SeatStatus.AVAILABLE)]
+    n1 = RoutingService.from_settings(settings, engine, node_id="n1", clock=lambda: t[0])
+    await n1.start(specs)
+    n1.record([Event(K.CALLSTART, 999.0, call_id="talk-1", data={"caller": "13900000001", "node_id": "n1",
+                                                                 "worker_id": 0})])
+    n1.enqueue("talk-1", "rescue", 2, caller="13900000001")
+    n1.seat_answered("talk-1")
+    n1.consult_reserve("talk-1", seat_id="s2")
+    assert n1.acd.seat_view("s2", t[0])["status"] == "reserved"
+    for cid, wid in (("on-w1", 1), ("on-w0", 0)):
+        n1.record([Event(K.CALLSTART, 999.5, call_id=cid, data={"caller": "139000000" + cid[-1] + "9",
+                                                               "node_id": "n1", "worker_id": wid})])
+        n1.enqueue(cid, "rescue", 3, caller="139000000" + cid[-1] + "9")
+    await n1.stop()
+
+    t[0] = 2000.0
+    alive = {"talk-1"}
+    deaths = [{"worker_id": 1, "pid": 4242, "died_at": 1500.0, "exit_code": -9},
+              {"worker_id": 0, "pid": 4241, "died_at": 900.0, "exit_code": -9}]  # before on-w0 started
+    reasons = dict.fromkeys(await died_with_workers(engine, "n1", deaths, alive), LOST_WORKER_FAILURE)
+    assert reasons == {"on-w1": LOST_WORKER_FAILURE}
+    again = RoutingService.from_settings(settings, engine, node_id="n1", clock=lambda: t[0])
+    await again.start(specs, live_calls=alive, talking={"talk-1": "s1"}, lost_reasons=reasons)
+    try:
+        assert again.acd.seat_view("s1", t[0])["status"] == "on_call"
+        assert again.acd.seat_view("s2", t[0])["status"] == "available"
+        await again.writer.flush()
+        records = CallRecords(engine)
+        assert (await records.get("on-w1"))["end_reason"] == "lost_worker_failure"
+        assert (await records.get("on-w0"))["end_reason"] == "lost_node_failure"
+        assert (await records.get("talk-1"))["ended_at"] is None
+        assert {c.call_id for c in again.acd.callbacks.pending()} == {"on-w1", "on-w0"}
+    finally:
+        await again.stop()
+        await engine.dispose()
