@@ -834,10 +834,11 @@ class ClusterRoutingPort:
                    writer=EventWriter(engine, node_id))
 
     async def start(self, seats: Iterable[SeatSpec] | None = None, live_calls: Iterable[str] | None = None,
-                    talking: dict[str, str] | None = None) -> None:
+                    talking: dict[str, str] | None = None, lost_reasons: dict[str, str] | None = None) -> None:
         """``seats``: the seats file's, merged by whichever node leads after each election.
-        ``live_calls`` / ``talking`` (a restart's reconciliation) are not used in cluster mode yet:
-        see docs/CLUSTER.md."""
+        ``live_calls`` closes this node's calls that no worker carries; ``talking`` and
+        ``lost_reasons`` (a worker that died while the control process was away) are not used in
+        cluster mode yet: such calls close as ``lost_node_failure`` (see docs/CLUSTER.md)."""
         if seats is not None:
             self.node.routing.seats = list(seats)
         if self.writer is not None:
