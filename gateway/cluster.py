@@ -27,11 +27,13 @@ registrations over its JSON-RPC socket) and every node dials a registered seat a
 (round robin, a dead node skipped at connect time).  Every node reads the same PostgreSQL, so any
 node answers with the same tokens and the same history; HTTP and WebSocket pass through unchanged.
 
-**The guard.**  Until the nodes route through the elected routing authority (docs/CLUSTER.md,
-"Not built yet" 1-2), each node's ACD decides alone, and two nodes could offer one seat two calls
-(the front door's dialog profile refuses the second INVITE, but that is a last guard, not routing).
-So the command refuses to start unless ``ROUTING_AUTHORITY_WIRED`` is True, or the operator passes
-``--independent-routing`` and so accepts that each node routes alone (tests of the front door).
+**Routing.**  Every node runs ``serve --cluster true``: the elected leader's ACD decides for all
+of them (``routing.authority``, ``routing.cluster``), so one seat is offered one call at a time
+whichever node holds the caller; the front door's dialog profile stays as the last guard.  A seat
+phone registered at the front door is dialled at its AOR there (``sip:<user>@front``, gateway.node),
+so the leader needs no contact update per registration.  ``--independent-routing`` opts out (each
+node routes alone, ``--cluster false``): only the front door's guard test uses it.
+``ROUTING_AUTHORITY_WIRED`` is the switch that turned this on; False brings back the refusal.
 """
 
 from __future__ import annotations
@@ -59,9 +61,9 @@ from gateway.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("gateway.cluster")
 
-#: Flip to True (here, and only here) once every node routes through ``routing.authority``: the
-#: ACD behind the elected leader and nodes as its clients (docs/CLUSTER.md steps 1 and 2).
-ROUTING_AUTHORITY_WIRED = False
+#: True: every node routes through ``routing.authority`` (the ACD behind the elected leader, the
+#: nodes as its clients; docs/CLUSTER.md).  False would refuse to start without --independent-routing.
+ROUTING_AUTHORITY_WIRED = True
 
 NOT_WIRED = ("handoff122 cluster: not available yet: the nodes do not route through one routing authority, "
              "so two nodes could offer one seat two calls (docs/CLUSTER.md); --independent-routing runs it "
@@ -255,7 +257,8 @@ class Cluster:
         argv = ["-m", "gateway.cli", "serve", "--sip-port", str(p.sip_port), "--worker-base-port",
                 str(p.worker_base_port), "--rtp-base-port", str(p.rtp_base_port), "--api-port", str(p.api_port),
                 "--workers", str(o.workers), "--data-dir", str(p.data_dir),
-                "--cluster-node-id", p.name, "--cluster", "true" if ROUTING_AUTHORITY_WIRED else "false",
+                "--cluster-node-id", p.name, "--cluster",
+                "true" if ROUTING_AUTHORITY_WIRED and not o.independent_routing else "false",
                 "--front-door-sip", f"{s.sip_host}:{o.sip_port}", "--front-door-rpc", str(self.front.rpc.rpc_socket),
                 "--log-format", "json"]
         if o.mqtt_url:
@@ -367,10 +370,10 @@ def run_cluster(opts: ClusterOptions) -> int:
     if opts.nodes < 1:
         print("handoff122 cluster: --nodes must be at least 1", file=sys.stderr)
         return 2
-    if not ROUTING_AUTHORITY_WIRED:
-        if not opts.independent_routing:
-            print(NOT_WIRED, file=sys.stderr)
-            return 2
+    if not ROUTING_AUTHORITY_WIRED and not opts.independent_routing:
+        print(NOT_WIRED, file=sys.stderr)
+        return 2
+    if opts.independent_routing:
         print("handoff122 cluster: WARNING: --independent-routing: each node routes its own callers alone; "
               "do not give two nodes the same seats", file=sys.stderr)
     from gateway.logs import configure_logging
