@@ -49,14 +49,15 @@ def test_cluster_refuses_sqlite_in_one_line(tmp_path: Path) -> None:
 
 
 def test_nodes_route_through_the_authority_unless_told_to_route_alone(tmp_path: Path) -> None:
-    from gateway.cli import _settings_from, build_parser
+    from gateway.cli import build_parser
     from gateway.cluster import Cluster, ClusterOptions
 
     for alone in (False, True):
         c = Cluster(ClusterOptions(nodes=2, sip_port=5060, api_port=8000, data_dir=tmp_path / str(alone),
                                    db_url="postgresql+asyncpg://x/y", mqtt_url=None, workers=1, node_base_port=5061,
                                    rtp_base_port=20000, independent_routing=alone))
-        assert [_settings_from(build_parser().parse_args(c.node_argv(p)[2:])).cluster for p in c.plans] == [not alone] * 2
+        args = [build_parser().parse_args(c.node_argv(p)[2:]) for p in c.plans]
+        assert [(a.cluster, a.cluster_node_id) for a in args] == [("false" if alone else "true", p.name) for p in c.plans]
 
 
 @pytest.mark.skipif(find_kamailio("auto") is None, reason="kamailio not installed")
