@@ -23,9 +23,11 @@ registrations over its JSON-RPC socket) and every node dials a registered seat a
 ``sip:<user>@front``: the front door looks the seat up and refuses a second simultaneous call to it
 (dialog profile ``seat``, ``486 Seat Busy``), whichever node sent the INVITE.
 
-**API door.**  A TCP relay on --api-port: each connection goes to the next node whose API accepts
-(round robin, a dead node skipped at connect time).  Every node reads the same PostgreSQL, so any
-node answers with the same tokens and the same history; HTTP and WebSocket pass through unchanged.
+**API door.**  A TCP relay on --api-port: each connection goes to the node that leads routing
+(``routing_epoch``, read every 0.5 s), else to the next node whose API accepts (round robin, a dead
+node skipped at connect time).  Only the leader holds the ACD, so only its API shows live seats and
+queues; every node reads the same PostgreSQL, so any node answers with the same tokens and the same
+history.  HTTP and WebSocket pass through unchanged.
 
 **Routing.**  Every node runs ``serve --cluster true``: the elected leader's ACD decides for all
 of them (``routing.authority``, ``routing.cluster``), so one seat is offered one call at a time
@@ -135,20 +137,67 @@ def front_door_set(dispatcher_list: object) -> dict[str, bool]:
 
 
 class ApiDoor:
-    """The cluster's API port: a TCP relay to the nodes' APIs, round robin, skipping nodes that refuse."""
+    """The cluster's API port: a TCP relay to the nodes' APIs, skipping nodes that refuse.
 
-    def __init__(self, host: str, port: int, backends: list[tuple[str, int]]) -> None:
+    With ``names`` and :meth:`follow_leader`, each connection goes to the node that leads routing
+    first: only the leader holds the ACD, so only its API shows live seats and queues (a node that
+    does not lead answers with empty views, docs/CLUSTER.md).  Otherwise, and when the leader does
+    not accept, round robin."""
+
+    def __init__(self, host: str, port: int, backends: list[tuple[str, int]], names: list[str] | None = None) -> None:
         self.host, self.port, self.backends = host, port, backends
+        self.names = list(names or [])
+        self.leader: str | None = None
         self._next = itertools.cycle(range(len(backends)))
         self.server: asyncio.Server | None = None
+        self._follow: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, db_url: str | None = None) -> None:
+        if db_url is not None and self.names:
+            self._follow = asyncio.create_task(self.follow_leader(db_url), name="api-door-leader")
         self.server = await asyncio.start_server(self._relay, self.host, self.port)
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def follow_leader(self, db_url: str, every_s: float = 0.5) -> None:
+        """Read who was elected last, every ``every_s`` (a dead leader costs at most that much plus
+        its refused connect, after which the round robin finds a node that answers)."""
+        import asyncpg
+
+        from routing.authority import last_elected, plain_dsn
+
+        conn: asyncpg.Connection | None = None
+        while True:
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(plain_dsn(db_url), timeout=5)
+                leader = await last_elected(conn)
+                if leader != self.leader:
+                    log.info("api_door_prefers", extra={"node": leader})
+                self.leader = leader
+            except asyncio.CancelledError:
+                if conn is not None:
+                    conn.terminate()
+                raise
+            except Exception as e:  # the database away: round robin meanwhile
+                log.warning("api_door_leader_unknown", extra={"error": f"{type(e).__name__}: {e}"[:200]})
+                self.leader = None
+                if conn is not None:
+                    conn.terminate()
+                conn = None
+            await asyncio.sleep(every_s)
+
+    def order(self) -> list[int]:
+        """The backends to try for one connection: the leader's first, then round robin."""
         first = next(self._next)
-        for k in range(len(self.backends)):
-            host, port = self.backends[(first + k) % len(self.backends)]
+        out = [(first + k) % len(self.backends) for k in range(len(self.backends))]
+        if self.leader in self.names:
+            lead = self.names.index(self.leader)
+            out.remove(lead)
+            out.insert(0, lead)
+        return out
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for k in self.order():
+            host, port = self.backends[k]
             try:
                 up_r, up_w = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
             except (OSError, TimeoutError):
@@ -173,6 +222,10 @@ class ApiDoor:
                 dst.close()
 
     async def stop(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
         if self.server is not None:
             self.server.close()
             with contextlib.suppress(Exception):
@@ -247,7 +300,8 @@ class Cluster:
         self.front = front_door_kamailio(
             s, self.data_dir / "front", [NodeAddress(p.name, s.sip_host, p.sip_port, p.api_port) for p in self.plans],
             maxload=opts.workers * s.worker_callers, node_sources=[s.sip_host])
-        self.api = ApiDoor(s.api_host, opts.api_port, [(s.api_host, p.api_port) for p in self.plans])
+        self.api = ApiDoor(s.api_host, opts.api_port, [(s.api_host, p.api_port) for p in self.plans],
+                           names=[p.name for p in self.plans])
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._watch: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -328,7 +382,7 @@ class Cluster:
                 print("handoff122 cluster: no node came up; see " + ", ".join(
                     str(self.data_dir / f"{p.name}.log") for p in self.plans), file=sys.stderr)
                 return 1
-            await self.api.start()
+            await self.api.start(self.opts.db_url if not self.opts.independent_routing else None)
             print(f"handoff122 cluster: front door sip:{self.settings.sip_host}:{self.opts.sip_port}, "
                   f"API http://{self.settings.api_host}:{self.opts.api_port}, nodes "
                   + ", ".join(f"{p.name} (pid {self.procs[p.index].pid}, {'up' if ok else 'NOT UP'})"

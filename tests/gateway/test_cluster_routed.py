@@ -86,6 +86,13 @@ def refused_at_front_door(c: RunningCluster) -> list[dict[str, Any]]:
     return [x for i in (1, 2) for x in c.node_log(i) if x.get("event") == "seat_failed" and x.get("code") == 486]
 
 
+def door_prefers(c: RunningCluster) -> str | None:
+    """The node the API door sends connections to, as its last log line says."""
+    said = [json.loads(ln) for ln in c.log_path.read_text(errors="replace").splitlines()
+            if ln.startswith("{") and '"api_door_prefers"' in ln]
+    return said[-1].get("node") if said else None
+
+
 def dispatcher_uri(c: RunningCluster, duid: str) -> str:
     def walk(node: object) -> str | None:
         if isinstance(node, dict):
@@ -176,11 +183,15 @@ def test_callers_on_both_nodes_share_one_front_door_seat_and_a_killed_leader_is_
     other = 3 - leader
     register_seat_phone(c)
 
-    # the agent says ready through the leader's API (a non-leader's views are empty, docs/CLUSTER.md)
+    # the agent says ready through the cluster's API door, which sends every connection to the
+    # leader's API (a non-leader's views are empty, docs/CLUSTER.md): the seat is there every time
     token = _cli("token", "create", "--role", "supervisor", "--db-url", c.db_url, "--data-dir",
                  str(c.data_dir)).stdout.strip().splitlines()[-1]
     auth = {"Authorization": f"Bearer {token}"}
-    api = next(x["api"] for x in c.node_log(leader) if x.get("event") == "node_ready")
+    api = f"http://127.0.0.1:{c.api_port}"
+    c.wait_for(lambda: door_prefers(c) == f"node-{leader}")
+    for _ in range(6):
+        assert [x["id"] for x in httpx.get(f"{api}/api/v1/seats", headers=auth, timeout=10).json()] == ["s1"]
     r = httpx.put(f"{api}/api/v1/seats/s1/status", headers=auth, timeout=10, json={"status": "available", "reason": None})
     assert r.status_code == 200, r.text
 
@@ -233,3 +244,7 @@ def test_callers_on_both_nodes_share_one_front_door_seat_and_a_killed_leader_is_
     assert refused_at_front_door(c) == []
     c.wait_for(lambda: not processes_under(c.data_dir / f"node-{leader}"))
     assert c.proc.poll() is None
+    # the API door follows the new leader: its view, with the seat, on every connection
+    c.wait_for(lambda: door_prefers(c) == f"node-{other}")
+    for _ in range(4):
+        assert seat()["contact"] == f"sip:s1@127.0.0.1:{c.sip_port}"
