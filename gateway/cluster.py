@@ -470,7 +470,11 @@ def run_front_door(*, nodes: list[str], data_dir: Path, api_port: int, node_sour
         print(f"handoff122 front-door: {e}", file=sys.stderr)
         return 2
     configure_logging(s.log_level, process_name="front-door", fmt="json")
-    api = ApiDoor(s.api_host, api_port, [(n.host, n.api_port) for n in addresses]) if api_port else None
+    # the --node names are the nodes' cluster_node_id: with the cluster's database (db_url, e.g.
+    # HANDOFF_DB_URL) the API door sends each connection to the routing leader's API first
+    api = ApiDoor(s.api_host, api_port, [(n.host, n.api_port) for n in addresses],
+                  names=[n.name for n in addresses]) if api_port else None
+    leader_db = s.db_url if s.db_url and database_refusal(s.db_url) is None else None
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -481,7 +485,7 @@ def run_front_door(*, nodes: list[str], data_dir: Path, api_port: int, node_sour
         await front.start()
         try:
             if api is not None:
-                await api.start()
+                await api.start(leader_db)
             log.info("front_door_ready", extra={"sip": f"{s.sip_host}:{s.sip_port}", "nodes": [n.name for n in addresses],
                                                 "rpc": front.rpc.address})
             await stop.wait()
