@@ -72,8 +72,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    # Refuses (one line) without PostgreSQL, and while the nodes do not route through one routing
-    # authority unless --independent-routing says the operator knows (gateway.cluster).
+    # Refuses (one line) without PostgreSQL.  The nodes route through the elected routing authority
+    # (serve --cluster true); --independent-routing opts out: each node routes alone (gateway.cluster).
     from gateway.cluster import ClusterOptions, run_cluster
 
     return run_cluster(ClusterOptions(
@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first RTP port of the nodes (each takes workers x 40); default sip-port + 10000")
     p.add_argument("--config", type=Path, help="settings file every node and the front door read (HANDOFF_* too)")
     p.add_argument("--independent-routing", action="store_true",
-                   help="run although each node routes its own callers alone (no routing authority yet)")
+                   help="opt out of the routing authority: each node routes its own callers alone "
+                        "(two nodes then must not share seats; tests of the front door's guard)")
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("front-door", help="only the cluster front door (SIP) and API door, for nodes on other machines")

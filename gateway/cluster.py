@@ -23,15 +23,19 @@ registrations over its JSON-RPC socket) and every node dials a registered seat a
 ``sip:<user>@front``: the front door looks the seat up and refuses a second simultaneous call to it
 (dialog profile ``seat``, ``486 Seat Busy``), whichever node sent the INVITE.
 
-**API door.**  A TCP relay on --api-port: each connection goes to the next node whose API accepts
-(round robin, a dead node skipped at connect time).  Every node reads the same PostgreSQL, so any
-node answers with the same tokens and the same history; HTTP and WebSocket pass through unchanged.
+**API door.**  A TCP relay on --api-port: each connection goes to the node that leads routing
+(``routing_epoch``, read every 0.5 s), else to the next node whose API accepts (round robin, a dead
+node skipped at connect time).  Only the leader holds the ACD, so only its API shows live seats and
+queues; every node reads the same PostgreSQL, so any node answers with the same tokens and the same
+history.  HTTP and WebSocket pass through unchanged.
 
-**The guard.**  Until the nodes route through the elected routing authority (docs/CLUSTER.md,
-"Not built yet" 1-2), each node's ACD decides alone, and two nodes could offer one seat two calls
-(the front door's dialog profile refuses the second INVITE, but that is a last guard, not routing).
-So the command refuses to start unless ``ROUTING_AUTHORITY_WIRED`` is True, or the operator passes
-``--independent-routing`` and so accepts that each node routes alone (tests of the front door).
+**Routing.**  Every node runs ``serve --cluster true``: the elected leader's ACD decides for all
+of them (``routing.authority``, ``routing.cluster``), so one seat is offered one call at a time
+whichever node holds the caller; the front door's dialog profile stays as the last guard.  A seat
+phone registered at the front door is dialled at its AOR there (``sip:<user>@front``, gateway.node),
+so the leader needs no contact update per registration.  ``--independent-routing`` opts out (each
+node routes alone, ``--cluster false``): only the front door's guard test uses it.
+``ROUTING_AUTHORITY_WIRED`` is the switch that turned this on; False brings back the refusal.
 """
 
 from __future__ import annotations
@@ -59,9 +63,9 @@ from gateway.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("gateway.cluster")
 
-#: Flip to True (here, and only here) once every node routes through ``routing.authority``: the
-#: ACD behind the elected leader and nodes as its clients (docs/CLUSTER.md steps 1 and 2).
-ROUTING_AUTHORITY_WIRED = False
+#: True: every node routes through ``routing.authority`` (the ACD behind the elected leader, the
+#: nodes as its clients; docs/CLUSTER.md).  False would refuse to start without --independent-routing.
+ROUTING_AUTHORITY_WIRED = True
 
 NOT_WIRED = ("handoff122 cluster: not available yet: the nodes do not route through one routing authority, "
              "so two nodes could offer one seat two calls (docs/CLUSTER.md); --independent-routing runs it "
@@ -133,20 +137,67 @@ def front_door_set(dispatcher_list: object) -> dict[str, bool]:
 
 
 class ApiDoor:
-    """The cluster's API port: a TCP relay to the nodes' APIs, round robin, skipping nodes that refuse."""
+    """The cluster's API port: a TCP relay to the nodes' APIs, skipping nodes that refuse.
 
-    def __init__(self, host: str, port: int, backends: list[tuple[str, int]]) -> None:
+    With ``names`` and :meth:`follow_leader`, each connection goes to the node that leads routing
+    first: only the leader holds the ACD, so only its API shows live seats and queues (a node that
+    does not lead answers with empty views, docs/CLUSTER.md).  Otherwise, and when the leader does
+    not accept, round robin."""
+
+    def __init__(self, host: str, port: int, backends: list[tuple[str, int]], names: list[str] | None = None) -> None:
         self.host, self.port, self.backends = host, port, backends
+        self.names = list(names or [])
+        self.leader: str | None = None
         self._next = itertools.cycle(range(len(backends)))
         self.server: asyncio.Server | None = None
+        self._follow: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, db_url: str | None = None) -> None:
+        if db_url is not None and self.names:
+            self._follow = asyncio.create_task(self.follow_leader(db_url), name="api-door-leader")
         self.server = await asyncio.start_server(self._relay, self.host, self.port)
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def follow_leader(self, db_url: str, every_s: float = 0.5) -> None:
+        """Read who was elected last, every ``every_s`` (a dead leader costs at most that much plus
+        its refused connect, after which the round robin finds a node that answers)."""
+        import asyncpg
+
+        from routing.authority import last_elected, plain_dsn
+
+        conn: asyncpg.Connection | None = None
+        while True:
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(plain_dsn(db_url), timeout=5)
+                leader = await last_elected(conn)
+                if leader != self.leader:
+                    log.info("api_door_prefers", extra={"node": leader})
+                self.leader = leader
+            except asyncio.CancelledError:
+                if conn is not None:
+                    conn.terminate()
+                raise
+            except Exception as e:  # the database away: round robin meanwhile
+                log.warning("api_door_leader_unknown", extra={"error": f"{type(e).__name__}: {e}"[:200]})
+                self.leader = None
+                if conn is not None:
+                    conn.terminate()
+                conn = None
+            await asyncio.sleep(every_s)
+
+    def order(self) -> list[int]:
+        """The backends to try for one connection: the leader's first, then round robin."""
         first = next(self._next)
-        for k in range(len(self.backends)):
-            host, port = self.backends[(first + k) % len(self.backends)]
+        out = [(first + k) % len(self.backends) for k in range(len(self.backends))]
+        if self.leader in self.names:
+            lead = self.names.index(self.leader)
+            out.remove(lead)
+            out.insert(0, lead)
+        return out
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for k in self.order():
+            host, port = self.backends[k]
             try:
                 up_r, up_w = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
             except (OSError, TimeoutError):
@@ -171,6 +222,10 @@ class ApiDoor:
                 dst.close()
 
     async def stop(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow
         if self.server is not None:
             self.server.close()
             with contextlib.suppress(Exception):
@@ -245,7 +300,8 @@ class Cluster:
         self.front = front_door_kamailio(
             s, self.data_dir / "front", [NodeAddress(p.name, s.sip_host, p.sip_port, p.api_port) for p in self.plans],
             maxload=opts.workers * s.worker_callers, node_sources=[s.sip_host])
-        self.api = ApiDoor(s.api_host, opts.api_port, [(s.api_host, p.api_port) for p in self.plans])
+        self.api = ApiDoor(s.api_host, opts.api_port, [(s.api_host, p.api_port) for p in self.plans],
+                           names=[p.name for p in self.plans])
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self._watch: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -255,7 +311,8 @@ class Cluster:
         argv = ["-m", "gateway.cli", "serve", "--sip-port", str(p.sip_port), "--worker-base-port",
                 str(p.worker_base_port), "--rtp-base-port", str(p.rtp_base_port), "--api-port", str(p.api_port),
                 "--workers", str(o.workers), "--data-dir", str(p.data_dir),
-                "--cluster-node-id", p.name, "--cluster", "true" if ROUTING_AUTHORITY_WIRED else "false",
+                "--cluster-node-id", p.name, "--cluster",
+                "true" if ROUTING_AUTHORITY_WIRED and not o.independent_routing else "false",
                 "--front-door-sip", f"{s.sip_host}:{o.sip_port}", "--front-door-rpc", str(self.front.rpc.rpc_socket),
                 "--log-format", "json"]
         if o.mqtt_url:
@@ -325,7 +382,7 @@ class Cluster:
                 print("handoff122 cluster: no node came up; see " + ", ".join(
                     str(self.data_dir / f"{p.name}.log") for p in self.plans), file=sys.stderr)
                 return 1
-            await self.api.start()
+            await self.api.start(self.opts.db_url if not self.opts.independent_routing else None)
             print(f"handoff122 cluster: front door sip:{self.settings.sip_host}:{self.opts.sip_port}, "
                   f"API http://{self.settings.api_host}:{self.opts.api_port}, nodes "
                   + ", ".join(f"{p.name} (pid {self.procs[p.index].pid}, {'up' if ok else 'NOT UP'})"
@@ -367,10 +424,10 @@ def run_cluster(opts: ClusterOptions) -> int:
     if opts.nodes < 1:
         print("handoff122 cluster: --nodes must be at least 1", file=sys.stderr)
         return 2
-    if not ROUTING_AUTHORITY_WIRED:
-        if not opts.independent_routing:
-            print(NOT_WIRED, file=sys.stderr)
-            return 2
+    if not ROUTING_AUTHORITY_WIRED and not opts.independent_routing:
+        print(NOT_WIRED, file=sys.stderr)
+        return 2
+    if opts.independent_routing:
         print("handoff122 cluster: WARNING: --independent-routing: each node routes its own callers alone; "
               "do not give two nodes the same seats", file=sys.stderr)
     from gateway.logs import configure_logging
@@ -413,7 +470,11 @@ def run_front_door(*, nodes: list[str], data_dir: Path, api_port: int, node_sour
         print(f"handoff122 front-door: {e}", file=sys.stderr)
         return 2
     configure_logging(s.log_level, process_name="front-door", fmt="json")
-    api = ApiDoor(s.api_host, api_port, [(n.host, n.api_port) for n in addresses]) if api_port else None
+    # the --node names are the nodes' cluster_node_id: with the cluster's database (db_url, e.g.
+    # HANDOFF_DB_URL) the API door sends each connection to the routing leader's API first
+    api = ApiDoor(s.api_host, api_port, [(n.host, n.api_port) for n in addresses],
+                  names=[n.name for n in addresses]) if api_port else None
+    leader_db = s.db_url if s.db_url and database_refusal(s.db_url) is None else None
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -424,7 +485,7 @@ def run_front_door(*, nodes: list[str], data_dir: Path, api_port: int, node_sour
         await front.start()
         try:
             if api is not None:
-                await api.start()
+                await api.start(leader_db)
             log.info("front_door_ready", extra={"sip": f"{s.sip_host}:{s.sip_port}", "nodes": [n.name for n in addresses],
                                                 "rpc": front.rpc.address})
             await stop.wait()

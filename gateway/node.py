@@ -199,6 +199,13 @@ class Node:
 
             lost_reasons = dict.fromkeys(await died_with_workers(self.engine, self.node_id, deaths, kept),
                                          LOST_WORKER_FAILURE)
+        if s.cluster and s.front_door_sip:
+            # the leader's ACD cannot be told each registration (seats change only through the
+            # seats file in cluster mode), and needs none: a seat phone is dialled at its AOR on the
+            # front door, the same on every node and after every election; the front door finds
+            # the registered phone (404 while none is) and a lost registration logs the seat out
+            seats = [replace(spec, contact=f"sip:{spec.register_user}@{s.front_door_sip}") if spec.register_user
+                     else spec for spec in seats]
         await self.routing.start(seats, live_calls=kept, talking=talking_at_hello(self.pool),
                                  lost_reasons=lost_reasons)
         recovered = await seal_after_crash(self.catalog, self.calls, time.time(), open_calls=kept)
@@ -239,7 +246,7 @@ class Node:
             fixed = {spec.id: spec.contact for spec in self.seat_specs}
             phones = [replace(spec, contact=fixed.get(spec.id, "")) for spec in seats if spec.register_user]
             self.registrations = SeatRegistrations(self._registrar_rpc(), self.routing, phones,
-                                                   via=s.front_door_sip)
+                                                   via=s.front_door_sip, fixed_aor=bool(s.cluster and s.front_door_sip))
             await self.registrations.load_credentials()
             self.registrations.start()
 

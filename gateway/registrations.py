@@ -79,8 +79,11 @@ class SeatRegistrations:
     """Keeps the routing service's seats in step with Kamailio's registrations."""
 
     def __init__(self, rpc: Callable[..., Awaitable[Any]], routing: Any, seats: list[SeatSpec],
-                 poll_s: float = 1.0, via: str | None = None) -> None:
+                 poll_s: float = 1.0, via: str | None = None, fixed_aor: bool = False) -> None:
         self.rpc = rpc
+        # cluster mode: the routing authority already dials each seat at its AOR on the front door
+        # (gateway.node); a registration changes no contact, and a lost one only logs the seat out
+        self.fixed_aor = fixed_aor
         # a cluster front door (host:port): a registered seat is dialled as sip:<user>@front, so the
         # INVITE passes the front door's one-call-per-seat dialog profile whichever node sends it
         self.via = via
@@ -183,11 +186,13 @@ class SeatRegistrations:
                 self.current[spec.id] = reg.contact
                 log.info("seat_registered", extra={"seat_id": spec.id, "contact": reg.contact,
                                                    "expires_s": reg.expires_s})
-                self._update(spec, f"sip:{user}@{self.via}" if self.via else reg.contact)
+                if not self.fixed_aor:
+                    self._update(spec, f"sip:{user}@{self.via}" if self.via else reg.contact)
             elif reg is None and was is not None:
                 del self.current[spec.id]
                 log.info("seat_registration_lost", extra={"seat_id": spec.id, "contact": was})
-                self._update(spec, "")
+                if not self.fixed_aor:
+                    self._update(spec, "")
                 self._logged_out(spec.id, "registration expired or removed")
 
     def _update(self, spec: SeatSpec, contact: str) -> None:

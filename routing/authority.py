@@ -307,8 +307,14 @@ async def seat_state(conn: asyncpg.Connection, seat_id: str) -> dict[str, Any] |
     row = await conn.fetchrow("SELECT * FROM seat_offers WHERE seat_id = $1", seat_id)
     return dict(row) if row is not None else None
 
+async def last_elected(conn: asyncpg.Connection) -> str | None:
+    """The node id of the last node elected (``routing_epoch``): the leader, unless it died and no
+    other has won yet.  Readers that only prefer the leader (the cluster's API door) need no more."""
+    value = await conn.fetchval("SELECT leader_node FROM routing_epoch WHERE id = 1")
+    return None if value is None else str(value)
+
 
 __all__ = [
     "AUTHORITY_LOCK_KEY", "RoutingAuthority", "add_seat", "authority_server_settings", "claim_offer",
-    "connect_worker", "plain_dsn", "release", "seat_state", "start_dialing", "withdraw_offer",
+    "connect_worker", "last_elected", "plain_dsn", "release", "seat_state", "start_dialing", "withdraw_offer",
 ]

@@ -1,8 +1,8 @@
 """``handoff122 cluster --nodes 2``: the front door, two real nodes, real SIPp callers and a real softphone.
 
 One cluster runs for the module, on a fresh PostgreSQL database and the test Mosquitto, with
-``--independent-routing`` (the nodes do not route through the routing authority yet; the command
-refuses without it, see the first test).  Which node carried a call is read from that node's own
+``--independent-routing`` (each node routes alone: what the front door's one-call-per-seat guard must
+hold against).  The cluster with leader routing is tested in tests/gateway/test_cluster_routed.py.  Which node carried a call is read from that node's own
 log (``call_started``), never from the front door's word.
 """
 
@@ -40,15 +40,24 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           env={**os.environ, **(env or {})})
 
 
-def test_cluster_refuses_sqlite_and_unrouted_nodes_in_one_line(tmp_path: Path, pg_url: str) -> None:
+def test_cluster_refuses_sqlite_in_one_line(tmp_path: Path) -> None:
     r = _cli("cluster", "--nodes", "2", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--db-url is required" in r.stderr
     r = _cli("cluster", "--db-url", f"sqlite+aiosqlite:///{tmp_path}/x.sqlite3", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "PostgreSQL" in r.stderr
-    # PostgreSQL but no routing authority behind the nodes: refused, and it says why
-    r = _cli("cluster", "--db-url", pg_url, "--data-dir", str(tmp_path))
-    assert r.returncode == 2 and "routing authority" in r.stderr and "two calls" in r.stderr
     assert not list(tmp_path.glob("node-*.pid"))
+
+
+def test_nodes_route_through_the_authority_unless_told_to_route_alone(tmp_path: Path) -> None:
+    from gateway.cli import build_parser
+    from gateway.cluster import Cluster, ClusterOptions
+
+    for alone in (False, True):
+        c = Cluster(ClusterOptions(nodes=2, sip_port=5060, api_port=8000, data_dir=tmp_path / str(alone),
+                                   db_url="postgresql+asyncpg://x/y", mqtt_url=None, workers=1, node_base_port=5061,
+                                   rtp_base_port=20000, independent_routing=alone))
+        args = [build_parser().parse_args(c.node_argv(p)[2:]) for p in c.plans]
+        assert [(a.cluster, a.cluster_node_id) for a in args] == [("false" if alone else "true", p.name) for p in c.plans]
 
 
 @pytest.mark.skipif(find_kamailio("auto") is None, reason="kamailio not installed")

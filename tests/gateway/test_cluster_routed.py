@@ -1,0 +1,250 @@
+"""``handoff122 cluster --nodes 2`` with leader routing, end to end: the front door, two real nodes
+that route through the elected routing authority (``serve --cluster true``), one real softphone
+(baresip) registered as seat s1 at the front door, real pjsua2 callers dialling the front door.
+
+What it proves:
+
+* callers that land on both nodes reach the one seat one after another, in turns decided by the
+  leader: the fence's history of the seat shows one offer / one dial at a time, and no node was
+  ever refused at the front door (``486``): the routing never tried a second call to the seat;
+* kill -9 of every process of the leader node while a caller waits: the other node takes over
+  (its log says it routes for the cluster) and the waiting caller reaches the seat.
+
+Which node led and which node carried a call are read from the nodes' own logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from gateway.bench.runner import free_block, rtp_base_below_ephemeral
+from routing.authority import plain_dsn
+from tests.conftest import PG_ADMIN_URL, free_port
+from tests.gateway.test_cluster import RunningCluster, _cli, processes_under
+from tests.gateway.test_handoff import HUMAN
+from tests.gateway.test_register import ha1, tone_wav
+from tests.routing.test_cluster import assert_one_call_at_a_time, fence_log
+
+pytestmark = [pytest.mark.sip, pytest.mark.postgres, pytest.mark.timeout(420),
+              pytest.mark.skipif(shutil.which("baresip") is None, reason="needs baresip-core")]
+
+WORKERS = 1
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(plain_dsn(PG_ADMIN_URL))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def own_db() -> Iterator[str]:
+    """A database of its own: the routing authority's advisory lock is per database."""
+    name = f"handoff_routed_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def enqueued(db: str) -> int:
+    async def count() -> int:
+        conn = await asyncpg.connect(plain_dsn(db))
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM routing_commands WHERE kind = 'enqueue'"))
+        finally:
+            await conn.close()
+    return asyncio.run(count())
+
+
+def leads(c: RunningCluster, i: int) -> list[dict[str, Any]]:
+    """Node i's log lines that say it routes for the cluster (one per election it won)."""
+    return [x for x in c.node_log(i) if x.get("event") == "routing for the cluster"]
+
+
+def bridged(c: RunningCluster, i: int) -> int:
+    return sum(1 for x in c.node_log(i) if x.get("event") == "bridged")
+
+
+def refused_at_front_door(c: RunningCluster) -> list[dict[str, Any]]:
+    return [x for i in (1, 2) for x in c.node_log(i) if x.get("event") == "seat_failed" and x.get("code") == 486]
+
+
+def door_prefers(c: RunningCluster) -> str | None:
+    """The node the API door sends connections to, as its last log line says."""
+    said = [json.loads(ln) for ln in c.log_path.read_text(errors="replace").splitlines()
+            if ln.startswith("{") and '"api_door_prefers"' in ln]
+    return said[-1].get("node") if said else None
+
+
+def dispatcher_uri(c: RunningCluster, duid: str) -> str:
+    def walk(node: object) -> str | None:
+        if isinstance(node, dict):
+            dest = node.get("DEST")
+            if isinstance(dest, dict) and (dest.get("ATTRS") or {}).get("DUID") == duid:
+                return str(dest["URI"])
+            return next((u for v in node.values() if (u := walk(v))), None)
+        if isinstance(node, list):
+            return next((u for v in node if (u := walk(v))), None)
+        return None
+    uri = walk(c.rpc.call("dispatcher.list"))
+    assert uri, duid
+    return uri
+
+
+def start_caller(c: RunningCluster, stay: float) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "call", "--to",
+                             f"sip:122@127.0.0.1:{c.sip_port}", "--digits", HUMAN, "--stay", str(stay)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def result(p: subprocess.Popen[str], timeout: float = 180) -> dict[str, Any]:
+    out = p.communicate(timeout=timeout)[0]
+    return json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1])
+
+
+@pytest.fixture
+def routed_cluster(tmp_path: Path, own_db: str, mqtt_url: str) -> Iterator[RunningCluster]:
+    data = tmp_path / "d"
+    seats = tmp_path / "seats.yaml"
+    seats.write_text("seats:\n"
+                     f"  - id: s1\n    register: {{username: s1, ha1: {ha1('s1', 'seat-pass')}}}\n"
+                     "    skills: [intake_guidance]\n")
+    sip, api = free_port(), free_port()
+    node_base = free_block(2 * (WORKERS + 2))
+    cmd = [sys.executable, "-m", "gateway.cli", "cluster", "--nodes", "2", "--sip-port", str(sip), "--api-port",
+           str(api), "--data-dir", str(data), "--db-url", own_db, "--mqtt-url", mqtt_url, "--workers", str(WORKERS),
+           "--node-base-port", str(node_base), "--rtp-base-port", str(rtp_base_below_ephemeral(sip, 2 * WORKERS * 40))]
+    log_path = tmp_path / "cluster.log"
+    proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "HANDOFF_SEATS": str(seats), "HANDOFF_WRAP_UP_S": "0"})
+    c = RunningCluster(proc, data, sip, api, log_path, [], own_db)
+    try:
+        c.wait_for(lambda: proc.poll() is not None or "front door sip:" in log_path.read_text(), timeout=120)
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert "WARNING: --independent-routing" not in log_path.read_text()
+        yield c
+    finally:
+        for p in c.softphones:
+            p.kill()
+            p.wait()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid, _ in processes_under(data):  # never leave a process of this test behind
+            os.kill(pid, signal.SIGKILL)
+
+
+def register_seat_phone(c: RunningCluster) -> None:
+    """baresip registered as s1 at the front door, answering every call at once (auto answer)."""
+    conf = c.data_dir.parent / "baresip-s1"
+    conf.mkdir()
+    tone_wav(conf / "tone.wav", 1000, seconds=60)
+    port = free_port()
+    (conf / "config").write_text(
+        f"poll_method epoll\nsip_listen 127.0.0.1:{port}\naudio_player aufile,{conf / 'heard.wav'}\n"
+        f"audio_source aufile,{conf / 'tone.wav'}\naudio_alert aufile,/dev/null\n"
+        "module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n"
+        "module_app account.so\nmodule_app menu.so\n")
+    (conf / "accounts").write_text(f"<sip:s1@127.0.0.1:{c.sip_port};transport=udp>;auth_pass=seat-pass;"
+                                   "answermode=auto;regint=30;audio_codecs=PCMU,PCMA\n")
+    c.softphones.append(subprocess.Popen(["baresip", "-f", str(conf)], stdin=subprocess.DEVNULL,
+                                         stdout=(conf / "out.log").open("wb"), stderr=subprocess.STDOUT,
+                                         env={**os.environ, "HOME": str(conf)}))
+    for i in (1, 2):
+        c.wait_for(lambda i=i: any(x.get("event") == "seat_registered" and x.get("seat_id") == "s1"
+                                   for x in c.node_log(i)))
+
+
+def test_callers_on_both_nodes_share_one_front_door_seat_and_a_killed_leader_is_replaced(
+        routed_cluster: RunningCluster) -> None:
+    c = routed_cluster
+    leader = c.wait_for(lambda: next((i for i in (1, 2) if leads(c, i)), None), timeout=60)
+    other = 3 - leader
+    register_seat_phone(c)
+
+    # the agent says ready through the cluster's API door, which sends every connection to the
+    # leader's API (a non-leader's views are empty, docs/CLUSTER.md): the seat is there every time
+    token = _cli("token", "create", "--role", "supervisor", "--db-url", c.db_url, "--data-dir",
+                 str(c.data_dir)).stdout.strip().splitlines()[-1]
+    auth = {"Authorization": f"Bearer {token}"}
+    api = f"http://127.0.0.1:{c.api_port}"
+    c.wait_for(lambda: door_prefers(c) == f"node-{leader}")
+    for _ in range(6):
+        assert [x["id"] for x in httpx.get(f"{api}/api/v1/seats", headers=auth, timeout=10).json()] == ["s1"]
+    r = httpx.put(f"{api}/api/v1/seats/s1/status", headers=auth, timeout=10, json={"status": "available", "reason": None})
+    assert r.status_code == 200, r.text
+
+    def seat() -> dict[str, Any]:
+        return next(x for x in httpx.get(f"{api}/api/v1/seats", headers=auth, timeout=10).json() if x["id"] == "s1")
+    c.wait_for(lambda: seat()["status"] == "available")
+    assert seat()["contact"] == f"sip:s1@127.0.0.1:{c.sip_port}"  # its AOR at the front door
+
+    # 1. four callers at once-ish, through the front door: they land on both nodes, wait in one
+    # queue, and each reaches the seat in turn (each stays 5 s longer than the one before it)
+    callers = []
+    for n in range(1, 5):
+        callers.append(start_caller(c, stay=4.0 + 5.0 * n))
+        c.wait_for(lambda n=n: enqueued(c.db_url) >= n, timeout=30)
+    results = [result(p) for p in callers]
+    assert all(r["answered"] and r["bridged"] for r in results), results
+    on = {i: bridged(c, i) for i in (1, 2)}
+    assert on[1] >= 1 and on[2] >= 1 and on[1] + on[2] == 4, on
+    dialed = assert_one_call_at_a_time(asyncio.run(fence_log(c.db_url)))
+    assert len(dialed) == 4, dialed
+    assert refused_at_front_door(c) == []  # the routing never sent a second call to the seat
+
+    # 2. new callers only to the node that will survive (the leader taken out of the front door's
+    # set by the operator), one talking to the seat and one waiting; then kill -9 of the leader
+    # node's every process
+    c.rpc.call("dispatcher.set_state", "d", 1, dispatcher_uri(c, f"node-{leader}"))
+    c.wait_for(lambda: c.in_set() == {f"node-{leader}": False, f"node-{other}": True})
+    before = bridged(c, other)
+    talking = start_caller(c, stay=14.0)
+    c.wait_for(lambda: bridged(c, other) == before + 1, timeout=60)
+    waiting = start_caller(c, stay=60.0)
+    c.wait_for(lambda: enqueued(c.db_url) >= 6, timeout=30)
+    assert not leads(c, other)
+    pids = c.node_pids(leader)
+    killed = time.time()
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    line = c.wait_for(lambda: leads(c, other), timeout=60, every=0.05)[0]
+    takeover = float(line["ts"]) - killed
+    first = result(talking)
+    second = result(waiting)
+    reached = next(float(x["ts"]) for x in reversed(c.node_log(other)) if x.get("event") == "bridged")
+    print(f"\nkill -9 of the leader node (node-{leader}, {len(pids)} processes) -> node-{other} routes for the "
+          f"cluster after {takeover * 1000:.0f} ms (restore {line.get('restore_s')} s); the waiting caller "
+          f"reached the seat {reached - killed:.1f} s after the kill (the talking caller stayed until then)")
+    assert first["answered"] and first["bridged"], first
+    assert second["answered"] and second["bridged"], second
+    dialed = assert_one_call_at_a_time(asyncio.run(fence_log(c.db_url)))
+    assert len(dialed) == 6, dialed
+    assert refused_at_front_door(c) == []
+    c.wait_for(lambda: not processes_under(c.data_dir / f"node-{leader}"))
+    assert c.proc.poll() is None
+    # the API door follows the new leader: its view, with the seat, on every connection
+    c.wait_for(lambda: door_prefers(c) == f"node-{other}")
+    for _ in range(4):
+        assert seat()["contact"] == f"sip:s1@127.0.0.1:{c.sip_port}"
