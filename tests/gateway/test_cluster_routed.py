@@ -303,21 +303,24 @@ def test_a_dead_nodes_seat_call_is_ended_at_the_front_door_and_a_live_one_is_nev
 
     # 2. a caller on node X talks to the seat; kill -9 of every process of node X
     talking = start_caller(c, stay=240.0)
-    c.wait_for(lambda: bridged(c, x) == 2, timeout=60)
-    c.wait_for(lambda: seat_profile(c) == 1)
-    pids = c.node_pids(x)
-    killed = time.monotonic()
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    c.wait_for(lambda: seat_calls_ended(c) == 2, timeout=SEAT_KEEPALIVE_S + 30, every=0.2)
-    seat_bye = time.monotonic() - killed
-    c.wait_for(lambda: seat_profile(c) == 0, timeout=5)
-    freed = time.monotonic() - killed
+    try:
+        c.wait_for(lambda: bridged(c, x) == 2, timeout=60)
+        c.wait_for(lambda: seat_profile(c) == 1)
+        pids = c.node_pids(x)
+        killed = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        # keep-alive interval + OPTIONS timeout (2 s) + the module's 10 s + timer step: at most 43 s
+        c.wait_for(lambda: seat_calls_ended(c) == 2, timeout=SEAT_KEEPALIVE_S + 20, every=0.2)
+        seat_bye = time.monotonic() - killed
+        c.wait_for(lambda: seat_profile(c) == 0, timeout=5)
+        freed = time.monotonic() - killed
+    finally:
+        talking.kill()
+        talking.wait()
     print(f"\nkill -9 of node-{x} ({len(pids)} processes) during a seat call: the seat phone's call ended "
           f"{seat_bye:.1f} s after the kill, the front door's seat profile was 0 after {freed:.1f} s "
           f"(keep-alive every {SEAT_KEEPALIVE_S} s)")
-    talking.kill()
-    talking.wait()
 
     # 3. the seat takes the next caller, through the surviving node
     c.rpc.call("dispatcher.set_state", "ap", 1, dispatcher_uri(c, f"node-{leader}"))
