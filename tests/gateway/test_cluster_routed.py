@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import pytest
 
 from gateway.bench.runner import free_block, rtp_base_below_ephemeral
 from routing.authority import plain_dsn
-from tests.conftest import PG_ADMIN_URL, free_port
+from tests.conftest import free_port, own_pg_database
 from tests.gateway.test_cluster import RunningCluster, _cli, processes_under
 from tests.gateway.test_handoff import HUMAN
 from tests.gateway.test_register import ha1, tone_wav
@@ -46,21 +45,11 @@ pytestmark = [pytest.mark.sip, pytest.mark.postgres, pytest.mark.timeout(420),
 WORKERS = 1
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(plain_dsn(PG_ADMIN_URL))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def own_db() -> Iterator[str]:
     """A database of its own: the routing authority's advisory lock is per database."""
-    name = f"handoff_routed_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with own_pg_database("handoff_routed") as url:
+        yield url
 
 
 def enqueued(db: str) -> int:
