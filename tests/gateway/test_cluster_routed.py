@@ -31,12 +31,11 @@ import asyncpg
 import httpx
 import pytest
 
-from gateway.bench.runner import free_block, rtp_base_below_ephemeral
 from routing.authority import plain_dsn
 from tests.conftest import free_port, own_pg_database
-from tests.gateway.test_cluster import RunningCluster, _cli, processes_under
+from tests.gateway.test_cluster import RunningCluster, _cli, processes_under, running_cluster
 from tests.gateway.test_handoff import HUMAN
-from tests.gateway.test_register import ha1, tone_wav
+from tests.gateway.test_register import tone_wav
 from tests.routing.test_cluster import assert_one_call_at_a_time, fence_log
 
 pytestmark = [pytest.mark.sip, pytest.mark.postgres, pytest.mark.timeout(420),
@@ -110,38 +109,9 @@ def result(p: subprocess.Popen[str], timeout: float = 180) -> dict[str, Any]:
 
 @pytest.fixture
 def routed_cluster(tmp_path: Path, own_db: str, mqtt_url: str) -> Iterator[RunningCluster]:
-    data = tmp_path / "d"
-    seats = tmp_path / "seats.yaml"
-    seats.write_text("seats:\n"
-                     f"  - id: s1\n    register: {{username: s1, ha1: {ha1('s1', 'seat-pass')}}}\n"
-                     "    skills: [intake_guidance]\n")
-    sip, api = free_port(), free_port()
-    node_base = free_block(2 * (WORKERS + 2))
-    cmd = [sys.executable, "-m", "gateway.cli", "cluster", "--nodes", "2", "--sip-port", str(sip), "--api-port",
-           str(api), "--data-dir", str(data), "--db-url", own_db, "--mqtt-url", mqtt_url, "--workers", str(WORKERS),
-           "--node-base-port", str(node_base), "--rtp-base-port", str(rtp_base_below_ephemeral(sip, 2 * WORKERS * 40))]
-    log_path = tmp_path / "cluster.log"
-    proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "HANDOFF_SEATS": str(seats), "HANDOFF_WRAP_UP_S": "0"})
-    c = RunningCluster(proc, data, sip, api, log_path, [], own_db)
-    try:
-        c.wait_for(lambda: proc.poll() is not None or "front door sip:" in log_path.read_text(), timeout=120)
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        assert "WARNING: --independent-routing" not in log_path.read_text()
+    with running_cluster(tmp_path, own_db, mqtt_url, workers=WORKERS, env={"HANDOFF_WRAP_UP_S": "0"}) as c:
+        assert "WARNING: --independent-routing" not in c.log_path.read_text()
         yield c
-    finally:
-        for p in c.softphones:
-            p.kill()
-            p.wait()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pid, _ in processes_under(data):  # never leave a process of this test behind
-            os.kill(pid, signal.SIGKILL)
 
 
 def register_seat_phone(c: RunningCluster, tone_s: int = 60) -> None:
