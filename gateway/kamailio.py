@@ -135,6 +135,12 @@ def _ci_regex(text: str) -> str:
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else (f"[{c}]" if c == "." else c) for c in text)
 
 
+#: seconds between the front door's in-dialog OPTIONS to the node side of a seat call; Kamailio 5.6's
+#: dialog module refuses less than 30 ("ka interval too low"): a dead node's seat call therefore
+#: ends within 30 + 2 (OPTIONS timeout) + 10 (the module's grace) + 1 (timer step) = 43 s
+SEAT_KEEPALIVE_S = 30
+
+
 @dataclass(slots=True)
 class ClusterRole:
     """What makes a Kamailio the cluster's front door rather than one node's (docs/CLUSTER.md).
@@ -147,6 +153,14 @@ class ClusterRole:
     """
 
     node_sources: list[str] = field(default_factory=list)  # IPs/CIDRs the nodes' workers send from
+
+    def dialog_keepalive(self) -> str:
+        """The dialog module's keep-alives of seat dialogs (only they set ``ka-src``): checked every
+        second, an OPTIONS to the node's worker every SEAT_KEEPALIVE_S, the first one that times
+        out (tm's fr_timer, 2 s) ends the dialog 10 s later (fixed in the module) with a BYE."""
+        return (f'modparam("dialog", "ka_timer", 1)\n'
+                f'modparam("dialog", "ka_interval", {SEAT_KEEPALIVE_S})\n'
+                f'modparam("dialog", "ka_failed_limit", 1)\n')
 
     def node_test(self) -> str:
         nets = [str(ipaddress.ip_network(s, strict=False)) for s in self.node_sources]
@@ -189,7 +203,13 @@ route[SEAT] {{
     }}
     remove_hf("Route");
     record_route();
+    # a node that dies (kill -9, power) sends no BYE: the front door asks the node's side with
+    # in-dialog OPTIONS every SEAT_KEEPALIVE_S (ka-src: the worker that sent this INVITE, which
+    # answers 200 while it lives); an OPTIONS that times out ends the dialog, with a BYE to the
+    # seat phone (timeout_bye), and frees the seat's profile entry
+    $dlg_ctx(timeout_bye) = 1;
     dlg_manage();
+    dlg_set_property("ka-src");
     set_dlg_profile("seat", "$var(seat)");
     if (!t_relay()) {{
         unlock("seat-$var(seat)");
@@ -288,7 +308,7 @@ modparam("rr", "append_fromtag", 1)
 modparam("dialog", "enable_stats", 1)
 modparam("dialog", "default_timeout", 14400)
 modparam("dialog", "profiles_with_value", "source;seat")
-modparam("htable", "htable", "seatha1=>size=6;")
+{cluster.dialog_keepalive() if cluster is not None else ""}modparam("htable", "htable", "seatha1=>size=6;")
 modparam("cfgutils", "lock_set_size", 8)
 modparam("usrloc", "db_mode", 0)
 modparam("usrloc", "timer_interval", 5)

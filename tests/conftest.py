@@ -7,6 +7,7 @@ one machine never see each other's rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -51,6 +52,35 @@ async def _pg_admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@contextlib.contextmanager
+def own_pg_database(prefix: str, *, migrated: bool = False) -> Iterator[str]:
+    """A PostgreSQL database of its own (SQLAlchemy async URL), dropped afterwards.
+
+    Cluster tests need one each: the routing authority's advisory lock is per database, so two
+    tests sharing one would elect one leader between them."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    try:
+        if migrated:
+            asyncio.run(_migrate(url))
+        yield url
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _migrate(url: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from gateway.schema import upgrade_schema
+
+    engine = create_async_engine(url)
+    try:
+        await upgrade_schema(engine)
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture(scope="session")

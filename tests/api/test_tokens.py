@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from api.tokens import DEFAULT_TTL_DAYS, Role, TokenError, TokenStore, api_token
 from gateway.schema import schema_drift, upgrade_schema
 from tests.api.conftest import Node
 from tests.api.scratch import scratch_engine
-from tests.conftest import _pg_admin
+from tests.conftest import own_pg_database
 
 DAY = 86400.0
 
@@ -104,12 +103,10 @@ def test_token_cli_refuses_a_seat_token_without_a_seat(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def fresh_pg_url(pg_url: str) -> Iterator[str]:
+def fresh_pg_url() -> Iterator[str]:
     """An empty PostgreSQL database of its own (the CLI migrates the whole schema into it)."""
-    name = f"handoff_tok_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    yield pg_url.rsplit("/", 1)[0] + "/" + name
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with own_pg_database("handoff_tok") as url:
+        yield url
 
 
 def test_token_cli_with_postgres(fresh_pg_url: str, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ log (``call_started``), never from the front door's word.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -155,39 +156,50 @@ def processes_under(path: Path) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, pg_url: str, mqtt_url: str) -> Iterator[RunningCluster]:
-    tmp = tmp_path_factory.mktemp("cluster")
+@contextlib.contextmanager
+def running_cluster(tmp: Path, db_url: str, mqtt_url: str, *, workers: int, extra: tuple[str, ...] = (),
+                    env: dict[str, str] | None = None) -> Iterator[RunningCluster]:
+    """``handoff122 cluster --nodes 2`` with seat s1 (a phone registering at the front door), run
+    as an operator would; stopped with Ctrl-C, and nothing it started is left running."""
     data = tmp / "d"
     seats = tmp / "seats.yaml"
     seats.write_text("seats:\n"
                      f"  - id: s1\n    register: {{username: s1, ha1: {ha1('s1', 'seat-pass')}}}\n"
                      "    skills: [intake_guidance]\n")
     sip, api = free_port(), free_port()
-    node_base = free_block(2 * (WORKERS + 2))
+    node_base = free_block(2 * (workers + 2))
     cmd = [sys.executable, "-m", "gateway.cli", "cluster", "--nodes", "2", "--sip-port", str(sip), "--api-port",
-           str(api), "--data-dir", str(data), "--db-url", pg_url, "--mqtt-url", mqtt_url, "--workers", str(WORKERS),
-           "--node-base-port", str(node_base), "--rtp-base-port", str(rtp_base_below_ephemeral(sip, 2 * WORKERS * 40)),
-           "--independent-routing"]
+           str(api), "--data-dir", str(data), "--db-url", db_url, "--mqtt-url", mqtt_url, "--workers", str(workers),
+           "--node-base-port", str(node_base), "--rtp-base-port", str(rtp_base_below_ephemeral(sip, 2 * workers * 40)),
+           *extra]
     log_path = tmp / "cluster.log"
     proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "HANDOFF_SEATS": str(seats), "HANDOFF_ANSWER_DELAY_S": "0.2"})
-    c = RunningCluster(proc, data, sip, api, log_path, [], pg_url)
-    c.wait_for(lambda: proc.poll() is not None or "front door sip:" in log_path.read_text(), timeout=120)
-    assert proc.poll() is None, log_path.read_text()[-3000:]
-    yield c
-    for p in c.softphones:
-        p.kill()
-        p.wait()
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for pid, _ in processes_under(data):  # never leave a process of this test behind
-        os.kill(pid, signal.SIGKILL)
+                            env={**os.environ, "HANDOFF_SEATS": str(seats), **(env or {})})
+    c = RunningCluster(proc, data, sip, api, log_path, [], db_url)
+    try:
+        c.wait_for(lambda: proc.poll() is not None or "front door sip:" in log_path.read_text(), timeout=120)
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        yield c
+    finally:
+        for p in c.softphones:
+            p.kill()
+            p.wait()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid, _ in processes_under(data):  # never leave a process of this test behind
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, pg_url: str, mqtt_url: str) -> Iterator[RunningCluster]:
+    with running_cluster(tmp_path_factory.mktemp("cluster"), pg_url, mqtt_url, workers=WORKERS,
+                         extra=("--independent-routing",), env={"HANDOFF_ANSWER_DELAY_S": "0.2"}) as c:
+        yield c
 
 
 @pytest.mark.sip

@@ -9,17 +9,14 @@ import asyncio
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.schema import upgrade_schema
 from routing.authority import plain_dsn
-from tests.conftest import PG_ADMIN_URL, free_port
+from tests.conftest import free_port, own_pg_database
 from tests.gateway.test_handoff import HUMAN, seats_yaml
 from tests.node_harness import RunningNode, caller_result, seat_reports, start_caller, start_node, start_seat
 from tests.routing.test_cluster import assert_one_call_at_a_time, fence_log
@@ -27,31 +24,11 @@ from tests.routing.test_cluster import assert_one_call_at_a_time, fence_log
 pytestmark = [pytest.mark.sip, pytest.mark.postgres, pytest.mark.timeout(300)]
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(plain_dsn(PG_ADMIN_URL))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def _migrate(url: str) -> None:
-    engine = create_async_engine(url)
-    try:
-        await upgrade_schema(engine)
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture
 def pg_db() -> Iterator[str]:
     """A database of its own (one cluster per database: the advisory lock is per database)."""
-    name = f"handoff_cluster_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    asyncio.run(_migrate(url))
-    yield url
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with own_pg_database("handoff_cluster", migrated=True) as url:
+        yield url
 
 
 def cluster_node(tmp_path: Path, name: str, db: str, seats: str) -> RunningNode:

@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,11 @@ import asyncpg
 import httpx
 import pytest
 
-from gateway.bench.runner import free_block, rtp_base_below_ephemeral
 from routing.authority import plain_dsn
-from tests.conftest import PG_ADMIN_URL, free_port
-from tests.gateway.test_cluster import RunningCluster, _cli, processes_under
+from tests.conftest import free_port, own_pg_database
+from tests.gateway.test_cluster import RunningCluster, _cli, processes_under, running_cluster
 from tests.gateway.test_handoff import HUMAN
-from tests.gateway.test_register import ha1, tone_wav
+from tests.gateway.test_register import tone_wav
 from tests.routing.test_cluster import assert_one_call_at_a_time, fence_log
 
 pytestmark = [pytest.mark.sip, pytest.mark.postgres, pytest.mark.timeout(420),
@@ -46,21 +44,11 @@ pytestmark = [pytest.mark.sip, pytest.mark.postgres, pytest.mark.timeout(420),
 WORKERS = 1
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(plain_dsn(PG_ADMIN_URL))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def own_db() -> Iterator[str]:
     """A database of its own: the routing authority's advisory lock is per database."""
-    name = f"handoff_routed_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with own_pg_database("handoff_routed") as url:
+        yield url
 
 
 def enqueued(db: str) -> int:
@@ -121,45 +109,17 @@ def result(p: subprocess.Popen[str], timeout: float = 180) -> dict[str, Any]:
 
 @pytest.fixture
 def routed_cluster(tmp_path: Path, own_db: str, mqtt_url: str) -> Iterator[RunningCluster]:
-    data = tmp_path / "d"
-    seats = tmp_path / "seats.yaml"
-    seats.write_text("seats:\n"
-                     f"  - id: s1\n    register: {{username: s1, ha1: {ha1('s1', 'seat-pass')}}}\n"
-                     "    skills: [intake_guidance]\n")
-    sip, api = free_port(), free_port()
-    node_base = free_block(2 * (WORKERS + 2))
-    cmd = [sys.executable, "-m", "gateway.cli", "cluster", "--nodes", "2", "--sip-port", str(sip), "--api-port",
-           str(api), "--data-dir", str(data), "--db-url", own_db, "--mqtt-url", mqtt_url, "--workers", str(WORKERS),
-           "--node-base-port", str(node_base), "--rtp-base-port", str(rtp_base_below_ephemeral(sip, 2 * WORKERS * 40))]
-    log_path = tmp_path / "cluster.log"
-    proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "HANDOFF_SEATS": str(seats), "HANDOFF_WRAP_UP_S": "0"})
-    c = RunningCluster(proc, data, sip, api, log_path, [], own_db)
-    try:
-        c.wait_for(lambda: proc.poll() is not None or "front door sip:" in log_path.read_text(), timeout=120)
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        assert "WARNING: --independent-routing" not in log_path.read_text()
+    with running_cluster(tmp_path, own_db, mqtt_url, workers=WORKERS, env={"HANDOFF_WRAP_UP_S": "0"}) as c:
+        assert "WARNING: --independent-routing" not in c.log_path.read_text()
         yield c
-    finally:
-        for p in c.softphones:
-            p.kill()
-            p.wait()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pid, _ in processes_under(data):  # never leave a process of this test behind
-            os.kill(pid, signal.SIGKILL)
 
 
-def register_seat_phone(c: RunningCluster) -> None:
-    """baresip registered as s1 at the front door, answering every call at once (auto answer)."""
+def register_seat_phone(c: RunningCluster, tone_s: int = 60) -> None:
+    """baresip registered as s1 at the front door, answering every call at once (auto answer); it
+    hangs up itself when its ``tone_s`` tone file ends."""
     conf = c.data_dir.parent / "baresip-s1"
     conf.mkdir()
-    tone_wav(conf / "tone.wav", 1000, seconds=60)
+    tone_wav(conf / "tone.wav", 1000, seconds=tone_s)
     port = free_port()
     (conf / "config").write_text(
         f"poll_method epoll\nsip_listen 127.0.0.1:{port}\naudio_player aufile,{conf / 'heard.wav'}\n"
@@ -248,3 +208,85 @@ def test_callers_on_both_nodes_share_one_front_door_seat_and_a_killed_leader_is_
     c.wait_for(lambda: door_prefers(c) == f"node-{other}")
     for _ in range(4):
         assert seat()["contact"] == f"sip:s1@127.0.0.1:{c.sip_port}"
+
+
+def seat_phone_log(c: RunningCluster) -> str:
+    return (c.data_dir.parent / "baresip-s1" / "out.log").read_text(errors="replace")
+
+
+def seat_calls_ended(c: RunningCluster) -> int:
+    """Calls the seat phone (baresip) saw end: it prints "Call with ... terminated" for each."""
+    return sum(1 for ln in seat_phone_log(c).splitlines() if "terminated" in ln)
+
+
+def seat_profile(c: RunningCluster) -> int:
+    """The front door's count of calls in progress to seat s1 (dialog profile ``seat``)."""
+    size = c.rpc.call("dlg.profile_get_size", "seat", "s1")
+    return int(size.get("count", 0) if isinstance(size, dict) else size)
+
+
+def test_a_dead_nodes_seat_call_is_ended_at_the_front_door_and_a_live_one_is_never_cut(
+        routed_cluster: RunningCluster) -> None:
+    """The front door's in-dialog keep-alives (OPTIONS to the node's worker, SEAT_KEEPALIVE_S):
+    a live call outlasts three of them; kill -9 of the node carrying a seat call ends that call
+    at the front door (BYE to the seat phone, its ``seat`` profile back to 0), and the seat takes
+    the next caller: it is not left stuck busy (486) until the dialog timeout (4 h)."""
+    from gateway.kamailio import SEAT_KEEPALIVE_S
+
+    c = routed_cluster
+    leader = c.wait_for(lambda: next((i for i in (1, 2) if leads(c, i)), None), timeout=60)
+    x = 3 - leader  # the node that carries the seat calls and is killed: routing stays where it is
+    register_seat_phone(c, tone_s=3 * SEAT_KEEPALIVE_S + 60)  # outlasts every call below
+    token = _cli("token", "create", "--role", "supervisor", "--db-url", c.db_url, "--data-dir",
+                 str(c.data_dir)).stdout.strip().splitlines()[-1]
+    auth = {"Authorization": f"Bearer {token}"}
+    api = f"http://127.0.0.1:{c.api_port}"
+    c.wait_for(lambda: door_prefers(c) == f"node-{leader}")
+    r = httpx.put(f"{api}/api/v1/seats/s1/status", headers=auth, timeout=10, json={"status": "available", "reason": None})
+    assert r.status_code == 200, r.text
+
+    # callers only to node X (the leader taken out of the front door's set for now)
+    c.rpc.call("dispatcher.set_state", "d", 1, dispatcher_uri(c, f"node-{leader}"))
+    c.wait_for(lambda: c.in_set() == {f"node-{leader}": False, f"node-{x}": True})
+
+    # 1. a live call through the front door lasting more than three keep-alive intervals
+    stay = 3 * SEAT_KEEPALIVE_S + 10.0
+    live = start_caller(c, stay=stay)
+    c.wait_for(lambda: bridged(c, x) == 1, timeout=60)
+    c.wait_for(lambda: seat_profile(c) == 1)
+    first = result(live, timeout=stay + 60)
+    assert first["answered"] and first["bridged"] and first["hung_up_by"] == "caller", first
+    assert first["duration_s"] >= stay - 1, first
+    assert refused_at_front_door(c) == []
+    c.wait_for(lambda: seat_profile(c) == 0 and seat_calls_ended(c) == 1, timeout=20)
+
+    # 2. a caller on node X talks to the seat; kill -9 of every process of node X
+    talking = start_caller(c, stay=240.0)
+    try:
+        c.wait_for(lambda: bridged(c, x) == 2, timeout=60)
+        c.wait_for(lambda: seat_profile(c) == 1)
+        pids = c.node_pids(x)
+        killed = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        # keep-alive interval + OPTIONS timeout (2 s) + the module's 10 s + timer step: at most 43 s
+        c.wait_for(lambda: seat_calls_ended(c) == 2, timeout=SEAT_KEEPALIVE_S + 20, every=0.2)
+        seat_bye = time.monotonic() - killed
+        c.wait_for(lambda: seat_profile(c) == 0, timeout=5)
+        freed = time.monotonic() - killed
+    finally:
+        talking.kill()
+        talking.wait()
+    print(f"\nkill -9 of node-{x} ({len(pids)} processes) during a seat call: the seat phone's call ended "
+          f"{seat_bye:.1f} s after the kill, the front door's seat profile was 0 after {freed:.1f} s "
+          f"(keep-alive every {SEAT_KEEPALIVE_S} s)")
+
+    # 3. the seat takes the next caller, through the surviving node
+    c.rpc.call("dispatcher.set_state", "ap", 1, dispatcher_uri(c, f"node-{leader}"))
+    c.wait_for(lambda: c.in_set().get(f"node-{leader}") is True, timeout=30)
+    before = bridged(c, leader)
+    nxt = start_caller(c, stay=4.0)
+    c.wait_for(lambda: bridged(c, leader) == before + 1, timeout=90)
+    third = result(nxt)
+    assert third["answered"] and third["bridged"], third
+    assert refused_at_front_door(c) == []

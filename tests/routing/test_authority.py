@@ -14,8 +14,7 @@ import os
 import signal
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -23,7 +22,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.schema import schema_drift, upgrade_schema
+from gateway.schema import schema_drift
 from routing.authority import (
     RoutingAuthority,
     add_seat,
@@ -34,7 +33,7 @@ from routing.authority import (
     seat_state,
     start_dialing,
 )
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import own_pg_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(90)]
 
@@ -169,27 +168,11 @@ class Partition:
             w.close()
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(plain_dsn(PG_ADMIN_URL))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
-async def db() -> AsyncIterator[str]:
+def db() -> Iterator[str]:
     """A database of its own for each test, migrated to head (advisory locks are per database)."""
-    name = f"handoff_auth_{uuid.uuid4().hex[:10]}"
-    await _admin(f'CREATE DATABASE "{name}"')
-    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    engine = create_async_engine(url)
-    try:
-        await upgrade_schema(engine)
-    finally:
-        await engine.dispose()
-    yield url
-    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_pg_database("handoff_auth", migrated=True) as url:
+        yield url
 
 
 async def wait_for(cond, timeout: float, what: str) -> None:
