@@ -19,6 +19,21 @@ from gateway.bench.runner import free_block, rtp_base_below_ephemeral
 from tests.conftest import free_port
 
 
+def poll_until(what: Callable[[], Any], timeout: float, every: float, tails: Callable[[], str]) -> Any:
+    """``what()`` once it is truthy (an exception counts as "not there yet"); on timeout, an
+    AssertionError with the last value and ``tails()`` (the logs that say why)."""
+    end = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < end:
+        try:
+            last = what()
+            if last:
+                return last
+        except Exception as e:  # the thing may not be there yet
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting; last value: {last!r}\n{tails()}")
+
 @dataclass
 class RunningNode:
     proc: subprocess.Popen[bytes]
@@ -62,18 +77,8 @@ class RunningNode:
         return [x for x in self.logs() if x.get("event") in ("journey_unexpected_event", "seat_leg_unexpected")]
 
     def wait_for(self, what: Callable[[], Any], timeout: float = 30.0, every: float = 0.2) -> Any:
-        end = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < end:
-            try:
-                last = what()
-                if last:
-                    return last
-            except Exception as e:  # the thing may not be there yet
-                last = e
-            time.sleep(every)
-        raise AssertionError(f"timed out waiting; last value: {last!r}\n--- node log tail ---\n"
-                             + self.log_path.read_text(errors='replace')[-4000:])
+        return poll_until(what, timeout, every, lambda: "--- node log tail ---\n"
+                          + self.log_path.read_text(errors="replace")[-4000:])
 
     def worker_pids(self) -> dict[int, int]:
         run = self.data_dir / "run"

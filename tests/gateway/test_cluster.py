@@ -31,6 +31,7 @@ from gateway.kamailio import KamailioRpc, find_kamailio
 from gateway.local_sockets import unix_socket_path
 from tests.conftest import free_port
 from tests.gateway.test_register import ha1, tone_wav
+from tests.node_harness import poll_until
 from tests.sipp_driver import run_sipp
 
 WORKERS = 2
@@ -124,20 +125,10 @@ class RunningCluster:
         return front_door_set(self.rpc.call("dispatcher.list"))
 
     def wait_for(self, what: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
-        end = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < end:
-            try:
-                last = what()
-                if last:
-                    return last
-            except Exception as e:  # not there yet
-                last = e
-            time.sleep(every)
-        tails = "\n".join(f"--- {p.name} ---\n" + p.read_text(errors="replace")[-2500:]
-                          for p in sorted(self.data_dir.glob("*.log")))
-        raise AssertionError(f"timed out; last value {last!r}\n--- cluster ---\n"
-                             f"{self.log_path.read_text(errors='replace')[-2500:]}\n{tails}")
+        return poll_until(what, timeout, every, lambda: "--- cluster ---\n"
+                          + self.log_path.read_text(errors="replace")[-2500:] + "\n"
+                          + "\n".join(f"--- {p.name} ---\n" + p.read_text(errors="replace")[-2500:]
+                                      for p in sorted(self.data_dir.glob("*.log"))))
 
 
 def processes_under(path: Path) -> list[tuple[int, str]]:

@@ -12,14 +12,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from routing.authority import plain_dsn
 from tests.conftest import free_port, own_pg_database
 from tests.gateway.test_handoff import HUMAN, seats_yaml
 from tests.node_harness import RunningNode, caller_result, seat_reports, start_caller, start_node, start_seat
-from tests.routing.test_cluster import assert_one_call_at_a_time, fence_log
+from tests.routing.test_cluster import assert_one_call_at_a_time, enqueued, fence_log
 
 pytestmark = [pytest.mark.sip, pytest.mark.postgres, pytest.mark.timeout(300)]
 
@@ -40,16 +38,6 @@ def cluster_node(tmp_path: Path, name: str, db: str, seats: str) -> RunningNode:
 def routing_lines(node: RunningNode) -> list[dict]:
     """The node's log lines that say it routes for the cluster (one per election it won)."""
     return [x for x in node.logs() if x.get("event") == "routing for the cluster"]
-
-
-def enqueued(db: str) -> int:
-    async def count() -> int:
-        conn = await asyncpg.connect(plain_dsn(db))
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM routing_commands WHERE kind = 'enqueue'"))
-        finally:
-            await conn.close()
-    return asyncio.run(count())
 
 
 def seat_history(db: str) -> list[tuple[str, str | None, dict]]:

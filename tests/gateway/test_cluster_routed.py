@@ -27,16 +27,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
-from routing.authority import plain_dsn
 from tests.conftest import free_port, own_pg_database
 from tests.gateway.test_cluster import RunningCluster, _cli, processes_under, running_cluster
 from tests.gateway.test_handoff import HUMAN
 from tests.gateway.test_register import tone_wav
-from tests.routing.test_cluster import assert_one_call_at_a_time, fence_log
+from tests.routing.test_cluster import assert_one_call_at_a_time, enqueued, fence_log
 
 pytestmark = [pytest.mark.sip, pytest.mark.postgres, pytest.mark.timeout(420),
               pytest.mark.skipif(shutil.which("baresip") is None, reason="needs baresip-core")]
@@ -49,16 +47,6 @@ def own_db() -> Iterator[str]:
     """A database of its own: the routing authority's advisory lock is per database."""
     with own_pg_database("handoff_routed") as url:
         yield url
-
-
-def enqueued(db: str) -> int:
-    async def count() -> int:
-        conn = await asyncpg.connect(plain_dsn(db))
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM routing_commands WHERE kind = 'enqueue'"))
-        finally:
-            await conn.close()
-    return asyncio.run(count())
 
 
 def leads(c: RunningCluster, i: int) -> list[dict[str, Any]]:

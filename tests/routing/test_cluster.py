@@ -169,6 +169,17 @@ class Node:
             await self._reader
 
 
+def enqueued(url: str) -> int:
+    """How many enqueue commands the nodes have sent (a caller reached the queue)."""
+    async def count() -> int:
+        conn = await asyncpg.connect(plain_dsn(url))
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM routing_commands WHERE kind = 'enqueue'"))
+        finally:
+            await conn.close()
+    return asyncio.run(count())
+
+
 async def fence_log(url: str, seat: str = "s1") -> list[tuple[str, str | None, dict]]:
     conn = await asyncpg.connect(plain_dsn(url))
     try:
