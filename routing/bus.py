@@ -164,8 +164,9 @@ class EventBus:
                     delay = BACKOFF_FIRST_S
                     log.info("MQTT connected", extra={"broker": f"{self.address.host}:{self.address.port}",
                                                       "buffered": len(self._buffer)})
-                    await client.subscribe(f"{self.prefix}/seats/+/status/set", qos=1)
-                    self._subscribed = True
+                    if self.on_seat_status is not None:  # a publish-only bus (a cluster node's) hears nothing
+                        await client.subscribe(f"{self.prefix}/seats/+/status/set", qos=1)
+                        self._subscribed = True
                     await self._serve(client)
             except aiomqtt.MqttError as e:
                 was = self._connected

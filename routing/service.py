@@ -155,8 +155,7 @@ class RoutingService:
         seats, released = _release_lost_seats(seats, progress, lost, (live or frozenset()) - set(connected), now,
                                               {c.call_id: c.seat_id for c in connected.values()})
         events = self.acd.restore(seats, waiting, now, list(connected.values()))
-        for entry in waiting:
-            self._pop_info[entry.call_id] = {"caller": entry.caller, "info": entry.info}
+        self.remember_callers(waiting)
         restored_callbacks = 0
         for row in await load_callbacks(self.engine):
             # one being called back when the node stopped goes back to pending: nobody may be lost
@@ -307,6 +306,11 @@ class RoutingService:
     def record(self, events: list[Event]) -> Emitted:
         """Log and publish events decided outside the ACD (CALLSTART, IVRDONE, CALLEND from the gateway)."""
         return self._emit(list(events))
+
+    def remember_callers(self, entries: Iterable[RestoredEntry]) -> None:
+        """Restored callers' identity and IVR answers, for the screen pop of their next offer."""
+        for entry in entries:
+            self._pop_info[entry.call_id] = {"caller": entry.caller, "info": entry.info}
 
     def seat_status_from_bus(self, seat_id: str, status: SeatStatus, reason: str | None) -> None:
         """A seat desktop asked for a status over MQTT; a refusal is logged (nobody to answer)."""

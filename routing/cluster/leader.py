@@ -38,6 +38,7 @@ from routing.authority import (
     withdraw_offer,
 )
 from routing.authority import release as release_seat
+from routing.bus import EventBus
 from routing.cluster.channel import (
     CHANNEL_COMMANDS,
     CHANNEL_DELIVERIES,
@@ -67,8 +68,12 @@ class ClusterRouting:
     def __init__(self, url: str, engine: AsyncEngine, node_id: str, make_acd: Callable[[], Acd],
                  seats: Iterable[SeatSpec] = (), lease_s: float = 3.0,
                  on_routing: Callable[[RoutingService | None], None] | None = None,
-                 node_grace_s: float = 30.0) -> None:
+                 node_grace_s: float = 30.0, make_bus: Callable[[], EventBus | None] | None = None) -> None:
         self.url = plain_dsn(url)
+        #: The leader's MQTT bus, made anew at each election: the ACD's decisions (events, screen
+        #: pops, queue snapshots) are published by whoever routes, and seat desktops' status
+        #: requests reach the ACD that decides.  A deposed leader's bus is stopped unflushed.
+        self.make_bus = make_bus
         #: A node whose campaign session has been gone this long is dead: its calls are closed as
         #: lost and its seats freed.  Longer than a control-process restart, which keeps its calls.
         self.node_grace_s = node_grace_s
@@ -119,7 +124,8 @@ class ClusterRouting:
         # node_id None: the calls this ACD logs belong to the nodes that carry them (their own
         # CALLSTART says which), never to the leader that happens to route them
         writer = EventWriter(self._log_engine, None, fence=fence)  # type: ignore[arg-type]
-        service = RoutingService(self.make_acd(), writer=writer, node_id=self.node_id)
+        bus = self.make_bus() if self.make_bus is not None else None
+        service = RoutingService(self.make_acd(), writer=writer, bus=bus, node_id=self.node_id)
         service.on_event(self._decided)
         self.service = service
         self._outbox = asyncio.Queue()
@@ -179,6 +185,10 @@ class ClusterRouting:
                 conn.terminate()
         self._conn = self._out = None
         if service is not None:
+            if service.bus is not None:  # nothing more of this epoch leaves, not even what is buffered
+                bus, service.bus = service.bus, None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(bus.stop(drain_timeout=0), 1.0)
             if service.writer is not None:
                 dropped = service.writer.drop_pending()
                 if dropped:
@@ -233,6 +243,7 @@ class ClusterRouting:
         bound = {c.call_id for c in connected}
         waiting = [e for e in waiting if e.call_id not in bound]
         events = service.acd.restore(out_seats, waiting, now, connected)
+        service.remember_callers(waiting)
         for row in await load_callbacks(self.engine):
             with contextlib.suppress(RoutingError):
                 service.acd.callbacks.add(row["call_id"], row["caller"], row["skill"] or "intake_guidance",

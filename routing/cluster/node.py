@@ -18,6 +18,7 @@ from routing.acd import (
 from routing.authority import (
     RoutingAuthority,
 )
+from routing.bus import EventBus
 from routing.cluster.channel import RoutingClient
 from routing.cluster.leader import ClusterRouting
 
@@ -32,10 +33,10 @@ class ClusterNode:
                  seats: Iterable[SeatSpec] = (), lease_s: float = 3.0,
                  on_elected: Callable[[int], Awaitable[None] | None] | None = None,
                  on_demoted: Callable[[int], Awaitable[None] | None] | None = None,
-                 node_grace_s: float = 30.0) -> None:
+                 node_grace_s: float = 30.0, make_bus: Callable[[], EventBus | None] | None = None) -> None:
         self.node_id = node_id
         self.routing = ClusterRouting(url, engine, node_id, make_acd or (lambda: Acd(AcdConfig())), seats, lease_s,
-                                      node_grace_s=node_grace_s)
+                                      node_grace_s=node_grace_s, make_bus=make_bus)
         self.client = RoutingClient(url, node_id, lease_s)
         self._user_elected = on_elected
         self._user_demoted = on_demoted

@@ -23,6 +23,7 @@ from routing.acd import (
 from routing.authority import (
     connect_worker,
 )
+from routing.bus import EventBus
 from routing.cluster.channel import Delivery
 from routing.cluster.node import ClusterNode
 from routing.events import Event, EventKind
@@ -103,10 +104,14 @@ class ClusterRoutingPort:
       ``RemoteAcdView``.
     """
 
-    def __init__(self, node: ClusterNode, config: AcdConfig, writer: EventWriter | None = None) -> None:
+    def __init__(self, node: ClusterNode, config: AcdConfig, writer: EventWriter | None = None,
+                 bus: EventBus | None = None) -> None:
         self.node = node
         self.client = node.client
         self.writer = writer
+        #: publish-only: this node's own call events (``record``: CALLSTART, JOURNEY, CALLEND, ...);
+        #: the ACD's decisions are published by the leader's bus
+        self.bus = bus
         self.config = config
         self.fenced_offers = 0
         self._positions: dict[str, int] = {}
@@ -132,33 +137,42 @@ class ClusterRoutingPort:
         def make_acd() -> Acd:
             return RoutingService.from_settings(settings, None, node_id=node_id, queues=queues).acd
 
+        mqtt_url = getattr(settings, "mqtt_url", None)
+
+        def make_bus() -> EventBus | None:
+            return EventBus(mqtt_url, f"{node_id}-leader") if mqtt_url else None
+
         url = str(settings.database_url)
         lease = float(getattr(settings, "cluster_lease_s", 3.0))
         grace = float(getattr(settings, "cluster_node_grace_s", 30.0))
-        return cls(ClusterNode(url, engine, node_id, make_acd=make_acd, lease_s=lease, node_grace_s=grace),
-                   make_acd().config,
-                   writer=EventWriter(engine, node_id))
+        return cls(ClusterNode(url, engine, node_id, make_acd=make_acd, lease_s=lease, node_grace_s=grace,
+                               make_bus=make_bus),
+                   make_acd().config, writer=EventWriter(engine, node_id),
+                   bus=EventBus(mqtt_url, node_id) if mqtt_url else None)
 
     async def start(self, seats: Iterable[SeatSpec] | None = None, live_calls: Iterable[str] | None = None,
                     talking: dict[str, str] | None = None, lost_reasons: dict[str, str] | None = None) -> None:
         """``seats``: the seats file's, merged by whichever node leads after each election.
-        ``live_calls`` closes this node's calls that no worker carries; ``talking`` and
-        ``lost_reasons`` (a worker that died while the control process was away) are not used in
-        cluster mode yet: such calls close as ``lost_node_failure`` (see docs/CLUSTER.md)."""
+        ``live_calls`` closes this node's calls that no worker carries, as ``lost_node_failure`` or
+        with the reason ``lost_reasons`` knows for one (its media worker died while the control
+        process was away: ``lost_worker_failure``).  ``talking`` is not needed here: a call still
+        bridged to its seat is ``dialing`` at the fence, which every leader adopts as talking."""
         if seats is not None:
             self.node.routing.seats = list(seats)
         if self.writer is not None:
             await self.writer.start()
         self._sender = asyncio.create_task(self._send_in_order(), name="routing-commands-out")
         await self.node.start()
-        await self._reconcile(None if live_calls is None else set(live_calls))
+        if self.bus is not None:
+            await self.bus.start()
+        await self._reconcile(None if live_calls is None else set(live_calls), lost_reasons or {})
 
     async def open_deliveries(self) -> None:
         """Let the leader's decisions reach the listeners: call it once every live call has its
         listener (after a restart's adoption), so no offer arrives for a call nobody holds yet."""
         await self.client.open()
 
-    async def _reconcile(self, live: set[str] | None) -> None:
+    async def _reconcile(self, live: set[str] | None, reasons: dict[str, str]) -> None:
         """After a (re)start: the seats this node was dialing or talking to are its again; with
         ``live`` (the calls whose media is alive), every call of this node that is not is closed
         as lost with a callback, and its seat released at the fence."""
@@ -182,12 +196,14 @@ class ClusterRoutingPort:
         ours = {c for c in progress.lost(live) if c in progress.open_calls or c in mine}
         for call_id in sorted(ours | (set(self._holding) - live)):
             row = progress.open_calls.get(call_id)
-            self.call_lost(call_id, LOST_NODE_FAILURE, caller=row.caller if row else None,
+            reason = reasons.get(call_id, LOST_NODE_FAILURE)
+            self.call_lost(call_id, reason, caller=row.caller if row else None,
                            info={"ivr": row.ivr} if row is not None and row.ivr else {},
                            enqueued_at=(row.queued_at or row.started_at) if row is not None else None)
             self.record([Event(EventKind.CALLEND, now, call_id=call_id, skill=row.skill if row else None,
-                               data={"reason": LOST_NODE_FAILURE, "ended_by": "node_failure"})])
-            log.warning("call_lost", extra={"call_id": call_id, "reason": LOST_NODE_FAILURE})
+                               data={"reason": reason, "ended_by": "node_failure" if reason == LOST_NODE_FAILURE
+                                     else "worker_failure"})])
+            log.warning("call_lost", extra={"call_id": call_id, "reason": reason})
 
     async def stop(self) -> None:
         try:
@@ -199,6 +215,9 @@ class ClusterRoutingPort:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
         await self.node.stop()
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                await self.bus.stop()
         if self.writer is not None:
             await self.writer.stop()
 
@@ -274,6 +293,9 @@ class ClusterRoutingPort:
     def record(self, events: list[Event]) -> Any:
         if self.writer is not None:
             self.writer.append(list(events))
+        if self.bus is not None:
+            for ev in events:
+                self.bus.publish(ev)
         return Emitted(events)
 
     async def _send_in_order(self) -> None:

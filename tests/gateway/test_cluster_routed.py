@@ -16,6 +16,7 @@ Which node led and which node carried a call are read from the nodes' own logs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, own_pg_database
+from tests.faults.services import OwnMosquitto
 from tests.gateway.test_cluster import RunningCluster, _cli, processes_under, running_cluster
 from tests.gateway.test_handoff import HUMAN
 from tests.gateway.test_register import tone_wav
@@ -278,3 +280,78 @@ def test_a_dead_nodes_seat_call_is_ended_at_the_front_door_and_a_live_one_is_nev
     third = result(nxt)
     assert third["answered"] and third["bridged"], third
     assert refused_at_front_door(c) == []
+
+
+class BusWatch:
+    """``mosquitto_sub`` on the cluster's broker: every message as (topic, JSON body), as a seat
+    desktop or a wallboard would receive it."""
+
+    def __init__(self, port: int, out: Path) -> None:
+        self.port, self.out = port, out
+        self.proc = subprocess.Popen(["mosquitto_sub", "-p", str(port), "-t", "handoff122/#", "-v"],
+                                     stdout=out.open("wb"), stderr=subprocess.DEVNULL)
+
+    def messages(self) -> list[tuple[str, dict[str, Any]]]:
+        got = []
+        for ln in self.out.read_text(errors="replace").splitlines():
+            topic, _, body = ln.partition(" ")
+            with contextlib.suppress(ValueError):
+                if isinstance(doc := json.loads(body), dict):
+                    got.append((topic, doc))
+        return got
+
+    def seat_statuses(self, seat: str) -> list[str]:
+        return [d["data"].get("status") for t, d in self.messages()
+                if t == f"handoff122/seats/{seat}" and d.get("kind") == "SEATSTATUS"]
+
+    def desktop_says(self, seat: str, status: str) -> None:
+        subprocess.run(["mosquitto_pub", "-p", str(self.port), "-q", "1", "-t", f"handoff122/seats/{seat}/status/set",
+                        "-m", json.dumps({"status": status, "reason": "desk"})], check=True, timeout=10)
+
+
+@pytest.fixture
+def broker() -> Iterator[OwnMosquitto]:
+    """A broker of the test's own: what it hears is this cluster's and nothing else's."""
+    b = OwnMosquitto()
+    b.start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def test_seat_desktops_and_wallboards_hear_whoever_leads_over_mqtt(tmp_path: Path, own_db: str,
+                                                                  broker: OwnMosquitto) -> None:
+    """In cluster mode the ACD's decisions are published by the leader (screen pops, call and seat
+    events, queue snapshots) and the node that carries a call publishes its own journey; a seat
+    desktop's status request over MQTT reaches the ACD that decides, also after a failover."""
+    with running_cluster(tmp_path, own_db, broker.url, workers=WORKERS, env={"HANDOFF_WRAP_UP_S": "0"}) as c:
+        leader = c.wait_for(lambda: next((i for i in (1, 2) if leads(c, i)), None), timeout=60)
+        other = 3 - leader
+        register_seat_phone(c)
+        bus = BusWatch(broker.port, tmp_path / "bus.txt")
+        c.softphones.append(bus.proc)
+        subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-t", "handoff122/probe", "-m", "{}"], check=True)
+        c.wait_for(lambda: any(t == "handoff122/probe" for t, _ in bus.messages()))
+
+        bus.desktop_says("s1", "available")  # the agent's desktop, not the API
+        c.wait_for(lambda: "available" in bus.seat_statuses("s1"), timeout=30)
+        caller = result(start_caller(c, stay=3.0))
+        assert caller["answered"] and caller["bridged"], caller
+        pop = c.wait_for(lambda: next((d for t, d in bus.messages() if t == "handoff122/seats/s1/offer"), None))
+        call_id = pop["call_id"]
+        assert pop["skill"] == "intake_guidance" and pop["caller"], pop  # who is calling, before the phone rings
+
+        def kinds() -> set[str]:
+            return {d.get("kind") for t, d in bus.messages() if t == f"handoff122/calls/{call_id}"}
+        # CALLSTART and CALLEND from the node that carried the call, OFFER and CONNECT from the leader
+        c.wait_for(lambda: {"CALLSTART", "ENTERQUEUE", "OFFER", "CONNECT", "CALLEND"} <= kinds(), timeout=30)
+        c.wait_for(lambda: any(t == "handoff122/queues/intake_guidance" for t, _ in bus.messages()))
+
+        # the leader's node dies: the next leader hears the desktops
+        for pid in c.node_pids(leader):
+            os.kill(pid, signal.SIGKILL)
+        c.wait_for(lambda: leads(c, other), timeout=60)
+        c.wait_for(lambda: bus.seat_statuses("s1")[-1:] == ["available"])  # after the caller's wrap-up
+        bus.desktop_says("s1", "not_ready")
+        c.wait_for(lambda: bus.seat_statuses("s1")[-1:] == ["not_ready"], timeout=30)
