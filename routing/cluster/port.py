@@ -265,13 +265,32 @@ class ClusterRoutingPort:
     def end_wrap_up(self, seat_id: str) -> Any:
         return self._command("end_wrap_up", None, seat_id=seat_id)
 
-    def update_seat(self, spec: SeatSpec) -> Any:
-        raise IllegalTransition(f"seat {spec.id}: seats change through the seats file in cluster mode (for now)")
+    # -- what an operator asks through the API: decided by the leader's own ACD ------------------------
+    def _on_the_leader(self, name: str, *args: Any) -> Any:
+        """Seat changes and callbacks are asked through the API and answered at once (the seat as
+        it now is, the callback taken, or the refusal): only the ACD that decides can do that, so
+        they run on it when this node leads.  The cluster's API door sends every request to the
+        leader's API; a node asked directly while it does not lead refuses, saying where to go."""
+        service = self.node.routing.service
+        if service is None:
+            raise IllegalTransition(f"{name}: this node does not route for the cluster now; ask the cluster's "
+                                    "API door, which sends requests to the node that leads")
+        return getattr(service, name)(*args)
 
-    add_seat = update_seat
+    def add_seat(self, spec: SeatSpec) -> Any:
+        return self._on_the_leader("add_seat", spec)
+
+    def update_seat(self, spec: SeatSpec) -> Any:
+        return self._on_the_leader("update_seat", spec)
 
     def remove_seat(self, seat_id: str) -> Any:
-        raise IllegalTransition(f"seat {seat_id}: seats change through the seats file in cluster mode (for now)")
+        return self._on_the_leader("remove_seat", seat_id)
+
+    def take_callback(self, seat_id: str) -> Any:
+        return self._on_the_leader("take_callback", seat_id)
+
+    def complete_callback(self, callback_id: str) -> Any:
+        return self._on_the_leader("complete_callback", callback_id)
 
     def seat_lost(self, call_id: str, reason: str) -> Any:
         return self._command("seat_lost", call_id, reason=reason)

@@ -32,6 +32,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, own_pg_database
+from tests.faults.harness import start_seat_sim
 from tests.faults.services import OwnMosquitto
 from tests.gateway.test_cluster import RunningCluster, _cli, processes_under, running_cluster
 from tests.gateway.test_handoff import HUMAN
@@ -355,3 +356,48 @@ def test_seat_desktops_and_wallboards_hear_whoever_leads_over_mqtt(tmp_path: Pat
         c.wait_for(lambda: bus.seat_statuses("s1")[-1:] == ["available"])  # after the caller's wrap-up
         bus.desktop_says("s1", "not_ready")
         c.wait_for(lambda: bus.seat_statuses("s1")[-1:] == ["not_ready"], timeout=30)
+
+
+def test_a_seat_added_through_the_api_door_takes_calls_and_outlives_its_leader(routed_cluster: RunningCluster) -> None:
+    """Seat changes asked through the cluster's API door are decided by the leader's ACD (answered at
+    once, like on one node) and logged: the seat takes a caller of either node, and after a kill -9 of
+    the leader the next leader has it and changes it."""
+    c = routed_cluster
+    leader = c.wait_for(lambda: next((i for i in (1, 2) if leads(c, i)), None), timeout=60)
+    other = 3 - leader
+    token = _cli("token", "create", "--role", "admin", "--db-url", c.db_url, "--data-dir",
+                 str(c.data_dir)).stdout.strip().splitlines()[-1]
+    auth = {"Authorization": f"Bearer {token}"}
+    api = f"http://127.0.0.1:{c.api_port}"
+    c.wait_for(lambda: door_prefers(c) == f"node-{leader}")
+    port = free_port()
+    c.softphones.append(start_seat_sim(c.data_dir.parent, "s2", port, "--answer-after", "0.3", "--hangup-after", "2"))
+    r = httpx.post(f"{api}/api/v1/admin/seats", headers=auth, timeout=10, json={
+        "id": "s2", "name": "Desk 2", "contact": f"sip:s2@127.0.0.1:{port}", "skills": ["intake_guidance"],
+        "status": "available"})
+    assert r.status_code == 201, r.text
+    assert (r.json()["name"], r.json()["status"]) == ("Desk 2", "available")
+    assert httpx.post(f"{api}/api/v1/admin/seats", headers=auth, timeout=10, json={
+        "id": "s2", "contact": f"sip:s2@127.0.0.1:{port}", "skills": ["intake_guidance"]}).status_code == 409
+
+    caller = result(start_caller(c, stay=4.0))
+    assert caller["answered"] and caller["bridged"], caller
+    invites = [x for x in map(json.loads, (c.data_dir.parent / "seat-s2.jsonl").read_text().splitlines())
+               if "invite_at" in x]
+    assert len(invites) == 1, invites  # the seat the API added is the one that took the caller
+
+    for pid in c.node_pids(leader):
+        os.kill(pid, signal.SIGKILL)
+    c.wait_for(lambda: leads(c, other), timeout=60)
+    c.wait_for(lambda: door_prefers(c) == f"node-{other}")
+
+    def s2() -> dict[str, Any] | None:
+        return next((x for x in httpx.get(f"{api}/api/v1/seats", headers=auth, timeout=10).json() if x["id"] == "s2"),
+                    None)
+    assert (s2() or {}).get("name") == "Desk 2"  # restored from the log by the next leader
+    r = httpx.put(f"{api}/api/v1/admin/seats/s2", headers=auth, timeout=10, json={
+        "name": "Desk 2 (east)", "contact": f"sip:s2@127.0.0.1:{port}", "skills": ["intake_guidance"]})
+    assert r.status_code == 200 and r.json()["name"] == "Desk 2 (east)", r.text
+    c.wait_for(lambda: (s2() or {}).get("status") == "available")
+    assert httpx.delete(f"{api}/api/v1/admin/seats/s2", headers=auth, timeout=10).status_code == 204
+    assert s2() is None
