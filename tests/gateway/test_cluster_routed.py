@@ -105,7 +105,7 @@ def routed_cluster(tmp_path: Path, own_db: str, mqtt_url: str) -> Iterator[Runni
         yield c
 
 
-def register_seat_phone(c: RunningCluster, tone_s: int = 60) -> None:
+def register_seat_phone(c: RunningCluster, tone_s: int = 60, password: str = "seat-pass") -> None:
     """baresip registered as s1 at the front door, answering every call at once (auto answer); it
     hangs up itself when its ``tone_s`` tone file ends."""
     conf = c.data_dir.parent / "baresip-s1"
@@ -117,7 +117,7 @@ def register_seat_phone(c: RunningCluster, tone_s: int = 60) -> None:
         f"audio_source aufile,{conf / 'tone.wav'}\naudio_alert aufile,/dev/null\n"
         "module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n"
         "module_app account.so\nmodule_app menu.so\n")
-    (conf / "accounts").write_text(f"<sip:s1@127.0.0.1:{c.sip_port};transport=udp>;auth_pass=seat-pass;"
+    (conf / "accounts").write_text(f"<sip:s1@127.0.0.1:{c.sip_port};transport=udp>;auth_pass={password};"
                                    "answermode=auto;regint=30;audio_codecs=PCMU,PCMA\n")
     c.softphones.append(subprocess.Popen(["baresip", "-f", str(conf)], stdin=subprocess.DEVNULL,
                                          stdout=(conf / "out.log").open("wb"), stderr=subprocess.STDOUT,
@@ -401,3 +401,18 @@ def test_a_seat_added_through_the_api_door_takes_calls_and_outlives_its_leader(r
     c.wait_for(lambda: (s2() or {}).get("status") == "available")
     assert httpx.delete(f"{api}/api/v1/admin/seats/s2", headers=auth, timeout=10).status_code == 204
     assert s2() is None
+
+
+def test_seat_phone_credentials_set_through_the_api_door_open_the_front_door(routed_cluster: RunningCluster) -> None:
+    """The admin API's seat credentials in a cluster: stored in the shared database by the leader's
+    node and loaded into the front door's registrar, where the phone registers with the new password."""
+    c = routed_cluster
+    leader = c.wait_for(lambda: next((i for i in (1, 2) if leads(c, i)), None), timeout=60)
+    token = _cli("token", "create", "--role", "admin", "--db-url", c.db_url, "--data-dir",
+                 str(c.data_dir)).stdout.strip().splitlines()[-1]
+    c.wait_for(lambda: door_prefers(c) == f"node-{leader}")
+    r = httpx.put(f"http://127.0.0.1:{c.api_port}/api/v1/seats/s1/credentials", timeout=10,
+                  headers={"Authorization": f"Bearer {token}"}, json={"username": "s1", "password": "fresh-pass"})
+    assert r.status_code == 200, r.text
+    assert r.json()["register"] == {"username": "s1", "has_credentials": True}
+    register_seat_phone(c, password="fresh-pass")  # both nodes see it registered at the front door
