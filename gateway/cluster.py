@@ -153,9 +153,13 @@ class ApiDoor:
         self._follow: asyncio.Task[None] | None = None
 
     async def start(self, db_url: str | None = None) -> None:
+        """Listen (a port in use is one line for the operator, ``RuntimeError``), then follow the leader."""
+        try:
+            self.server = await asyncio.start_server(self._relay, self.host, self.port)
+        except OSError as e:
+            raise RuntimeError(f"API port {self.host}:{self.port}: {os.strerror(e.errno) if e.errno else e}") from None
         if db_url is not None and self.names:
             self._follow = asyncio.create_task(self.follow_leader(db_url), name="api-door-leader")
-        self.server = await asyncio.start_server(self._relay, self.host, self.port)
 
     async def follow_leader(self, db_url: str, every_s: float = 0.5) -> None:
         """Read who was elected last, every ``every_s`` (a dead leader costs at most that much plus
@@ -375,6 +379,8 @@ class Cluster:
         await self._migrate()
         await self.front.start()
         try:
+            # the doors' ports first: one taken is said in one line before any node starts
+            await self.api.start(self.opts.db_url if not self.opts.independent_routing else None)
             for p in self.plans:
                 await self._start_node(p)
             up = await asyncio.gather(*(self._ready(p) for p in self.plans))
@@ -382,7 +388,6 @@ class Cluster:
                 print("handoff122 cluster: no node came up; see " + ", ".join(
                     str(self.data_dir / f"{p.name}.log") for p in self.plans), file=sys.stderr)
                 return 1
-            await self.api.start(self.opts.db_url if not self.opts.independent_routing else None)
             print(f"handoff122 cluster: front door sip:{self.settings.sip_host}:{self.opts.sip_port}, "
                   f"API http://{self.settings.api_host}:{self.opts.api_port}, nodes "
                   + ", ".join(f"{p.name} (pid {self.procs[p.index].pid}, {'up' if ok else 'NOT UP'})"

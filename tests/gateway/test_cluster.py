@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +49,24 @@ def test_cluster_refuses_sqlite_in_one_line(tmp_path: Path) -> None:
     r = _cli("cluster", "--db-url", f"sqlite+aiosqlite:///{tmp_path}/x.sqlite3", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "PostgreSQL" in r.stderr
     assert not list(tmp_path.glob("node-*.pid"))
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(find_kamailio("auto") is None, reason="kamailio not installed")
+def test_cluster_says_in_one_line_that_its_api_port_is_taken_before_starting_a_node(tmp_path: Path,
+                                                                                    pg_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        api = taken.getsockname()[1]
+        sip = free_port()
+        r = _cli("cluster", "--nodes", "1", "--sip-port", str(sip), "--api-port", str(api), "--data-dir",
+                 str(tmp_path / "d"), "--db-url", pg_url, "--workers", "1", "--node-base-port", str(free_block(3)),
+                 "--rtp-base-port", str(rtp_base_below_ephemeral(sip, 40)))
+    assert r.returncode == 1, r.stderr
+    said = [ln for ln in r.stderr.splitlines() if not ln.startswith("{")]  # the JSON log lines aside
+    assert said == [f"handoff122 cluster: API port 127.0.0.1:{api}: Address already in use"], r.stderr
+    assert not (tmp_path / "d" / "node-1.log").exists()  # no node was started
 
 
 def test_nodes_route_through_the_authority_unless_told_to_route_alone(tmp_path: Path) -> None:
