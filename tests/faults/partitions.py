@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -239,20 +240,39 @@ def leader_and_database(c: Cluster) -> dict[str, Any]:
             "after_heal": asyncio.run(who(c.url)), **c.facts(4)}
 
 
+def reaches(alias: str, port: int, timeout: float = 1.0) -> bool:
+    """A TCP connect from ``alias`` (as its node's would go) to ``port`` succeeds."""
+    with socket.socket() as sock:
+        sock.settimeout(timeout)
+        return sock.connect_ex((alias, port)) == 0
+
+
+def bus_lines(node: RunningNode) -> list[dict[str, Any]]:
+    return [x for x in node.logs() if str(x.get("event")).startswith("MQTT")]
+
+
 def leader_and_bus(c: Cluster) -> dict[str, Any]:
-    """node-a leads and is cut from Mosquitto; callers on both nodes still reach the seat in turn."""
+    """node-a leads and is cut from Mosquitto; callers on both nodes still reach the seat in turn.
+
+    In cluster mode a node holds no MQTT connection yet (docs/CLUSTER.md, "Not built yet" 1: the
+    leader publishes nothing), so there is no loss for it to log; the case reports whether the
+    node used the bus at all, and the test asks for the logged loss only where it did."""
+    before = {"a": reaches(ALIAS["node-a"], c.mqtt.port), "b": reaches(ALIAS["node-b"], c.mqtt.port)}
     cut = c.partition.cut("node-a", c.mqtt.port)
+    during = {"a": reaches(ALIAS["node-a"], c.mqtt.port), "b": reaches(ALIAS["node-b"], c.mqtt.port)}
+    bus_used = bool(bus_lines(c.a))
     c.call("node-a", "1001")
     c.call("node-b", "2001")
     c.call("node-a", "1002")
-    lost = c.wait(lambda: next((x for x in c.a.logs() if x.get("event") in ("MQTT connection lost", "MQTT connect failed")
-                                and float(x["ts"]) >= cut), None), 90)
+    lost = None
+    if bus_used:
+        lost = c.wait(lambda: next((x for x in bus_lines(c.a) if x["event"] != "MQTT connected"
+                                    and float(x["ts"]) >= cut), None), 90)
     facts = c.facts(3)
-    connects = sum(1 for x in c.a.logs() if x.get("event") == "MQTT connected")
-    healed = c.partition.heal()
-    c.wait(lambda: sum(1 for x in c.a.logs() if x.get("event") == "MQTT connected") > connects, 60)
-    return {"cut": cut, "bus_lost_after_s": float(lost["ts"]) - cut, "reconnected_s": time.time() - healed,
-            "after": asyncio.run(who(c.url)), **facts}
+    c.partition.heal()
+    return {"cut": cut, "reach_before": before, "reach_during": during, "bus_used": bus_used,
+            "bus_lost_after_s": None if lost is None else float(lost["ts"]) - cut,
+            "reach_after": {"a": reaches(ALIAS["node-a"], c.mqtt.port)}, "after": asyncio.run(who(c.url)), **facts}
 
 
 def database_restart(c: Cluster) -> dict[str, Any]:
