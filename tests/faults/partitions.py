@@ -235,8 +235,10 @@ def leader_and_database(c: Cluster) -> dict[str, Any]:
     healed = c.partition.heal()
     c.wait(lambda: "node-a" in asyncio.run(who(c.url))["live"], 60)  # campaigning again
     rejoined = time.time() - healed
+    first = min(float(x["ts"]) for x in c.b.logs() if x.get("event") == "bridged" and float(x["ts"]) >= cut)
     c.call("node-a", "1003")
-    return {"failover_s": failover, "rejoined_s": rejoined, "cut": cut, "healed": healed,
+    return {"failover_s": failover, "first_bridged_after_cut_s": first - cut, "rejoined_s": rejoined,
+            "cut": cut, "healed": healed,
             "after_heal": asyncio.run(who(c.url)), **c.facts(4)}
 
 
@@ -287,12 +289,18 @@ def database_restart(c: Cluster) -> dict[str, Any]:
     c.pg.stop("immediate")
     c.callers["2002"] = start_caller(c.b, HUMAN, stay=120, number="2002")
     c.wait(lambda: c.callers["1001"].poll() is not None, 60)  # the seat hung up on the first caller
+    # from the start command on: the nodes may be routing again before pg_ctl -w has noticed it is up
+    starting = time.time()
     c.pg.start()
     up = time.time()
-    line = c.wait(lambda: [x for n in c.nodes.values() for x in routing_lines(n) if float(x["ts"]) >= up], 60)[0]
-    resumed = float(line["ts"]) - up
+    line = c.wait(lambda: [x for n in c.nodes.values() for x in routing_lines(n) if float(x["ts"]) >= starting],
+                  60)[0]
+    resumed = float(line["ts"]) - starting
     facts = c.facts(4)
-    return {"down_s": up - down, "routing_resumed_s": resumed, "down": down, "up": up, **facts}
+    first = min(float(x["ts"]) for n in c.nodes.values() for x in n.logs()
+                if x.get("event") == "bridged" and float(x["ts"]) >= starting)
+    return {"down_s": starting - down, "pg_start_s": up - starting, "routing_resumed_s": resumed,
+            "first_bridged_after_start_s": first - starting, "down": down, "up": up, **facts}
 
 
 CASES = {"leader_and_database": (leader_and_database, 4.0), "leader_and_bus": (leader_and_bus, 3.0),

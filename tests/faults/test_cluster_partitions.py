@@ -90,8 +90,9 @@ def lines(out: dict[str, Any], node: str, event: str) -> list[dict[str, Any]]:
 
 def test_leader_cut_from_the_database_is_replaced_fenced_and_rejoins_as_a_follower(tmp_path: Path) -> None:
     out = run_case("leader_and_database", tmp_path)
-    print(f"\nleader cut from PostgreSQL -> node-b routes after {out['failover_s']:.2f} s; healed, node-a "
-          f"campaigns again after {out['rejoined_s']:.2f} s (case {out['run_s']} s)")
+    print(f"\nleader cut from PostgreSQL -> node-b routes after {out['failover_s']:.2f} s, a waiting caller "
+          f"reached the seat {out['first_bridged_after_cut_s']:.1f} s after the cut (the talking one hung up "
+          f"meanwhile); healed, node-a campaigns again after {out['rejoined_s']:.2f} s (case {out['run_s']} s)")
     assert out["failover_s"] <= 30
     dialed_by_fence(out)
     every_caller_ended_once(out)
@@ -130,8 +131,9 @@ def test_leader_cut_from_the_bus_routes_on(tmp_path: Path) -> None:
 
 def test_postgres_restarted_under_load_drops_no_caller(tmp_path: Path) -> None:
     out = run_case("database_restart", tmp_path)
-    print(f"\nPostgreSQL down {out['down_s']:.1f} s; routing resumed {out['routing_resumed_s']:.2f} s after it "
-          f"was back (case {out['run_s']} s)")
+    print(f"\nPostgreSQL down {out['down_s']:.1f} s; from its start command (pg_ctl -w took {out['pg_start_s']:.1f} s) "
+          f"routing resumed after {out['routing_resumed_s']:.2f} s and a waiting caller reached the seat after "
+          f"{out['first_bridged_after_start_s']:.2f} s (case {out['run_s']} s)")
     dialed_by_fence(out)
     every_caller_ended_once(out)
     assert [r["caller"] for r in out["invites"]] == ["1001", "2001", "1002", "2002"], out["invites"]
