@@ -350,6 +350,9 @@ class RoutingService:
     def _emit(self, events: list[Event]) -> Emitted:
         out = Emitted(events)
         if not out:
+            # the ACD may have armed a timer without deciding anything (a cluster leader's restore
+            # arms the wrap-up of a seat whose call ended while no one led): wake the timer task
+            self._after_decision()
             return out
         if self.writer is not None:
             self.writer.append(out)

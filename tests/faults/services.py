@@ -28,7 +28,11 @@ def _pg_bin(name: str) -> str:
 
 
 class OwnPostgres:
-    def __init__(self) -> None:
+    """``listen``: the addresses it accepts on (``0.0.0.0`` inside a test's own network namespace,
+    where each node reaches it through its own loopback alias, tests/faults/partitions.py)."""
+
+    def __init__(self, listen: str = "127.0.0.1") -> None:
+        self.listen = listen
         self.dir = Path(tempfile.mkdtemp(prefix="h122-pg-"))
         self.data = self.dir / "data"
         self.sock = self.dir / "sock"
@@ -50,7 +54,7 @@ class OwnPostgres:
 
     def start(self) -> None:
         self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o",
-                  f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+                  f"-p {self.port} -k {self.sock} -c listen_addresses={self.listen} -c fsync=off", "start")
 
     def stop(self, mode: str = "immediate") -> None:
         """``immediate`` is a crash (no checkpoint, connections cut)."""
@@ -65,17 +69,29 @@ class OwnPostgres:
 
 
 class OwnMosquitto:
-    def __init__(self) -> None:
+    """``listen``: an address to accept on besides loopback's default (``0.0.0.0`` in a test's
+    own network namespace); Mosquitto 2 takes that only from a config file."""
+
+    def __init__(self, listen: str | None = None) -> None:
         self.port = free_port(also_tcp=True)
+        self.listen = listen
         self.proc: subprocess.Popen[bytes] | None = None
+        self._conf: Path | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-p", str(self.port)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        cmd = ["mosquitto", "-p", str(self.port)]
+        if self.listen is not None:
+            if self._conf is None:
+                fd, name = tempfile.mkstemp(prefix="h122-mqtt-", suffix=".conf")
+                os.close(fd)
+                self._conf = Path(name)
+                self._conf.write_text(f"listener {self.port} {self.listen}\nallow_anonymous true\n")
+            cmd = ["mosquitto", "-c", str(self._conf)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import socket
 
         end = time.monotonic() + 10
@@ -93,3 +109,5 @@ class OwnMosquitto:
 
     def close(self) -> None:
         self.kill()
+        if self._conf is not None:
+            self._conf.unlink(missing_ok=True)

@@ -176,6 +176,30 @@ async def test_listener_commands_keep_log_order(sqlite_url: str, tmp_path: Path)
     assert [(e["kind"], e["seat_id"]) for e in record["events"]] == [(k, s) for k, s in seen]
 
 
+async def test_a_restore_that_decides_nothing_still_runs_its_timers(tmp_path: Path) -> None:
+    """What a cluster leader does on election (routing.cluster): it starts the service empty, then
+    restores the ACD itself.  A seat whose call ended while no one led comes back in wrap-up with a
+    caller waiting: the restore decides nothing (no event), but its wrap-up timer must still end
+    and the waiting caller get the seat, without waiting for some later command to wake the timers."""
+    from routing.acd import RestoredEntry, RestoredSeat
+
+    svc = RoutingService.from_settings(Settings(data_dir=tmp_path, wrap_up_s=0.2), None, node_id="leader")
+    seen: list[Event] = []
+    svc.on_event(seen.append)
+    await svc.start(seats=())
+    try:
+        await asyncio.sleep(0.05)  # the timer task is up and waiting: nothing is armed yet
+        now = svc.clock()
+        events = svc.acd.restore([RestoredSeat(seat("s1", ["rescue"]), S.WRAP_UP, None, now)],
+                                 [RestoredEntry("c1", "rescue", 2, now - 5)], now)
+        assert events == []
+        svc.record(events)
+        await until(lambda: any(e.kind is K.OFFER and e.call_id == "c1" for e in seen), timeout=5)
+        assert svc.acd.call_view("c1")["seat_id"] == "s1"
+    finally:
+        await svc.stop()
+
+
 async def test_slow_subscriber_loses_oldest_not_the_call(sqlite_url: str, tmp_path: Path) -> None:
     svc = RoutingService.from_settings(Settings(data_dir=tmp_path), None, node_id="n1")
     await svc.start([])
