@@ -256,9 +256,9 @@ def bus_lines(node: RunningNode) -> list[dict[str, Any]]:
 def leader_and_bus(c: Cluster) -> dict[str, Any]:
     """node-a leads and is cut from Mosquitto; callers on both nodes still reach the seat in turn.
 
-    In cluster mode a node holds no MQTT connection yet (docs/CLUSTER.md, "Not built yet" 1: the
-    leader publishes nothing), so there is no loss for it to log; the case reports whether the
-    node used the bus at all, and the test asks for the logged loss only where it did."""
+    node-a's buses (the leader's: the ACD's events, screen pops; the node's: its calls' journey)
+    lose the broker and say so; routing, whose channel is PostgreSQL, goes on.  ``bus_used``: the
+    node was connected to the broker before the cut."""
     before = {"a": reaches(ALIAS["node-a"], c.mqtt.port), "b": reaches(ALIAS["node-b"], c.mqtt.port)}
     cut = c.partition.cut("node-a", c.mqtt.port)
     during = {"a": reaches(ALIAS["node-a"], c.mqtt.port), "b": reaches(ALIAS["node-b"], c.mqtt.port)}
