@@ -60,7 +60,7 @@ def read_message_trace(path: Path) -> list[SipMessage]:
     out: list[SipMessage] = []
     if not path.exists():
         return out
-    for block in path.read_text(errors="replace").split("\n-----------------------------------------------")[0:]:
+    for block in path.read_text(errors="replace").split("\n-----------------------------------------------"):
         lines = block.strip("-\n").split("\n")
         if len(lines) < 4:
             continue
@@ -264,6 +264,15 @@ class FaultCluster:
         return node, routing
 
 
+def leader_now(c: RunningCluster) -> int | None:
+    """The node of the last election, once its log says it routes for the cluster in that epoch."""
+    last = elections(c.db_url)
+    if not last:
+        return None
+    epoch, node = last[-1][0], int(last[-1][1].rsplit("-", 1)[1])
+    return node if any(int(x.get("epoch", 0)) == epoch for x in leads(c, node)) else None
+
+
 def supervisor_token(c: RunningCluster) -> str:
     return _cli("token", "create", "--role", "supervisor", "--db-url", c.db_url, "--data-dir",
                 str(c.data_dir)).stdout.strip().splitlines()[-1]
@@ -280,7 +289,7 @@ def fault_cluster(tmp: Path, mqtt_url: str, *, ring_ms: int = 1500) -> Iterator[
            "HANDOFF_SEAT_MEDIA_TIMEOUT_S": "0"}
     with own_pg_database("handoff_faults") as url, \
             running_cluster(tmp, url, mqtt_url, workers=1, nodes=3, seats=SEATS, env=env) as c:
-        leader = c.wait_for(lambda: next((i for i in NODES if leads(c, i)), None), timeout=90)
+        c.wait_for(lambda: leader_now(c), timeout=90)
         phones = {s: SeatPhone.start(c, s, ring_ms) for s in SEATS}
         for i in NODES:
             for s in SEATS:
@@ -295,7 +304,9 @@ def fault_cluster(tmp: Path, mqtt_url: str, *, ring_ms: int = 1500) -> Iterator[
             assert r.status_code == 200, r.text
         c.wait_for(lambda: {x["id"]: x["status"] for x in httpx.get(f"{api}/api/v1/seats", headers=auth,
                                                                     timeout=10).json()} == dict.fromkeys(SEATS, "available"))
-        fc = FaultCluster(c, phones, leader)
+        # the leader of the moment (on this loaded machine a stalled leader can lose its lease while
+        # the cluster starts: the last election counts, once its winner routes)
+        fc = FaultCluster(c, phones, c.wait_for(lambda: leader_now(c), timeout=60))
         fc.steer(*fc.followers())
         try:
             yield fc
