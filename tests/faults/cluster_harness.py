@@ -386,6 +386,9 @@ def assert_cluster_invariants(fc: FaultCluster, killed: frozenset[int] = frozens
         outcome[name] = ("called back" if call_id in callbacks else "answered" if "CONNECT" in kinds
                          else "abandoned" if "ABANDON" in kinds else "")
         assert outcome[name], f"{name} ({call_id}) ended neither answered, abandoned nor called back: {by[call_id]} {rec}"
+        if "CONNECT" in kinds:  # the seat phone's own trace agrees: that call rang it and was answered
+            assert any(x.call_id == call_id and x.answered for x in fc.seat_calls()), \
+                f"{name} ({call_id}) connected, but no seat phone answered it: {fc.seat_calls()}"
         outcome[name] += f" ({rec['end_reason']}, node-{node})"
         if node not in killed:  # no caller on a surviving node is dropped
             r = results[name]
