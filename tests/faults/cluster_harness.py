@@ -222,6 +222,18 @@ class FaultCluster:
         self.callers.append(caller)
         return caller
 
+    def bridged(self, caller: Caller, timeout: float = 60) -> tuple[int, str]:
+        """(node, call id) once the caller talks to a seat; if its call ended before that, the
+        timeout's message shows what SIPp said."""
+        def talking() -> tuple[int, str] | None:
+            on = carrier(self.c, caller)
+            if on is not None and bridged(self.c, on[1]):
+                return on
+            assert caller.result is None, f"caller {caller.name} ended before it talked to a seat: " \
+                f"{caller.result.stdout[-1500:]} {caller.result.stderr[-500:]} {caller.result.log}"
+            return None
+        return self.c.wait_for(talking, timeout=timeout)
+
     def kill(self, i: int, sig: signal.Signals = signal.SIGKILL) -> float:
         """``sig`` to every process of node i (supervisor, control, workers, API; its Kamailio
         follows its supervisor by parent-death signal when killed); the time it was sent."""
