@@ -343,6 +343,8 @@ class CallDirector:
         call.attempts += 1
         call.leg_id = f"{call.call_id}-{call.attempts}"
         headers = {"X-Handoff-Call-Id": call.call_id, "X-Handoff-Skill": offer.skill}
+        if offer.epoch is not None:  # cluster mode: which leader's offer rings the seat (fault tests, audits)
+            headers["X-Handoff-Epoch"] = str(offer.epoch)
         from_uri = None
         caller = call.journey.caller or "anonymous"
         if "pai" in self.caller_id_header:

@@ -70,6 +70,8 @@ class Offer:
     attempt: int
     offered_at: float
     rang_at: float | None = None
+    #: the routing epoch of the leader that made the offer (cluster mode; None on a single node)
+    epoch: int | None = None
 
 
 @dataclass(slots=True)
@@ -174,7 +176,8 @@ class CallJourney:
                 return None
             self.offer = Offer(seat_id=ev.seat_id, contact=str(ev.data.get("contact") or ""),
                                skill=str(ev.skill or self.skill), attempt=int(ev.data.get("attempt") or 0),
-                               ring_timeout_s=float(ev.data.get("ring_timeout_s") or 20.0), offered_at=now)
+                               ring_timeout_s=float(ev.data.get("ring_timeout_s") or 20.0), offered_at=now,
+                               epoch=int(ev.data["epoch"]) if ev.data.get("epoch") is not None else None)
             return self.offer
         if ev.kind in (EventKind.RINGNOANSWER, EventKind.SEATFAILED):
             if self.offer is None or self.offer.seat_id != ev.seat_id:

@@ -168,23 +168,25 @@ def processes_under(path: Path) -> list[tuple[int, str]]:
 
 @contextlib.contextmanager
 def running_cluster(tmp: Path, db_url: str, mqtt_url: str, *, workers: int, extra: tuple[str, ...] = (),
-                    env: dict[str, str] | None = None) -> Iterator[RunningCluster]:
-    """``handoff122 cluster --nodes 2`` with seat s1 (a phone registering at the front door), run
-    as an operator would; stopped with Ctrl-C, and nothing it started is left running."""
+                    env: dict[str, str] | None = None, nodes: int = 2,
+                    seats: tuple[str, ...] = ("s1",)) -> Iterator[RunningCluster]:
+    """``handoff122 cluster --nodes <nodes>`` with ``seats`` (phones registering at the front door,
+    password ``seat-pass``), run as an operator would; stopped with Ctrl-C, and nothing it started
+    is left running."""
     data = tmp / "d"
-    seats = tmp / "seats.yaml"
-    seats.write_text("seats:\n"
-                     f"  - id: s1\n    register: {{username: s1, ha1: {ha1('s1', 'seat-pass')}}}\n"
-                     "    skills: [intake_guidance]\n")
+    seats_file = tmp / "seats.yaml"
+    seats_file.write_text("seats:\n" + "".join(
+        f"  - id: {s}\n    register: {{username: {s}, ha1: {ha1(s, 'seat-pass')}}}\n"
+        "    skills: [intake_guidance]\n" for s in seats))
     sip, api = free_port(), free_port()
-    node_base = free_block(2 * (workers + 2))
-    cmd = [sys.executable, "-m", "gateway.cli", "cluster", "--nodes", "2", "--sip-port", str(sip), "--api-port",
-           str(api), "--data-dir", str(data), "--db-url", db_url, "--mqtt-url", mqtt_url, "--workers", str(workers),
-           "--node-base-port", str(node_base), "--rtp-base-port", str(rtp_base_below_ephemeral(sip, 2 * workers * 40)),
-           *extra]
+    node_base = free_block(nodes * (workers + 2))
+    cmd = [sys.executable, "-m", "gateway.cli", "cluster", "--nodes", str(nodes), "--sip-port", str(sip),
+           "--api-port", str(api), "--data-dir", str(data), "--db-url", db_url, "--mqtt-url", mqtt_url, "--workers",
+           str(workers), "--node-base-port", str(node_base),
+           "--rtp-base-port", str(rtp_base_below_ephemeral(sip, nodes * workers * 40)), *extra]
     log_path = tmp / "cluster.log"
     proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "HANDOFF_SEATS": str(seats), **(env or {})})
+                            env={**os.environ, "HANDOFF_SEATS": str(seats_file), **(env or {})})
     c = RunningCluster(proc, data, sip, api, log_path, [], db_url)
     try:
         c.wait_for(lambda: proc.poll() is not None or "front door sip:" in log_path.read_text(), timeout=120)
