@@ -46,9 +46,18 @@ class ClusterNode:
         self._campaign: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, campaign: bool = True) -> None:
+        """Connect the client; campaign at once unless ``campaign`` is False (then :meth:`campaign`)."""
         await self.client.start()
-        self._campaign = asyncio.create_task(self.authority.run(), name="routing-authority")
+        if campaign:
+            self.campaign()
+
+    def campaign(self) -> None:
+        """Stand for the routing authority.  A node campaigns once its own start is done: a leader
+        elected while its process is still busy starting (imports, workers, adoption) could miss
+        its lease pings on a loaded machine and cost the cluster an election."""
+        if self._campaign is None:
+            self._campaign = asyncio.create_task(self.authority.run(), name="routing-authority")
 
     async def stop(self) -> None:
         await self.authority.stop()

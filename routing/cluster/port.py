@@ -162,15 +162,17 @@ class ClusterRoutingPort:
         if self.writer is not None:
             await self.writer.start()
         self._sender = asyncio.create_task(self._send_in_order(), name="routing-commands-out")
-        await self.node.start()
+        await self.node.start(campaign=False)
         if self.bus is not None:
             await self.bus.start()
         await self._reconcile(None if live_calls is None else set(live_calls), lost_reasons or {})
 
     async def open_deliveries(self) -> None:
         """Let the leader's decisions reach the listeners: call it once every live call has its
-        listener (after a restart's adoption), so no offer arrives for a call nobody holds yet."""
+        listener (after a restart's adoption), so no offer arrives for a call nobody holds yet.
+        Only then does this node campaign for the routing authority."""
         await self.client.open()
+        self.node.campaign()
 
     async def _reconcile(self, live: set[str] | None, reasons: dict[str, str]) -> None:
         """After a (re)start: the seats this node was dialing or talking to are its again; with

@@ -394,7 +394,7 @@ def test_a_seat_added_through_the_api_door_takes_calls_and_outlives_its_leader(r
     def s2() -> dict[str, Any] | None:
         return next((x for x in httpx.get(f"{api}/api/v1/seats", headers=auth, timeout=10).json() if x["id"] == "s2"),
                     None)
-    assert (s2() or {}).get("name") == "Desk 2"  # restored from the log by the next leader
+    c.wait_for(lambda: (s2() or {}).get("name") == "Desk 2")  # restored from the log by the next leader
     r = httpx.put(f"{api}/api/v1/admin/seats/s2", headers=auth, timeout=10, json={
         "name": "Desk 2 (east)", "contact": f"sip:s2@127.0.0.1:{port}", "skills": ["intake_guidance"]})
     assert r.status_code == 200 and r.json()["name"] == "Desk 2 (east)", r.text
