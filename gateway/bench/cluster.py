@@ -78,7 +78,10 @@ LEADS = "routing for the cluster"
 @dataclass(frozen=True)
 class Plan:
     sizes: tuple[int, ...]
-    workers: int          # per node
+    #: media workers of the whole cluster, split evenly over its nodes: on one machine every size gets
+    #: the same caller slots and the same idle cost of its workers (each pjsua2 worker uses ~0.01 core
+    #: with no call), so the sizes differ only by what the cluster adds
+    workers: int
     seats: int
     uas: int
     talk_s: float
@@ -98,9 +101,9 @@ class Plan:
                          held=0, held_s=0)
 
 
-FULL = Plan(sizes=(1, 3), workers=40, seats=160, uas=3, talk_s=4, step_s=15, first=3, cap=40, refine=2,
+FULL = Plan(sizes=(1, 3), workers=80, seats=200, uas=3, talk_s=4, step_s=15, first=4, cap=40, refine=2,
             freezes=3, kills=2, freeze_s=8, background_cps=2)
-QUICK = Plan(sizes=(1, 3), workers=3, seats=12, uas=1, talk_s=1, step_s=5, first=1, cap=1, refine=0,
+QUICK = Plan(sizes=(1, 3), workers=6, seats=12, uas=1, talk_s=1, step_s=5, first=1, cap=1, refine=0,
              freezes=1, kills=1, freeze_s=5, background_cps=1)
 
 
@@ -161,16 +164,36 @@ class BenchCluster:
         self.farm = SeatFarm(seats=plan.seats, uas_processes=plan.uas, probe_share=0.0)
         self.logs = [ClusterNodeLog(self.data_dir / f"node-{i}.log", f"node-{i}") for i in range(1, nodes + 1)]
         self.shape = plan.call_shape()
+        self.workers = max(1, plan.workers // nodes)
         self.runs = 0
+        self.whole = False
+        self.started_line = ""
 
     @property
     def data_dir(self) -> Path:
         return self.tmp / "d"
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start the seat farm, then the cluster.  Free ports can be taken between the choice and the
+        bind (the seat farm's SIPp media ports, other work on the machine): a cluster whose node
+        found a port in use is stopped and started again on new ports."""
         seats = self.farm.start(self.tmp)
+        for attempt in range(attempts):
+            self._launch(seats)
+            said = "".join(log.path.read_text(errors="replace") for log in self.logs if log.path.exists())
+            if self.whole or "port in use" not in said or attempt == attempts - 1:
+                break
+            say(f"  a node found a port in use; starting the cluster again on new ports ({attempt + 2}/{attempts})")
+            self._end_cluster()
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.sip_port, self.api_port = free_port(), free_port()
+            self.logs = [ClusterNodeLog(log.path, log.name) for log in self.logs]
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("cluster did not start: " + self.cluster_log()[-2000:])
+
+    def _launch(self, seats: Path) -> None:
         asyncio.run(_admin(f'CREATE DATABASE "{self.db}"'))
-        w = self.plan.workers
+        w = self.workers
         cmd = [sys.executable, "-m", "gateway.cli", "cluster", "--nodes", str(self.nodes), "--sip-port",
                str(self.sip_port), "--api-port", str(self.api_port), "--data-dir", str(self.data_dir), "--db-url",
                f"{PG_URL.rsplit('/', 1)[0]}/{self.db}", "--workers", str(w), "--node-base-port",
@@ -184,11 +207,17 @@ class BenchCluster:
         env = {**os.environ, "HANDOFF_SEATS": str(seats), "HANDOFF_ANSWER_DELAY_S": "0", "HANDOFF_WRAP_UP_S": "1",
                "HANDOFF_LOG_LEVEL": "INFO"}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.whole = False
         self._until(lambda: self.proc is not None and (self.proc.poll() is not None
                                                        or "front door sip:" in self.cluster_log()), 300)
         if self.proc.poll() is not None:
-            raise RuntimeError("cluster did not start: " + self.cluster_log()[-2000:])
+            return
         self._until(lambda: self.leader() is not None, 60)
+        # measured only once every node is in the front door's set (a node that is slow to start
+        # under load is probed in a little later)
+        self.whole = bool(self._until(lambda: all(self.in_set().get(f"node-{i}") for i in range(1, self.nodes + 1)),
+                                      120, 0.5))
+        self.started_line = next((ln for ln in self.cluster_log().splitlines() if "front door sip:" in ln), "")
 
     def cluster_log(self) -> str:
         return (self.tmp / "cluster.log").read_text(errors="replace")
@@ -411,7 +440,8 @@ class BenchCluster:
             shutil.rmtree(run.workdir, ignore_errors=True)
         return out
 
-    def stop(self) -> None:
+    def _end_cluster(self) -> None:
+        """Stop the cluster as an operator would (Ctrl-C), end whatever it left, drop its database."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -424,8 +454,11 @@ class BenchCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.farm.stop()
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)'))
+
+    def stop(self) -> None:
+        self._end_cluster()
+        self.farm.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -439,21 +472,24 @@ def _spread(values: list[float]) -> dict[str, Any]:
 
 def measure(nodes: int, plan: Plan, with_failover: bool) -> dict[str, Any]:
     c = BenchCluster(nodes, plan)
-    slots = nodes * plan.workers * 2
+    slots = nodes * c.workers * 2
     lifetime = full.call_seconds(c.shape, plan.talk_s)
     cap = min(plan.cap, max(plan.first, int(slots * 0.9 / lifetime)))
-    say(f"cluster of {nodes} node(s), {plan.workers} workers each ({slots} caller slots), {plan.seats} seats; "
+    say(f"cluster of {nodes} node(s), {c.workers} workers each ({slots} caller slots), {plan.seats} seats; "
         f"callers press an IVR path, reach a seat, talk {plan.talk_s:g} s (~{lifetime:.1f} s a call); "
         f"ramp up to {cap:g} calls/s")
     t0 = time.monotonic()
-    c.start()
     try:
-        say(f"  up in {time.monotonic() - t0:.0f} s; node-{c.leader()} routes for the cluster")
+        c.start()
+        say(f"  up in {time.monotonic() - t0:.0f} s; node-{c.leader()} routes for the cluster; front door's set "
+            f"{c.in_set()}")
+        if not c.whole:
+            say(f"  WARNING: not every node is in the front door's set: {c.started_line}")
         steps, best = find_limit(c.step, first=plan.first, cap=cap, refine=plan.refine, resolution=1,
                                  label=f"  [{nodes} node(s)] ")
         out: dict[str, Any] = {
-            "nodes": nodes, "workers_per_node": plan.workers, "caller_slots": slots, "call_seconds": round(lifetime, 1),
-            "max_clean_cps": best,
+            "nodes": nodes, "workers_per_node": c.workers, "caller_slots": slots, "call_seconds": round(lifetime, 1),
+            "all_nodes_in_set": c.whole, "max_clean_cps": best,
             "limited_by": what_limits(steps, best, cap, f"the cluster's {slots} caller slots"),
             "steps": [s.to_dict() for s in steps]}
         top = next((s for s in steps if s.target_cps == best and s.clean), None)
@@ -462,6 +498,7 @@ def measure(nodes: int, plan: Plan, with_failover: bool) -> dict[str, Any]:
         failing = sorted((s for s in steps if not s.clean), key=lambda s: s.target_cps)
         if failing:
             out["first_failing"] = failing[0].to_dict()
+        out["where_the_limit_is"] = where_the_limit_is(out.get("first_failing"))
         if with_failover:
             samples: dict[str, list[dict[str, Any]]] = {"leader_freeze": [], "leader_kill_9": []}
             for how, n, key in (("freeze", plan.freezes, "leader_freeze"), ("kill", plan.kills, "leader_kill_9")):
@@ -483,6 +520,55 @@ def measure(nodes: int, plan: Plan, with_failover: bool) -> dict[str, Any]:
         return out
     finally:
         c.stop()
+
+
+def where_the_limit_is(step: dict[str, Any] | None) -> str:
+    """From the first failing step: was the machine's CPU used up, and by which roles most."""
+    if not step:
+        return "no step failed"
+    p = step["processes"]
+    cores = os.cpu_count() or 1
+    top = sorted(ROLES, key=lambda r: p[r]["cpu_core_share"], reverse=True)[:3]
+    busy = p["machine_cpu_cores"]
+    head = (f"CPU: the machine's {cores} cores were {100 * busy / cores:.0f} % busy" if busy >= 0.85 * cores
+            else f"not the machine's CPU ({busy} of {cores} cores busy)")
+    return (f"{head} at {step['target_cps']:g} calls/s; most used by " + ", ".join(f"{r} {p[r]['cpu_core_share']}" for r in top)
+            + f", other work on the machine {p['other_cpu_cores']}")
+
+
+NODE_ROLES = ("node_kamailio", "workers", "control_leader", "control_standby", "api")
+
+
+def per_call(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPU per call by role, for sizing real machines (docs/DEPLOY.md):
+
+    - ``node_fixed_cores`` + ``node_ms_per_call`` x rate: a least-squares line through the clean
+      steps of the smallest size (every node role summed: its Kamailio, workers, control, API), so
+      the fixed part (idle workers, timers) and the part that grows with the rate are apart;
+    - ``routing_ms_per_call``: what leading adds to a node, from the largest size's highest clean
+      step: the leader's control process minus one standby's (each node handles its own share of the
+      calls; only the leader also routes every call of the cluster);
+    - ``postgres_ms_per_call``, ``front_door_ms_per_call``: the cluster's database backends and the
+      front door, per call, at the largest size's highest clean step."""
+    out: dict[str, Any] = {}
+    small = min(results, key=lambda r: r["nodes"])
+    points = [(s["target_cps"], sum(s["processes"][k]["cpu_core_share"] for k in NODE_ROLES))
+              for s in small["steps"] if s["clean"]]
+    if len({x for x, _ in points}) >= 2:
+        fit = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
+        out["node_fixed_cores"] = round(fit.intercept, 3)
+        out["node_ms_per_call"] = round(fit.slope * 1000, 1)
+        out["node_fit_points"] = [(x, round(y, 3)) for x, y in points]
+    big = max(results, key=lambda r: r["nodes"])
+    top = big.get("at_max")
+    if top and big["nodes"] > 1:
+        p, rate = top["processes"], top["target_cps"]
+        standby = p["control_standby"]["cpu_core_share"] / (big["nodes"] - 1)
+        out["routing_ms_per_call"] = round((p["control_leader"]["cpu_core_share"] - standby) / rate * 1000, 2)
+        out["postgres_ms_per_call"] = round(p["postgres"]["cpu_core_share"] / rate * 1000, 2)
+        out["front_door_ms_per_call"] = round(p["front_door"]["cpu_core_share"] / rate * 1000, 3)
+        out["at_cps"] = rate
+    return out
 
 
 def _cores(step: dict[str, Any] | None, role: str) -> str:
@@ -508,7 +594,8 @@ def table(results: list[dict[str, Any]]) -> str:
     rows.append(["first failing step", *(f"{r['first_failing']['target_cps']:g} CPS" if "first_failing" in r else "none"
                                          for r in results)])
     text = text_table(head, rows)
-    text += "\n" + "\n".join(f"{r['nodes']} node(s) limited by: {r['limited_by']}" for r in results)
+    text += "\n" + "\n".join(f"{r['nodes']} node(s) limited by: {r['limited_by']}\n  {r['where_the_limit_is']}"
+                              for r in results)
     for r in results:
         for key, f in (r.get("failover") or {}).items():
             a, b = f["to_leader_s"], f["to_first_routed_s"]
@@ -528,10 +615,13 @@ def run(plan: Plan, *, as_json: bool = False, quick: bool = False) -> int:
     by = {r["nodes"]: r for r in results}
     one, many = by[min(plan.sizes)], by[max(plan.sizes)]
     ratio = round(many["max_clean_cps"] / one["max_clean_cps"], 2) if one["max_clean_cps"] else None
+    costs = per_call(results)
     say(table(results))
+    say("CPU per call: " + ", ".join(f"{k} {v}" for k, v in costs.items() if k != "node_fit_points"))
     say(f"ratio {max(plan.sizes)} nodes / {min(plan.sizes)} node (max clean CPS): {ratio}; "
         f"{time.monotonic() - t0:.0f} s in all")
     emit({"bench": "cluster", "quick": quick, "plan": plan.__dict__, "sizes": results, "cps_ratio": ratio,
+          "cpu_per_call": costs,
           "failover": many.get("failover"), "seconds": round(time.monotonic() - t0)}, as_json)
     return 0
 
