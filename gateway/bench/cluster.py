@@ -3,8 +3,10 @@
 For each cluster size it starts ``handoff122 cluster --nodes n`` (leader routing: every node routes
 through the elected routing authority, ``gateway.cluster.ROUTING_AUTHORITY_WIRED``) on a fresh
 PostgreSQL database (``HANDOFF_BENCH_PG_URL``, default the local server) with the seats of a seat
-farm (``gateway.bench.seat_farm``: SIPp UAS processes, every seat every skill, wrap-up 1 s), and
-measures, through the front door only:
+farm (``gateway.bench.seat_farm``: SIPp UAS processes, every seat every skill, wrap-up 1 s) and
+the same media workers in all (``Plan.workers``, split evenly over the nodes: on one machine each
+size then has the same caller slots and the same idle cost of its workers), and measures, through
+the front door only:
 
 1. **Ramp**: SIPp callers dial 122 at the front door and press a real IVR path with RFC 4733 key
    presses (``bench full``'s callers: police, rescue, review, determination, query, claim in
@@ -125,6 +127,8 @@ class ClusterNodeLog(NodeLog):
         self.name = name
         self.leads: list[dict[str, Any]] = []
         self.offers: list[float] = []
+        #: call id -> when its node got its first offer from the leader (the end of its queue wait)
+        self.offered: dict[str, float] = {}
         self.step_downs: list[float] = []
 
     def read(self) -> dict[str, CallJourney]:
@@ -142,6 +146,9 @@ class ClusterNodeLog(NodeLog):
                                "waiting": rec.get("waiting")})
         elif event == "journey" and rec.get("cause") == "offered":
             self.offers.append(float(ts))
+            cid = rec.get("call_id")
+            if isinstance(cid, str):
+                self.offered.setdefault(cid, float(ts))
         elif isinstance(event, str) and "no longer the routing authority" in event:
             self.step_downs.append(float(ts))
 
@@ -337,12 +344,17 @@ class BenchCluster:
         setup = run.response_times_ms()
         offer_to_bridged = [j.handoff_ms for j in bridged if j.handoff_ms is not None]
         routed_to_bridged = [(j.bridged - j.routed) * 1000 for j in bridged if j.routed and j.bridged]
+        offered = {cid: ts for log in self.logs for cid, ts in log.offered.items()}
+        # the queue wait through the leader: the node's enqueue (IVR done) -> the leader's offer
+        # delivered back to the node (seats were never short: every seat every skill, wrap-up 1 s)
+        routed_to_offered = [(offered[j.call_id] - j.routed) * 1000 for j in mine if j.routed and j.call_id in offered]
         figures = {
             "calls": calls, "sipp_ok": run.ok_calls, "sipp_failed": run.failed_calls, "reached_seat": len(bridged),
             "never_reached_seat": never, "wrong_skill": len(wrong),
             "calls_by_node": {name: len(js) for name, js in by_node.items()},
             "callers_concurrent_peak": peak_callers, "legs_concurrent_peak": peak_legs,
-            "setup_ms": full._dist(setup), "ivr_routed_to_bridged_ms": full._dist(routed_to_bridged),
+            "setup_ms": full._dist(setup), "routed_to_offered_ms": full._dist(routed_to_offered),
+            "ivr_routed_to_bridged_ms": full._dist(routed_to_bridged),
             "offer_to_bridged_ms": full._dist(offer_to_bridged), "processes": processes,
             "node_warnings": {k: v for log in self.logs for k, v in log.problems.items()},
             "sipp_errors": run.first_errors() if run.failed_calls else [],
@@ -352,8 +364,10 @@ class BenchCluster:
         step = Step(target_cps=rate, seconds=self.plan.step_s, ok=max(0, run.ok_calls - never),
                     failed=run.failed_calls + never, achieved_cps=run.answered_rate(), setup_ms=setup,
                     problems=problems, extra=figures)
+        wait = figures["routed_to_offered_ms"]
         say(f"    reached a seat {len(bridged)}/{calls}, by node {figures['calls_by_node']}, peak {peak_callers} "
-            f"callers / {peak_legs} legs; CPU cores: " + ", ".join(
+            f"callers / {peak_legs} legs; queue wait (IVR routed -> offer) p50/p99 {wait['p50']}/{wait['p99']} ms; "
+            "CPU cores: " + ", ".join(
                 f"{k} {processes[k]['cpu_core_share']}" for k in ROLES)
             + f", machine {processes['machine_cpu_cores']} (other {processes['other_cpu_cores']})")
         return step
@@ -588,6 +602,11 @@ def table(results: list[dict[str, Any]]) -> str:
              *(f"{a['callers_concurrent_peak']} / {a['legs_concurrent_peak']}" if a else "-" for a in at)],
             ["set-up p50 / p99 ms (at max)",
              *(f"{a['setup_ms']['p50']} / {a['setup_ms']['p99']}" if a else "-" for a in at)],
+            ["queue wait p50 / p99 ms (at max)",
+             *(f"{a['routed_to_offered_ms']['p50']} / {a['routed_to_offered_ms']['p99']}" if a else "-" for a in at)],
+            ["queue wait p50 / p99 ms (first failing)",
+             *(f"{f['routed_to_offered_ms']['p50']} / {f['routed_to_offered_ms']['p99']}" if f else "-"
+               for f in (r.get("first_failing") for r in results))],
             ["calls by node (at max)", *(" ".join(str(v) for v in a["calls_by_node"].values()) if a else "-" for a in at)]]
     rows += [[f"CPU cores (at max): {role}", *(_cores(a, role) for a in at)]
              for role in (*ROLES, "cpu_core_share_total", "machine_cpu_cores", "other_cpu_cores")]
