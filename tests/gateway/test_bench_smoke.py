@@ -152,6 +152,9 @@ def test_bench_cluster_routes_every_call_through_the_leader_and_times_its_failov
         assert step["clean"], step["why_failing"]
         assert step["reached_seat"] == step["calls"] == 5 and step["wrong_skill"] == 0
         assert step["routed_to_offered_ms"]["n"] == 5  # each caller's queue wait: enqueued -> the leader's offer
+        # the nodes talked to the leader through PostgreSQL: commands in, deliveries (the offers) out
+        rows = size["routing_rows"]
+        assert rows["calls"] == 5 and rows["commands_per_call"] >= 1 and rows["deliveries_per_call"] >= 1, rows
         cpu = step["processes"]
         # every role found; the routing ran in the leader's control process and its database, the
         # calls in the workers (the Kamailios relay 5 calls in less than the 10 ms a CPU tick counts)
