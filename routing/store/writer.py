@@ -142,8 +142,8 @@ class EventWriter:
     async def flush(self) -> None:
         """Wait until everything appended so far is committed (tests, shutdown, benchmarks, the
         routing authority before it moves its command cursor).  Only what was appended before the
-        call: waiting for an empty queue instead never ends while events keep coming (a busy
-        leader), which held the leader's commands back for seconds under load (``bench cluster``)."""
+        call: waiting for an empty queue instead does not end while events keep coming (a busy
+        leader), so the leader's next commands would wait for a lull."""
         target = self._appended
         self._hurry = True
         self._poke()
