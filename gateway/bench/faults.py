@@ -45,7 +45,7 @@ from typing import Any
 
 import httpx
 
-from gateway.bench.runner import emit, free_block, free_port, say, sipp
+from gateway.bench.runner import emit, free_block, free_port, say, sipp, text_table
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "tests" / "sipp"
 DIGIT_ZERO = ('  <nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_0.pcap"/></action></nop>\n'
@@ -608,8 +608,7 @@ def table(rows: dict[str, dict[str, Any] | None]) -> str:
         lost = ", ".join(f"{k}: {v}" for k, v in sorted(r["lost"].items())) or "0"
         lines.append([name, str(r["attempted"]), str(r["refused"]), str(r["offered"]), str(r["completed"]), str(r["abandoned"]), str(r["called_back"]), lost,
                       str(r["ghost_offers"]), str(r["unaccounted"])])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
+    return text_table(head, lines[1:])
 
 
 def runnable_cases() -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,23 @@ def node_processes(root: int) -> dict[int, str]:
         else:
             out[pid] = "control"  # the control process under the supervisor
         todo.extend(kids.get(pid, []))
+    return out
+
+
+def processes_under(path: Path) -> list[tuple[int, str]]:
+    """Every live process whose command line names ``path`` (what a cluster started there), so a
+    test or a benchmark can check that it left none behind, or end what it left."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next((ln for ln in (d / "status").read_text().splitlines() if ln.startswith("State:")), "")
+        except OSError:
+            continue
+        if str(path) in cmd and "zombie" not in state:
+            out.append((int(d.name), cmd[:200]))
     return out
 
 
@@ -139,16 +157,22 @@ def per_held_caller(peak_rss_mb: float, while_held: dict[str, Any], callers: int
 
 
 class NodeSampler:
-    """Samples a node's process tree every ``interval`` seconds on a thread, until ``stop``."""
+    """Samples a node's process tree every ``interval`` seconds on a thread, until ``stop``.
 
-    def __init__(self, root: int, interval: float = 1.0) -> None:
+    ``processes`` and ``kinds`` sample another set of processes the same way (``bench cluster``:
+    every process of a cluster, its load generators and its PostgreSQL backends, by role)."""
+
+    def __init__(self, root: int, interval: float = 1.0, processes: Callable[[], dict[int, str]] | None = None,
+                 kinds: tuple[str, ...] = KINDS) -> None:
         self.root = root
         self.interval = interval
+        self.kinds = kinds
+        self.processes = processes or (lambda: node_processes(root))
         self.t0 = time.monotonic()
         self.last_cpu: dict[int, float] = {}
-        self.cpu_used = dict.fromkeys(KINDS, 0.0)
-        self.rss_peak = dict.fromkeys(KINDS, 0)
-        self.procs_peak = dict.fromkeys(KINDS, 0)
+        self.cpu_used = dict.fromkeys(kinds, 0.0)
+        self.rss_peak = dict.fromkeys(kinds, 0)
+        self.procs_peak = dict.fromkeys(kinds, 0)
         #: (seconds since start, total RSS bytes of the node) once per sample
         self.rss_series: list[tuple[float, int]] = []
         self._stop = threading.Event()
@@ -157,19 +181,19 @@ class NodeSampler:
         self._thread.start()
 
     def _sample(self) -> None:
-        procs = node_processes(self.root)
-        rss = dict.fromkeys(KINDS, 0)
-        count = dict.fromkeys(KINDS, 0)
+        procs = self.processes()
+        rss = dict.fromkeys(self.kinds, 0)
+        count = dict.fromkeys(self.kinds, 0)
         for pid, kind in procs.items():
             cpu = cpu_seconds(pid)
-            if cpu is None:
+            if cpu is None or kind not in rss:
                 continue
             if pid in self.last_cpu:
                 self.cpu_used[kind] += max(0.0, cpu - self.last_cpu[pid])
             self.last_cpu[pid] = cpu
             rss[kind] += rss_bytes(pid)
             count[kind] += 1
-        for kind in KINDS:
+        for kind in self.kinds:
             self.rss_peak[kind] = max(self.rss_peak[kind], rss[kind])
             self.procs_peak[kind] = max(self.procs_peak[kind], count[kind])
         self.rss_series.append((time.monotonic() - self.t0, sum(rss.values())))
@@ -184,7 +208,7 @@ class NodeSampler:
         self._sample()
         dt = max(1e-6, time.monotonic() - self.t0)
         out: dict[str, Any] = {}
-        for kind in KINDS:
+        for kind in self.kinds:
             n = max(1, self.procs_peak[kind])
             out[kind] = {"processes": self.procs_peak[kind],
                          "cpu_core_share": round(self.cpu_used[kind] / dt, 3),

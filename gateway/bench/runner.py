@@ -286,6 +286,13 @@ class ProcSampler:
                 "rss_mb_max": round(max(rss, default=0) / 2**20, 1)}
 
 
+def text_table(head: list[str], rows: list[list[str]]) -> str:
+    """Rows of cells as left-aligned columns, for a benchmark's closing summary."""
+    lines = [head, *rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
+
+
 def emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, ensure_ascii=False))

@@ -71,6 +71,10 @@ class EventWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._hurry = False
+        #: events appended so far, and events whose fate is settled (written, or dropped): in the
+        #: order they were appended, so ``flush`` can wait for exactly what came before it
+        self._appended = 0
+        self._settled = 0
         self._down_since: float | None = None
         self._stats = WriterStats()
 
@@ -82,11 +86,13 @@ class EventWriter:
         t = time.monotonic()
         for ev in events:
             self._pending.append((t, ev))
+        self._appended += len(events)
         over = len(self._pending) - self.max_buffered
         if over > 0:
             for _ in range(over):
                 self._pending.popleft()
             self._stats.dropped += over
+            self._settled += over
             log.error("event log buffer full, dropped oldest events",
                       extra={"dropped": over, "dropped_total": self._stats.dropped})
         self._poke()
@@ -134,10 +140,14 @@ class EventWriter:
         self._task = None
 
     async def flush(self) -> None:
-        """Wait until everything appended so far is committed (tests, shutdown, benchmarks)."""
+        """Wait until everything appended so far is committed (tests, shutdown, benchmarks, the
+        routing authority before it moves its command cursor).  Only what was appended before the
+        call: waiting for an empty queue instead does not end while events keep coming (a busy
+        leader), so the leader's next commands would wait for a lull."""
+        target = self._appended
         self._hurry = True
         self._poke()
-        while self._pending or self._inflight:
+        while self._settled < target:
             if self._task is None or self._task.done():
                 raise RuntimeError("event writer is not running")
             await asyncio.sleep(0.002)
@@ -150,6 +160,7 @@ class EventWriter:
         not stopped."""
         n = len(self._pending)
         self._pending.clear()
+        self._settled += n
         return n
 
     @property
@@ -188,6 +199,7 @@ class EventWriter:
             self._inflight = [self._pending.popleft() for _ in range(n)]
             await self._write_until_done()
             self._inflight = []
+            self._settled += n  # written, salvaged or dropped: settled either way
 
     async def _write_until_done(self) -> None:
         delay = 0.05
@@ -200,6 +212,7 @@ class EventWriter:
             except Fenced as e:
                 dropped = len(self._inflight) + len(self._pending)
                 self._inflight = []
+                self._settled += len(self._pending)  # the batch in flight is counted by ``_run``
                 self._pending.clear()
                 self._stats.dropped += dropped
                 log.warning("event writer fenced, events dropped", extra={"count": dropped, "error": str(e)})

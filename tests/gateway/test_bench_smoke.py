@@ -11,13 +11,15 @@ import contextlib
 import io
 import json
 import struct
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.bench import full, report, sip
+from gateway.bench import cluster, full, report, sip
+from gateway.bench.processes import processes_under
 from gateway.bench.rtp_pcap import path_captures
 
 TINY_FULL = full.Plan(talk_s=1, step_s=6, soak_s=8, first_rate=1, cap=1, refine=0, resolution=1, workers=5,
@@ -129,3 +131,49 @@ def test_bench_all_report_has_a_table_per_benchmark_and_plots(tmp_path: Path, fu
     assert "## bench sip" in text and "## bench full" in text and "## bench ivr" in text
     assert "ratio_to_ceiling" in text and "full-path max clean CPS" in text and "No figures" in text
     assert "memory per held caller, RSS-sum" in text and "memory per held caller, PSS-sum" in text
+
+
+@pytest.mark.sip
+@pytest.mark.postgres
+@pytest.mark.timeout(360)
+def test_bench_cluster_routes_every_call_through_the_leader_and_times_its_failover(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench cluster --quick``: 1 node, then 3, through the front door with leader routing; every
+    caller presses its IVR path and reaches a seat offered by the leader, the 3 nodes share the
+    calls, the CPU is split by role, and the leader's freeze and kill -9 are timed."""
+    from tests.conftest import PG_ADMIN_URL
+
+    monkeypatch.setattr(cluster, "PG_URL", PG_ADMIN_URL)
+    f = _json_run(cluster.run, cluster.QUICK)
+    one, three = f["sizes"]
+    assert (one["nodes"], three["nodes"]) == (1, 3)
+    for size in (one, three):
+        step = size["steps"][0]
+        assert step["clean"], step["why_failing"]
+        assert step["reached_seat"] == step["calls"] == 5 and step["wrong_skill"] == 0
+        assert step["routed_to_offered_ms"]["n"] == 5  # each caller's queue wait: enqueued -> the leader's offer
+        # the nodes talked to the leader through PostgreSQL: commands in, deliveries (the offers) out
+        rows = size["routing_rows"]
+        assert rows["calls"] == 5 and rows["commands_per_call"] >= 1 and rows["deliveries_per_call"] >= 1, rows
+        cpu = step["processes"]
+        # every role found; the routing ran in the leader's control process and its database, the
+        # calls in the workers (the Kamailios relay 5 calls in less than the 10 ms a CPU tick counts)
+        for role in ("front_door", "node_kamailio", "workers", "control_leader", "api", "api_door", "postgres", "sipp"):
+            assert cpu[role]["processes"] >= 1, (role, cpu[role])
+        for role in ("workers", "control_leader", "postgres", "sipp"):
+            assert cpu[role]["cpu_core_share"] > 0, (role, cpu[role])
+        assert cpu["machine_cpu_cores"] >= cpu["cpu_core_share_total"] * 0.9
+    assert three["steps"][0]["processes"]["control_standby"]["processes"] >= 2
+    assert sum(1 for n in three["steps"][0]["calls_by_node"].values() if n) >= 2  # the front door spread them
+    assert f["cps_ratio"] == 1.0
+    freeze, kill = f["failover"]["leader_freeze"], f["failover"]["leader_kill_9"]
+    for case in (freeze, kill):
+        s = case["samples"][0]
+        assert s["new_leader"] and s["new_leader"] != s["node"], s
+        assert 0 < s["to_leader_s"] <= s["to_first_routed_s"] < 30, s
+        assert case["to_leader_s"]["n"] == 1
+    assert freeze["samples"][0]["stepped_down_after_cont_s"] is not None  # woken, the old leader found itself fenced
+    assert kill["samples"][0]["left_front_door_set_s"] is not None
+    print(f"\nbench cluster --quick: freeze -> new leader {freeze['samples'][0]['to_leader_s']} s, "
+          f"kill -9 -> new leader {kill['samples'][0]['to_leader_s']} s")
+    assert not processes_under(Path(tempfile.gettempdir()) / "h122-bench-cluster-")  # nothing of the clusters left

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.bench.processes import processes_under
 from gateway.bench.runner import free_block, rtp_base_below_ephemeral
 from gateway.cluster import front_door_set
 from gateway.kamailio import KamailioRpc, find_kamailio
@@ -148,22 +149,6 @@ class RunningCluster:
                           + self.log_path.read_text(errors="replace")[-2500:] + "\n"
                           + "\n".join(f"--- {p.name} ---\n" + p.read_text(errors="replace")[-2500:]
                                       for p in sorted(self.data_dir.glob("*.log"))))
-
-
-def processes_under(path: Path) -> list[tuple[int, str]]:
-    """Every live process whose command line names ``path`` (what the cluster started there)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = next((ln for ln in (d / "status").read_text().splitlines() if ln.startswith("State:")), "")
-        except OSError:
-            continue
-        if str(path) in cmd and "zombie" not in state:
-            out.append((int(d.name), cmd[:200]))
-    return out
 
 
 @contextlib.contextmanager

@@ -573,3 +573,42 @@ async def test_a_control_restart_tells_worker_losses_from_node_losses_and_frees_
     finally:
         await again.stop()
         await engine.dispose()
+
+
+async def test_flush_waits_for_what_came_before_it_not_for_an_empty_queue(db_url: str) -> None:
+    """A busy leader appends events all the time; ``flush`` (the routing authority's, before it moves
+    its command cursor) must return once what was appended before it is committed, not wait for a
+    moment with nothing queued, which under steady load never came (seconds of queue wait in
+    ``bench cluster``)."""
+    engine = await fresh_engine(db_url)
+    writer = EventWriter(engine, "node-i", batch_window_s=0.005)
+    await writer.start()
+    flushed = asyncio.Event()
+    appended = 0
+
+    async def busy() -> bool:
+        """Appends until the flush returns; True if it had to give up (the flush never returned)."""
+        nonlocal appended
+        end = asyncio.get_running_loop().time() + 20
+        while not flushed.is_set():
+            if asyncio.get_running_loop().time() > end:
+                return True
+            writer.append([enqueue(f"b{appended:05d}", "rescue", 3, 200.0)])
+            appended += 1
+            await asyncio.sleep(0)  # the writer runs between appends, its queue is never empty for long
+        return False
+
+    before = [enqueue(f"a{i:03d}", "rescue", 3, 100.0) for i in range(50)]
+    writer.append(before)
+    load = asyncio.create_task(busy())
+    await asyncio.sleep(0.05)
+    await writer.flush()
+    flushed.set()
+    gave_up = await load
+    async with engine.connect() as conn:
+        written = {r[0] for r in (await conn.execute(select(events_table.c.call_id))).all()}
+    await writer.stop()
+    await engine.dispose()
+    assert not gave_up, "flush returned only once the appends stopped"
+    assert {e.call_id for e in before} <= written
+    print(f"\nflush returned while events kept coming ({appended} appended meanwhile)")
