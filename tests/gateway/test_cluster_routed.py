@@ -34,6 +34,7 @@ import pytest
 from tests.conftest import free_port, own_pg_database
 from tests.faults.harness import start_seat_sim
 from tests.faults.services import OwnMosquitto
+from tests.faults.test_broker_outage import broker  # noqa: F401  (a fixture: a broker of the test's own)
 from tests.gateway.test_cluster import RunningCluster, _cli, processes_under, running_cluster
 from tests.gateway.test_handoff import HUMAN
 from tests.gateway.test_register import tone_wav
@@ -310,19 +311,8 @@ class BusWatch:
                         "-m", json.dumps({"status": status, "reason": "desk"})], check=True, timeout=10)
 
 
-@pytest.fixture
-def broker() -> Iterator[OwnMosquitto]:
-    """A broker of the test's own: what it hears is this cluster's and nothing else's."""
-    b = OwnMosquitto()
-    b.start()
-    try:
-        yield b
-    finally:
-        b.close()
-
-
 def test_seat_desktops_and_wallboards_hear_whoever_leads_over_mqtt(tmp_path: Path, own_db: str,
-                                                                  broker: OwnMosquitto) -> None:
+                                                                  broker: OwnMosquitto) -> None:  # noqa: F811
     """In cluster mode the ACD's decisions are published by the leader (screen pops, call and seat
     events, queue snapshots) and the node that carries a call publishes its own journey; a seat
     desktop's status request over MQTT reaches the ACD that decides, also after a failover."""
