@@ -162,11 +162,13 @@ class EventBus:
                     self._connected = True
                     self._connects += 1
                     delay = BACKOFF_FIRST_S
-                    log.info("MQTT connected", extra={"broker": f"{self.address.host}:{self.address.port}",
-                                                      "buffered": len(self._buffer)})
                     if self.on_seat_status is not None:  # a publish-only bus (a cluster node's) hears nothing
                         await client.subscribe(f"{self.prefix}/seats/+/status/set", qos=1)
                         self._subscribed = True
+                    # said once subscribed: from this line on, a seat desktop's request reaches this bus
+                    log.info("MQTT connected", extra={"broker": f"{self.address.host}:{self.address.port}",
+                                                      "client": self.node_id, "subscribed": self._subscribed,
+                                                      "buffered": len(self._buffer)})
                     await self._serve(client)
             except aiomqtt.MqttError as e:
                 was = self._connected
