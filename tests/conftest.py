@@ -30,6 +30,13 @@ def free_port(kind: int = socket.SOCK_DGRAM, also_tcp: bool = True) -> int:
     return listener_port()
 
 
+def sipp_media_port() -> int:
+    """A SIPp ``-mp``: the port and the port + 2 (SIPp's video echo) free (``gateway.bench.runner``)."""
+    from gateway.bench.runner import sipp_media_port as media_port
+
+    return media_port()
+
+
 def serve_port_args(sip_port: int | None = None, workers: int = 2) -> list[str]:
     """``serve`` flags that put a test node's SIP, worker and RTP ports on free loopback ports.
 

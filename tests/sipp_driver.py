@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, sipp_media_port
 
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
 DTMF_PCAPS = Path("/usr/share/sip-tester")
@@ -56,7 +56,7 @@ def run_sipp(template: str, port: int, *, calls: int = 1, concurrency: int | Non
     scenario = render(template, **subs)
     workdir = Path(tempfile.mkdtemp(prefix="sipp-run-"))
     cmd = ["sipp", f"127.0.0.1:{port}", "-sf", str(scenario), "-m", str(calls), "-i", local_ip,
-           "-p", str(free_port()), "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port()),
+           "-p", str(free_port()), "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(sipp_media_port()),
            "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin", "-trace_err", "-t", transport,
            "-max_recv_loops", "1000", "-recv_timeout", "20000"]
     if concurrency:

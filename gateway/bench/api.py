@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from gateway.bench.runner import NodeProcess, emit, free_port, say, sipp
+from gateway.bench.runner import NodeProcess, emit, free_port, say, sipp, sipp_media_port
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "tests" / "sipp"
 PRESS_ZERO = ('  <nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_0.pcap"/></action></nop>\n'
@@ -59,7 +59,7 @@ def _live(quick: bool) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="h122-bench-api-")
     uas_port = free_port()
     uas = subprocess.Popen(["sipp", "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1", "-p", str(uas_port),
-                            "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port()), "-nostdin"],
+                            "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(sipp_media_port()), "-nostdin"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp.name)
     seats = Path(tmp.name) / "seats.yaml"
     seats.write_text("seats:\n" + "".join(

@@ -45,7 +45,7 @@ from typing import Any
 
 import httpx
 
-from gateway.bench.runner import emit, free_block, free_port, say, sipp, text_table
+from gateway.bench.runner import emit, free_block, free_port, say, sipp, sipp_media_port, text_table
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "tests" / "sipp"
 DIGIT_ZERO = ('  <nop><action><exec play_pcap_audio="/usr/share/sip-tester/dtmf_2833_0.pcap"/></action></nop>\n'
@@ -191,7 +191,7 @@ def _seats(n: int, port: int, status: str = "available") -> str:
 
 def _uas(port: int, cwd: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sipp", "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port),
-                             "-cp", str(free_port()), "-nostdin", "-mi", "127.0.0.1", "-mp", str(free_port())],
+                             "-cp", str(free_port()), "-nostdin", "-mi", "127.0.0.1", "-mp", str(sipp_media_port())],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
 
 

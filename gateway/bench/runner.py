@@ -82,6 +82,12 @@ def free_port() -> int:
     return free_block(1)
 
 
+def sipp_media_port() -> int:
+    """A ``-mp`` for SIPp: it binds that port for its audio echo and the port + 2 for video, so a
+    single free port is not enough (a caller's video socket took another SIPp's port in CI)."""
+    return free_block(4)
+
+
 def rtp_base_below_ephemeral(seed: int, span: int) -> int:
     """A first RTP port for a test or bench node, below the kernel's ephemeral range.
 
@@ -233,7 +239,7 @@ def sipp(target_port: int, scenario: str | Path, *, calls: int, rate: float, lim
     workdir = tempfile.mkdtemp(prefix="h122-sipp-")
     cmd = ["sipp", f"127.0.0.1:{target_port}", "-sf", str(path), "-m", str(calls), "-r", str(rate), "-l",
            str(limit), "-i", "127.0.0.1", "-p", str(free_port()), "-cp", str(free_port()), "-mi", "127.0.0.1",
-           "-mp", str(free_port()), "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
+           "-mp", str(sipp_media_port()), "-timeout", f"{int(timeout)}s", "-timeout_error", "-nostdin",
            "-max_socket", "4096", "-recv_timeout", "30000", *(extra or [])]
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60, cwd=workdir)

@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.bench.runner import free_port
+from gateway.bench.runner import free_port, sipp_media_port
 from routing.skills import SKILLS
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "tests" / "sipp"
@@ -55,7 +55,7 @@ class SeatFarm:
             d.mkdir()
             self.procs.append(subprocess.Popen(
                 ["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-cp", str(free_port()),
-                 "-mi", "127.0.0.1", "-mp", str(free_port()), "-nostdin", "-trace_logs", "-max_socket", "4096"],
+                 "-mi", "127.0.0.1", "-mp", str(sipp_media_port()), "-nostdin", "-trace_logs", "-max_socket", "4096"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d))
             (self.probe_ports if kind == "probe" else self.ports).append(port)
         return self._seats_file(workdir / "seats.yaml")

@@ -29,7 +29,7 @@ from typing import Any
 
 from gateway.bench.processes import NodeSampler, memory_now, per_held_caller
 from gateway.bench.ramp import Step, find_limit, what_limits
-from gateway.bench.runner import NodeProcess, SippRun, emit, free_port, say, sipp
+from gateway.bench.runner import NodeProcess, SippRun, emit, free_port, say, sipp, sipp_media_port
 from gateway.kamailio import Destination, Kamailio, find_kamailio
 from gateway.logs import configure_logging
 from gateway.settings import Settings
@@ -110,7 +110,7 @@ def _ceiling(plan: Plan, shm_mb: int) -> tuple[list[Step], float] | None:
     uas_port, front = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="h122-ceiling-") as d:
         uas = subprocess.Popen(["sipp", "-sf", str(SCENARIOS / "uas_answer_at_once.xml"), "-i", "127.0.0.1", "-p",
-                                str(uas_port), "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port()),
+                                str(uas_port), "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(sipp_media_port()),
                                 "-nostdin", "-max_socket", "4096"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d)
         k = Kamailio(binary, Path(d), host="127.0.0.1", port=front, service_numbers=["122"],

@@ -29,7 +29,7 @@ import asyncpg
 import httpx
 
 from routing.authority import live_nodes, plain_dsn
-from tests.conftest import free_port, own_pg_database
+from tests.conftest import free_port, own_pg_database, sipp_media_port
 from tests.gateway.test_cluster import RunningCluster, _cli, running_cluster
 from tests.gateway.test_cluster_routed import dispatcher_uri, leads
 from tests.routing.test_cluster import assert_one_call_at_a_time, fence_log
@@ -109,8 +109,8 @@ class SeatPhone:
         work.mkdir()
         scenario = render("uas_seat_ring.xml", ring_ms=str(ring_ms))
         trace = work / "messages.log"
-        proc = subprocess.Popen(["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1",
-                                 "-mp", str(free_port()), "-nostdin", "-trace_msg", "-message_file", str(trace),
+        proc = subprocess.Popen(["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port), "-cp", str(free_port()), "-mi", "127.0.0.1",
+                                 "-mp", str(sipp_media_port()), "-nostdin", "-trace_msg", "-message_file", str(trace),
                                  "-trace_err", "-error_file", str(work / "errors.log")],
                                 cwd=work, stdout=subprocess.DEVNULL, stderr=(work / "stderr.log").open("wb"))
         c.softphones.append(proc)  # killed with the cluster

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, sipp_media_port
 from tests.node_harness import RunningNode, seat_reports, start_node, start_seat
 from tests.sipp_driver import digits_xml, render, run_sipp
 
@@ -112,7 +112,7 @@ def test_a_local_dial_failure_never_marks_the_seat_unreachable(node: RunningNode
         ["sipp", f"127.0.0.1:{node.sip_port}", "-sf", str(render(
             "uac_122_dtmf.xml", service="122", first="1200", stay="4000", digits=digits_xml("2", 300))),
          "-m", "1", "-i", "127.0.0.1", "-p", str(free_port()), "-cp", str(free_port()), "-mi", "127.0.0.1",
-         "-mp", str(free_port()), "-nostdin", "-timeout", "40s", "-timeout_error"],
+         "-mp", str(sipp_media_port()), "-nostdin", "-timeout", "40s", "-timeout_error"],
         cwd=tempfile.mkdtemp(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def failed_locally():
@@ -142,7 +142,7 @@ def target(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     workdir = tmp_path / "target"
     workdir.mkdir()
     uas = subprocess.Popen(["sipp", "-sf", str(render("uas_answer.xml")), "-i", "127.0.0.1", "-p", str(port),
-                            "-m", "1", "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port()),
+                            "-m", "1", "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(sipp_media_port()),
                             "-nostdin", "-trace_msg"], cwd=workdir, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     yield port, workdir

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from recordings.wav import read_pcm16, rms, tone_power
-from tests.conftest import free_port
+from tests.conftest import free_port, sipp_media_port
 from tests.node_harness import (
     RunningNode,
     caller_result,
@@ -212,7 +212,7 @@ def test_sipp_as_the_seat_checks_the_handoff_headers(tmp_path: Path) -> None:
         scenario = render("uas_seat_headers.xml", skill="rescue")
         workdir = tempfile.mkdtemp()
         uas = subprocess.Popen(["sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(p1), "-m", "1",
-                                "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(free_port()), "-nostdin",
+                                "-cp", str(free_port()), "-mi", "127.0.0.1", "-mp", str(sipp_media_port()), "-nostdin",
                                 "-trace_msg", "-trace_logs", "-timeout", "90s", "-timeout_error"],
                                cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         res = run_caller(node, IMMOBILE, gap=0.8, stay=3)
