@@ -396,8 +396,10 @@ class CallDirector:
     # ------------------------------------------------------------------------------------------
     # transfers (docs/SEATS.md): the caller's leg is never touched
     # ------------------------------------------------------------------------------------------
-    def transfer(self, req: TransferRequest) -> dict[str, Any]:
+    def transfer(self, req: TransferRequest, seat_skill: str | None = None) -> dict[str, Any]:
         """Send a talking caller on; raises ``TransferRefused`` with the API's status.
+        ``seat_skill``: the skill of ``req.to_seat`` as the routing leader found it (a node that
+        does not lead cannot read seats; ``seat_target`` there).
 
         Order matters: the worker is told to release seat 1's leg *before* the journey re-queues
         the caller, because the ACD may offer seat 2 at once and its dial must find no seat leg."""
@@ -407,8 +409,10 @@ class CallDirector:
         if req.mode != "blind":
             raise TransferRefused(409, "a warm transfer is a consult (CallDirector.consult)")
         to_skill = req.to_skill
+        if req.to_seat is not None and req.to_seat == call.journey.seat_id:
+            raise TransferRefused(409, "a seat cannot transfer a call to itself")
         if req.to_seat is not None:
-            to_skill = self._seat_target(req.to_seat, call.journey.seat_id)
+            to_skill = seat_skill or self.seat_target(req.to_seat, call.journey.seat_id)
         if to_skill not in SKILLS:
             raise TransferRefused(422, f"unknown skill {to_skill!r}")
         if call.stage not in CONVERSATION or call.leg_id is None or call.journey.consult is not None:
@@ -581,7 +585,7 @@ class CallDirector:
             else:
                 self._answer_waiter(call, TransferRefused(409, f"{why}; the caller is back with seat {c.from_seat}"))
 
-    def _seat_target(self, seat_id: str, own: str | None) -> str:
+    def seat_target(self, seat_id: str, own: str | None) -> str:
         """The skill a transfer to ``seat_id`` queues in (its first-choice skill); only a seat that
         is free now is a target, so the caller never waits for someone who is not there."""
         if seat_id == own:

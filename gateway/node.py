@@ -224,6 +224,7 @@ class Node:
             await self.director.adopt(self.pool.live_at_hello, records)
         self.pool.dispatch()
         if s.cluster:  # the leader's offers reach the calls only now that every live call has its journey
+            self.routing.serve_control(self._control_here)  # acts on its calls asked through the leader's API
             await self.routing.open_deliveries()
 
         # 5. the front door (the supervisor runs it; it lives through a control restart)
@@ -334,32 +335,91 @@ class Node:
             raise ConfigError(str(e)) from None
         return api
 
+    # -- acts on live calls asked through the API (hold, transfers, a supervisor joining) ----------
+    # In cluster mode the API door sends every request to the routing leader's node, which may not
+    # carry the call: the leader asks the node that does (``routing.cluster.ControlRequest``) and
+    # answers with that node's result or refusal.
     async def monitor_call(self, req: Any) -> dict[str, Any]:
         """A supervisor joins a live call (``journey.transfer.MonitorRequest``); ``TransferRefused``."""
-        from journey.transfer import TransferRefused
+        from dataclasses import asdict
 
-        if self.director is None:
-            raise TransferRefused(409, "no media workers on this node")
-        return self.director.monitor(req)
+        node = self._carried_elsewhere(req.call_id)
+        if node is not None:
+            return await self._ask_node(node, req.call_id, "monitor_call", {"req": asdict(req)})
+        return self._director().monitor(req)
 
     async def hold_call(self, call_id: str, on: bool, by: str) -> dict[str, Any]:
         """Seat hold / resume asked through the API; ``TransferRefused`` carries the API's status."""
-        from journey.transfer import TransferRefused
-
-        if self.director is None:
-            raise TransferRefused(409, "no media workers on this node")
-        return self.director.hold(call_id, on, by)
+        node = self._carried_elsewhere(call_id)
+        if node is not None:
+            return await self._ask_node(node, call_id, "hold_call", {"on": on, "by": by})
+        return self._director().hold(call_id, on, by)
 
     async def transfer_call(self, req: Any) -> dict[str, Any]:
         """A transfer asked through the API (``journey.transfer.TransferRequest``), run on the
         control loop; ``TransferRefused`` carries the API's status."""
+        from dataclasses import asdict
+
+        from journey.transfer import TransferRefused
+
+        node = self._carried_elsewhere(req.call_id)
+        if node is None:
+            director = self._director()
+            return await director.consult(req) if req.mode == "warm" else director.transfer(req)
+        if req.mode == "warm":
+            raise TransferRefused(409, "warm transfers are not available in cluster mode yet")
+        args: dict[str, Any] = {"req": asdict(req)}
+        if req.to_seat is not None:  # only the leader reads seats: the target is found (or refused) here
+            view = self.routing.acd.call_view(req.call_id) or {}
+            args["seat_skill"] = self._director().seat_target(req.to_seat, view.get("seat_id"))
+        return await self._ask_node(node, req.call_id, "transfer_call", args)
+
+    async def consult_call(self, call_id: str, complete: bool, by: str) -> dict[str, Any]:
+        """Complete or cancel a warm transfer asked through the API; ``TransferRefused`` carries the status."""
+        node = self._carried_elsewhere(call_id)
+        if node is not None:
+            return await self._ask_node(node, call_id, "consult_call", {"complete": complete, "by": by})
+        return await self._director().end_consult(call_id, complete, by)
+
+    def _director(self) -> Any:
         from journey.transfer import TransferRefused
 
         if self.director is None:
             raise TransferRefused(409, "no media workers on this node")
-        if req.mode == "warm":
-            return await self.director.consult(req)
-        return self.director.transfer(req)
+        return self.director
+
+    def _carried_elsewhere(self, call_id: str) -> str | None:
+        """The other node whose worker carries ``call_id`` (cluster mode, while this node leads)."""
+        if self.director is not None and call_id in self.director.calls:
+            return None
+        elsewhere = getattr(self.routing, "carries_elsewhere", None)
+        return elsewhere(call_id) if elsewhere is not None else None
+
+    async def _ask_node(self, node: str, call_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """``op`` carried out by ``node``, which carries ``call_id``; its refusal is this request's."""
+        from journey.transfer import TransferRefused
+        from routing.cluster import ControlRefused
+
+        try:
+            return await self.routing.control_on(node, op, {"call_id": call_id, **args})
+        except ControlRefused as e:
+            raise TransferRefused(e.status, e.detail) from None
+
+    async def _control_here(self, req: Any) -> dict[str, Any]:
+        """The leader's ``ControlRequest`` for a call of this node, already authorised by its API."""
+        from journey.transfer import MonitorRequest, TransferRefused, TransferRequest
+
+        a = req.args
+        director = self._director()
+        if req.op == "hold_call":
+            return director.hold(a["call_id"], bool(a["on"]), str(a["by"]))
+        if req.op == "transfer_call":
+            return director.transfer(TransferRequest(**a["req"]), seat_skill=a.get("seat_skill"))
+        if req.op == "monitor_call":
+            return director.monitor(MonitorRequest(**a["req"]))
+        if req.op == "consult_call":
+            return await director.end_consult(a["call_id"], bool(a["complete"]), str(a["by"]))
+        raise TransferRefused(400, f"unknown call control {req.op!r}")
 
     async def _with_stored_credentials(self, seats: list[Any]) -> list[Any]:
         """The seats file's seats with the credentials set through the admin API (the database wins)."""
@@ -401,14 +461,6 @@ class Node:
         await SeatCredentials(self.engine).put(seat_id, None, None)
         removed = await self.registrations.remove_credentials(seat_id) if self.registrations is not None else None
         return {"seat_id": seat_id, "removed": removed is not None}
-    async def consult_call(self, call_id: str, complete: bool, by: str) -> dict[str, Any]:
-        """Complete or cancel a warm transfer asked through the API; ``TransferRefused`` carries the status."""
-        from journey.transfer import TransferRefused
-
-        if self.director is None:
-            raise TransferRefused(409, "no media workers on this node")
-        return await self.director.end_consult(call_id, complete, by)
-
     def install_flow(self, flow: Any) -> None:
         """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""
         self.flow = flow

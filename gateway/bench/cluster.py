@@ -352,12 +352,15 @@ class BenchCluster:
         # the queue wait through the leader: the node's enqueue (IVR done) -> the leader's offer
         # delivered back to the node (seats were never short: every seat every skill, wrap-up 1 s)
         routed_to_offered = [(offered[j.call_id] - j.routed) * 1000 for j in mine if j.routed and j.call_id in offered]
+        hops = self.queue_wait_hops({j.call_id: (j.routed, offered[j.call_id]) for j in mine
+                                     if j.routed and j.call_id in offered})
         figures = {
             "calls": calls, "sipp_ok": run.ok_calls, "sipp_failed": run.failed_calls, "reached_seat": len(bridged),
             "never_reached_seat": never, "wrong_skill": len(wrong),
             "calls_by_node": {name: len(js) for name, js in by_node.items()},
             "callers_concurrent_peak": peak_callers, "legs_concurrent_peak": peak_legs,
             "setup_ms": full._dist(setup), "routed_to_offered_ms": full._dist(routed_to_offered),
+            "queue_wait_hops_ms": hops,
             "ivr_routed_to_bridged_ms": full._dist(routed_to_bridged),
             "offer_to_bridged_ms": full._dist(offer_to_bridged), "processes": processes,
             "node_warnings": {k: v for log in self.logs for k, v in log.problems.items()},
@@ -373,7 +376,8 @@ class BenchCluster:
                     problems=problems, extra=figures)
         wait = figures["routed_to_offered_ms"]
         say(f"    reached a seat {len(bridged)}/{calls}, by node {figures['calls_by_node']}, peak {peak_callers} "
-            f"callers / {peak_legs} legs; queue wait (IVR routed -> offer) p50/p99 {wait['p50']}/{wait['p99']} ms; "
+            f"callers / {peak_legs} legs; queue wait (IVR routed -> offer) p50/p99 {wait['p50']}/{wait['p99']} ms "
+            "(" + ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in hops.items()) + "); "
             "CPU cores: " + ", ".join(
                 f"{k} {processes[k]['cpu_core_share']}" for k in ROLES)
             + f", machine {processes['machine_cpu_cores']} (other {processes['other_cpu_cores']})")
@@ -460,6 +464,39 @@ class BenchCluster:
         if run is not None:
             shutil.rmtree(run.workdir, ignore_errors=True)
         return out
+
+    def queue_wait_hops(self, waits: dict[str, tuple[float, float]]) -> dict[str, dict[str, Any]]:
+        """The queue wait split where it is spent, from the routing's own rows: the node's enqueue
+        command written (``node_sends``: its sender queue and the insert), the leader's OFFER decided
+        (``leader_decides``: reading the command, the ACD), the offer read back at the node
+        (``offer_returns``: the fence claim, the delivery row, its reading).  ``waits``: call id ->
+        (IVR routed, offer at the node), both from the node's log."""
+        import asyncpg
+
+        async def rows() -> tuple[dict[str, float], dict[str, float]]:
+            conn = await asyncpg.connect(f"{PG_URL.rsplit('/', 1)[0]}/{self.db}".replace("postgresql+asyncpg://",
+                                                                                          "postgresql://"))
+            try:
+                ids = list(waits)
+                sent = {r["call_id"]: float(r["at"]) for r in await conn.fetch(
+                    "SELECT call_id, min(at) AS at FROM routing_commands WHERE kind = 'enqueue' "
+                    "AND call_id = ANY($1::text[]) GROUP BY call_id", ids)}
+                decided = {r["call_id"]: float(r["at"]) for r in await conn.fetch(
+                    "SELECT call_id, min(at) AS at FROM routing_deliveries WHERE kind = 'OFFER' "
+                    "AND call_id = ANY($1::text[]) GROUP BY call_id", ids)}
+                return sent, decided
+            finally:
+                await conn.close()
+
+        try:
+            sent, decided = asyncio.run(rows())
+        except Exception as e:  # a figure, not a reason to lose the run
+            say(f"  queue wait hops not read: {type(e).__name__}: {e}")
+            return {}
+        both = [c for c in waits if c in sent and c in decided]
+        return {"node_sends": full._dist([(sent[c] - waits[c][0]) * 1000 for c in both]),
+                "leader_decides": full._dist([(decided[c] - sent[c]) * 1000 for c in both]),
+                "offer_returns": full._dist([(waits[c][1] - decided[c]) * 1000 for c in both])}
 
     def routing_rows(self) -> dict[str, int]:
         """Rows the routing wrote to PostgreSQL so far: commands (nodes -> leader), deliveries

@@ -34,10 +34,10 @@ find a committed row below ``n``.
 
 from __future__ import annotations
 
-from routing.cluster.channel import COMMANDS, Delivery, RoutingClient
+from routing.cluster.channel import COMMANDS, ControlRefused, ControlRequest, Delivery, RoutingClient
 from routing.cluster.leader import ClusterRouting
 from routing.cluster.node import ClusterNode
 from routing.cluster.port import ClusterRoutingPort, RemoteAcdView
 
-__all__ = ["COMMANDS", "ClusterNode", "ClusterRouting", "ClusterRoutingPort", "Delivery", "RemoteAcdView",
-           "RoutingClient"]
+__all__ = ["COMMANDS", "ClusterNode", "ClusterRouting", "ClusterRoutingPort", "ControlRefused", "ControlRequest",
+           "Delivery", "RemoteAcdView", "RoutingClient"]

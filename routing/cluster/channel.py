@@ -10,6 +10,12 @@ its own cursor).  Both tables are in the database that fences the offers, so an 
 written in the very transaction of its ``claim_offer``: there is no offer a node can see that the
 fence did not accept.
 
+Acts on a live call asked through the leader's API (hold, transfer, a supervisor joining) travel
+the same way: the leader writes a ``CONTROL`` delivery for the node whose worker carries the call
+(``ControlRequest``), that node does it and answers with a ``control_result`` command, which the
+leader hands back to the waiting request.  A request read after its deadline is not carried out:
+the person who asked was already told that it timed out.
+
 Ordering: inserts into both tables take a transaction-level advisory lock, so sequence numbers are
 committed in the order they are allocated and a reader that has seen ``seq = n`` will never later
 find a committed row below ``n``.
@@ -48,11 +54,14 @@ DELIVERIES_LOCK_KEY = 0x68313234
 #: How often a reader looks for rows even without a notification (a missed NOTIFY costs this much).
 POLL_S = 1.0
 
-#: The commands a node may send, each with the RoutingService method that applies it.
+#: The commands a node may send, each with the RoutingService method that applies it (but
+#: ``control_result``: a node's answer to a ``ControlRequest``, for the leader's waiting request).
 COMMANDS = frozenset({
     "enqueue", "seat_answered", "ring_no_answer", "seat_failed", "caller_abandoned", "call_completed",
-    "seat_lost", "call_lost", "set_status", "end_wrap_up",
+    "seat_lost", "call_lost", "set_status", "end_wrap_up", "control_result",
 })
+#: The delivery kind of a ``ControlRequest`` (the others are the ACD's ``EventKind`` values).
+CONTROL_KIND = "CONTROL"
 #: The ACD's decisions a node hears about its own calls (``journey.call.CallJourney.routing_event``).
 DELIVERED = frozenset({EventKind.OFFER, EventKind.RINGNOANSWER, EventKind.SEATFAILED, EventKind.ESCALATE,
                        EventKind.CONNECT, EventKind.ABANDON, EventKind.CALLBACK, EventKind.ENTERQUEUE})
@@ -70,6 +79,31 @@ class Delivery:
 DeliveryListener = Callable[[Delivery], Awaitable[None] | None]
 
 
+@dataclass(frozen=True, slots=True)
+class ControlRequest:
+    """An act on one of this node's live calls, asked through the leader's API and already
+    authorised there: ``op`` names the node's method (``hold_call``, ``transfer_call``, ...)."""
+
+    request_id: str
+    op: str
+    args: dict[str, Any]
+    deadline: float
+    asked_by_node: str
+
+
+class ControlRefused(Exception):
+    """What the node carrying the call answered instead of doing it (its status and reason)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+#: Carries out a ``ControlRequest`` on this node; raises with ``status``/``detail`` to refuse.
+ControlHandler = Callable[[ControlRequest], Awaitable[dict[str, Any]]]
+
+
 class RoutingClient:
     """A node's side of the channel: commands out, deliveries for its calls in, and the fence
     steps of the dialing node (``start_dialing`` before the INVITE, ``release`` at the end)."""
@@ -85,6 +119,8 @@ class RoutingClient:
         self._tail: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.delivered = 0
+        self._control: ControlHandler | None = None
+        self._controls: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Connect.  Deliveries are read only after :meth:`open` (once every call has a listener)."""
@@ -113,6 +149,10 @@ class RoutingClient:
 
     def on_delivery(self, listener: DeliveryListener) -> None:
         self._listeners.append(listener)
+
+    def on_control(self, handler: ControlHandler) -> None:
+        """Who carries out the leader's ``ControlRequest``s for this node's calls."""
+        self._control = handler
 
     # -- commands ---------------------------------------------------------------------------------
     async def send(self, kind: str, call_id: str | None = None, **args: Any) -> int:
@@ -204,10 +244,13 @@ class RoutingClient:
                 for r in rows:
                     self._cursor = int(r["seq"])
                     data = json.loads(r["data"])
-                    data["epoch"] = int(r["epoch"])
-                    await self._dispatch(Delivery(int(r["seq"]), int(r["epoch"]), Event(
-                        EventKind(r["kind"]), float(r["at"]), r["call_id"], r["seat_id"], data.pop("skill", None),
-                        data)))
+                    if r["kind"] == CONTROL_KIND:
+                        self._start_control(data)
+                    else:
+                        data["epoch"] = int(r["epoch"])
+                        await self._dispatch(Delivery(int(r["seq"]), int(r["epoch"]), Event(
+                            EventKind(r["kind"]), float(r["at"]), r["call_id"], r["seat_id"], data.pop("skill", None),
+                            data)))
                     await listen.execute(
                         "INSERT INTO routing_node_cursor (node_id, seq, updated_at) VALUES ($1, $2, $3) "
                         "ON CONFLICT (node_id) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
@@ -227,6 +270,41 @@ class RoutingClient:
                     listen.terminate()
                 listen = None
                 await asyncio.sleep(0.2)
+
+    def _start_control(self, data: dict[str, Any]) -> None:
+        """In a task of its own: a slow act (a worker that takes its time) must not hold up offers."""
+        req = ControlRequest(str(data.get("request_id")), str(data.get("op")), dict(data.get("args") or {}),
+                             float(data.get("deadline") or 0.0), str(data.get("asked_by_node") or ""))
+        task = asyncio.create_task(self._carry_out(req), name=f"control-{req.request_id}")
+        self._controls.add(task)
+        task.add_done_callback(self._controls.discard)
+
+    async def _carry_out(self, req: ControlRequest) -> None:
+        call_id = req.args.get("call_id")
+        if time.time() > req.deadline:
+            log.warning("call control request read after its deadline, not carried out", extra={
+                "call_id": call_id, "op": req.op, "request_id": req.request_id})
+            return
+        answer: dict[str, Any]
+        if self._control is None:
+            answer = {"ok": False, "status": 409, "detail": f"node {self.node_id} carries no calls"}
+        else:
+            try:
+                answer = {"ok": True, "status": 200, "result": await self._control(req)}
+            except Exception as e:
+                status = getattr(e, "status", None)
+                if not isinstance(status, int):
+                    log.exception("call control request failed", extra={"call_id": call_id, "op": req.op})
+                answer = {"ok": False, "status": status if isinstance(status, int) else 500,
+                          "detail": str(getattr(e, "detail", None) or e)}
+        log.info("call control request carried out" if answer["ok"] else "call control request refused", extra={
+            "call_id": call_id, "op": req.op, "request_id": req.request_id, "status": answer["status"],
+            "asked_by_node": req.asked_by_node})
+        try:
+            await self.send("control_result", None, request_id=req.request_id, **answer)
+        except Exception as e:  # the leader times the request out and says so
+            log.error("call control answer not sent", extra={"call_id": call_id, "request_id": req.request_id,
+                                                             "error": f"{type(e).__name__}: {e}"})
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if payload == self.node_id:

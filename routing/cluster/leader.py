@@ -14,7 +14,9 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -43,9 +45,11 @@ from routing.cluster.channel import (
     CHANNEL_COMMANDS,
     CHANNEL_DELIVERIES,
     COMMANDS,
+    CONTROL_KIND,
     DELIVERED,
     DELIVERIES_LOCK_KEY,
     POLL_S,
+    ControlRefused,
 )
 from routing.events import Event, EventKind
 from routing.service import RoutingService
@@ -55,6 +59,10 @@ from routing.store.restore import load_callbacks, load_recent_events, load_state
 from routing.store.writer import EventWriter, Fenced
 
 log = logging.getLogger("routing.cluster")
+
+#: How long an act on another node's call waits for that node: under the API's own bound on a
+#: command (``api.link.FORWARD_TIMEOUT_S``, 5 s), so the person asking hears this 504 and its reason.
+CONTROL_TIMEOUT_S = 3.5
 
 
 class ClusterRouting:
@@ -91,7 +99,9 @@ class ClusterRouting:
         self._owners: dict[str, str] = {}
         self._conn: asyncpg.Connection | None = None  # commands, cursor, restore
         self._out: asyncpg.Connection | None = None   # offers through the fence, deliveries
-        self._outbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Event | _ControlOut] = asyncio.Queue()
+        #: request id -> the API request waiting for the answer of the node that carries the call
+        self._controls: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._log_engine: AsyncEngine | None = None  # the event writer's: fenced, and a frozen
@@ -180,6 +190,11 @@ class ClusterRouting:
         for t in self._tasks:
             t.cancel()
         self._tasks = []
+        for waiting in self._controls.values():  # its answer will reach the next leader, not this request
+            if not waiting.done():
+                waiting.set_result({"ok": False, "status": 503, "detail": (
+                    "the routing authority changed while the call's node was asked; look at the call "
+                    "before asking again")})
         for conn in (self._conn, self._out):
             if conn is not None:
                 conn.terminate()
@@ -352,6 +367,11 @@ class ClusterRouting:
         if kind not in COMMANDS:
             log.error("unknown routing command ignored", extra={"kind": kind, "call_id": call_id})
             return
+        if kind == "control_result":
+            waiting = self._controls.get(str(args.get("request_id")))
+            if waiting is not None and not waiting.done():
+                waiting.set_result(args)
+            return
         if kind == "enqueue" and call_id:
             self._owners[call_id] = node_id
         try:
@@ -372,6 +392,48 @@ class ClusterRouting:
             log.error("routing command with bad arguments ignored", extra={"kind": kind, "call_id": call_id,
                                                                            "error": str(e)})
 
+    # -- acts on live calls, carried out by the node of the call -----------------------------------
+    def node_of(self, call_id: str) -> str | None:
+        """The node whose worker carries ``call_id`` (the node that queued it last), while leading."""
+        return self._owners.get(call_id) if self.service is not None else None
+
+    async def control(self, node: str, op: str, args: dict[str, Any],
+                      timeout_s: float = CONTROL_TIMEOUT_S) -> dict[str, Any]:
+        """Ask ``node`` to carry out ``op`` on one of its calls (an act asked through this leader's
+        API, authorised there) and wait for its answer: its result, or ``ControlRefused`` with its
+        status (504 when it does not answer in ``timeout_s``; it will not act after that)."""
+        if self.service is None or self.epoch is None:
+            raise ControlRefused(409, "this node no longer routes for the cluster; ask again")
+        request_id = uuid.uuid4().hex
+        waiting: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._controls[request_id] = waiting
+        self._outbox.put_nowait(_ControlOut(node, request_id, op, args, time.time() + timeout_s))
+        try:
+            answer = await asyncio.wait_for(waiting, timeout_s)
+        except TimeoutError:
+            raise ControlRefused(504, f"node {node}, which carries call {args.get('call_id')}, did not answer "
+                                      f"in {timeout_s:g} s; nothing was done") from None
+        finally:
+            self._controls.pop(request_id, None)
+        if not answer.get("ok"):
+            raise ControlRefused(int(answer.get("status") or 500), str(answer.get("detail") or "refused"))
+        return dict(answer.get("result") or {})
+
+    async def _deliver_control(self, epoch: int, c: _ControlOut) -> bool:
+        """The request as a delivery row for its node (False: no longer the authority)."""
+        assert self._out is not None
+        async with self._out.transaction():
+            await self._out.execute("SELECT pg_advisory_xact_lock($1)", DELIVERIES_LOCK_KEY)
+            if int(await self._out.fetchval("SELECT epoch FROM routing_epoch WHERE id = 1 FOR SHARE")) != epoch:
+                return False
+            await self._out.execute(
+                "INSERT INTO routing_deliveries (node_id, kind, call_id, seat_id, epoch, data, at) "
+                "VALUES ($1, $2, $3, NULL, $4, $5, $6)", c.node, CONTROL_KIND, c.args.get("call_id"), epoch,
+                json.dumps({"request_id": c.request_id, "op": c.op, "args": c.args, "deadline": c.deadline,
+                            "asked_by_node": self.node_id}, default=str), time.time())
+            await self._out.execute("SELECT pg_notify($1, $2)", CHANNEL_DELIVERIES, c.node)
+        return True
+
     # -- decisions out ----------------------------------------------------------------------------
     def _decided(self, ev: Event) -> None:
         if (ev.kind in DELIVERED and ev.call_id in self._owners) or ev.kind is EventKind.SEATADDED \
@@ -383,6 +445,10 @@ class ClusterRouting:
         while self.epoch == epoch:
             ev = await self._outbox.get()
             assert self._out is not None
+            if isinstance(ev, _ControlOut):
+                if not await self._deliver_control(epoch, ev):
+                    return
+                continue
             if ev.kind is EventKind.SEATADDED:  # a seat added through the API: known to the fence too
                 await add_seat(self._out, ev.seat_id or "")
                 continue
@@ -431,6 +497,17 @@ class ClusterRouting:
             with contextlib.suppress(RoutingError):
                 self.service.seat_failed(ev.call_id or "", "local_error", seat_id=ev.seat_id,
                                          detail="seat still held at the fence")
+
+
+@dataclass(frozen=True, slots=True)
+class _ControlOut:
+    """A ``ControlRequest`` on its way out, in the outbox with the decisions (one connection writes)."""
+
+    node: str
+    request_id: str
+    op: str
+    args: dict[str, Any]
+    deadline: float
 
 
 def _offer_taken_back(ev: Event) -> bool:

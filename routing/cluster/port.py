@@ -24,7 +24,7 @@ from routing.authority import (
     connect_worker,
 )
 from routing.bus import EventBus
-from routing.cluster.channel import Delivery
+from routing.cluster.channel import ControlHandler, Delivery
 from routing.cluster.node import ClusterNode
 from routing.events import Event, EventKind
 from routing.service import Emitted, RoutingService
@@ -293,6 +293,21 @@ class ClusterRoutingPort:
 
     def complete_callback(self, callback_id: str) -> Any:
         return self._on_the_leader("complete_callback", callback_id)
+
+    # -- acts on live calls asked through the API: carried out by the node of the call -------------
+    def carries_elsewhere(self, call_id: str) -> str | None:
+        """The other node that carries ``call_id``, as the leader knows it (None: this node, an
+        unknown call, or this node does not lead and cannot tell)."""
+        node = self.node.routing.node_of(call_id)
+        return node if node is not None and node != self.node.node_id else None
+
+    async def control_on(self, node: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """``op`` carried out by ``node`` (``ClusterRouting.control``; ``ControlRefused``)."""
+        return await self.node.routing.control(node, op, args)
+
+    def serve_control(self, handler: ControlHandler) -> None:
+        """Who carries out, on this node, the acts the leader's API asks for this node's calls."""
+        self.client.on_control(handler)
 
     def seat_lost(self, call_id: str, reason: str) -> Any:
         return self._command("seat_lost", call_id, reason=reason)

@@ -412,3 +412,92 @@ def test_seat_phone_credentials_set_through_the_api_door_open_the_front_door(rou
     assert r.status_code == 200, r.text
     assert r.json()["register"] == {"username": "s1", "has_credentials": True}
     register_seat_phone(c, password="fresh-pass")  # both nodes see it registered at the front door
+
+
+def test_hold_transfer_and_listen_through_the_api_door_reach_a_call_on_another_node(
+        routed_cluster: RunningCluster) -> None:
+    """The API door sends every request to the leader's API, but a call's media is on the node
+    whose worker answered it: hold, resume, a supervisor's listen and a blind transfer of a call
+    on the other node are carried out by that node (a ``CONTROL`` delivery, its answer a command),
+    and its refusals come back with their status and reason."""
+    c = routed_cluster
+    leader = c.wait_for(lambda: next((i for i in (1, 2) if leads(c, i)), None), timeout=60)
+    other = 3 - leader
+    register_seat_phone(c, tone_s=120)
+    token = _cli("token", "create", "--role", "supervisor", "--db-url", c.db_url, "--data-dir",
+                 str(c.data_dir)).stdout.strip().splitlines()[-1]
+    auth = {"Authorization": f"Bearer {token}"}
+    api = f"http://127.0.0.1:{c.api_port}"
+    c.wait_for(lambda: door_prefers(c) == f"node-{leader}")
+    r = httpx.put(f"{api}/api/v1/seats/s1/status", headers=auth, timeout=10, json={"status": "available", "reason": None})
+    assert r.status_code == 200, r.text
+
+    # the caller lands on the node that does not lead (the leader out of the front door's set)
+    c.rpc.call("dispatcher.set_state", "d", 1, dispatcher_uri(c, f"node-{leader}"))
+    c.wait_for(lambda: c.in_set() == {f"node-{leader}": False, f"node-{other}": True})
+    caller = start_caller(c, stay=60.0)
+    c.wait_for(lambda: bridged(c, other) == 1, timeout=60)
+    call_id = next(x["call_id"] for x in c.node_log(other) if x.get("event") == "bridged")
+
+    def moves() -> list[tuple[str, str]]:
+        return [(x["to"], x["cause"]) for x in c.node_log(other)
+                if x.get("event") == "journey" and x.get("call_id") == call_id]
+
+    def act(path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        return httpx.post(f"{api}/api/v1/calls/{call_id}/{path}", headers=auth, json=body, timeout=15)
+
+    try:
+        t0 = time.monotonic()
+        r = act("hold")
+        took = time.monotonic() - t0
+        assert r.status_code == 200, r.text
+        c.wait_for(lambda: moves()[-1][0] == "on_hold")
+        print(f"\nhold through the API door, carried out by node-{other}: answered in {took * 1000:.0f} ms")
+        r = act("hold")  # the node that carries the call refuses, and says why
+        assert r.status_code == 409 and "on_hold" in r.json()["detail"], r.text
+        r = act("resume")
+        assert r.status_code == 200, r.text
+        c.wait_for(lambda: moves()[-1][0] == "talking")
+
+        # the node of the call frozen: the request times out with a reason, and the node, woken,
+        # does not act on it late (the person who asked was told nothing was done)
+        control = int((c.data_dir / f"node-{other}" / "run" / "control.pid").read_text())
+        os.kill(control, signal.SIGSTOP)
+        try:
+            r = act("hold")
+        finally:
+            os.kill(control, signal.SIGCONT)
+        assert r.status_code == 504 and "nothing was done" in r.json()["detail"], r.text
+        c.wait_for(lambda: any(x.get("event") == "call control request read after its deadline, not carried out"
+                               for x in c.node_log(other)), timeout=30)
+        assert moves()[-1][0] == "talking"
+
+        # a supervisor listens: the node of the call dials the supervisor's phone for that call
+        sup_port = free_port()
+        c.softphones.append(start_seat_sim(c.data_dir.parent, "sup", sup_port, "--answer-after", "0.3",
+                                           "--hangup-after", "2"))
+        r = act("monitor", {"mode": "listen", "contact": f"sip:sup@127.0.0.1:{sup_port}"})
+        assert r.status_code == 200, r.text
+        sup_log = c.data_dir.parent / "seat-sup.jsonl"
+        heard = c.wait_for(lambda: [x for x in map(json.loads, sup_log.read_text().splitlines())
+                                    if x.get("call_id") == call_id and x.get("answered")], timeout=30)
+        assert heard, sup_log.read_text()
+
+        # refusals decided on the leader, before any node is asked
+        assert act("transfer", {"to_seat": "s1"}).status_code == 409  # the seat on the call
+        r = act("transfer", {"to_skill": "intake_guidance", "mode": "warm"})
+        assert r.status_code == 409 and "cluster mode" in r.json()["detail"], r.text
+        assert httpx.post(f"{api}/api/v1/calls/c-nosuchcall/hold", headers=auth, timeout=15).status_code == 404
+
+        # a blind transfer: the caller goes back to the queue on its own node, never hung up on,
+        # and the seat (wrap-up 0 s) takes it again
+        r = act("transfer", {"to_skill": "intake_guidance", "note": "back to intake"})
+        assert r.status_code == 200, r.text
+        c.wait_for(lambda: ("queued", "transferred") in moves())
+        c.wait_for(lambda: bridged(c, other) == 2, timeout=60)
+    finally:
+        out = result(caller, timeout=120)
+    assert out["answered"] and out["hung_up_by"] == "caller", out
+    carried = [x for x in c.node_log(other) if x.get("event") == "call control request carried out"]
+    assert {x["op"] for x in carried} == {"hold_call", "monitor_call", "transfer_call"}, carried
+    assert not any(x.get("event") == "call control request carried out" for x in c.node_log(leader))
