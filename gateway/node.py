@@ -461,6 +461,7 @@ class Node:
         await SeatCredentials(self.engine).put(seat_id, None, None)
         removed = await self.registrations.remove_credentials(seat_id) if self.registrations is not None else None
         return {"seat_id": seat_id, "removed": removed is not None}
+
     def install_flow(self, flow: Any) -> None:
         """A flow installed through the API: new calls start on it; calls in the IVR keep theirs."""
         self.flow = flow
