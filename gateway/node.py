@@ -389,11 +389,18 @@ class Node:
         return self.director
 
     def _carried_elsewhere(self, call_id: str) -> str | None:
-        """The other node whose worker carries ``call_id`` (cluster mode, while this node leads)."""
+        """The other node whose worker carries ``call_id`` (cluster mode; a node that does not lead
+        refuses a call it does not carry, saying to ask the API door)."""
+        from journey.transfer import TransferRefused
+        from routing.cluster import ControlRefused
+
         if self.director is not None and call_id in self.director.calls:
             return None
         elsewhere = getattr(self.routing, "carries_elsewhere", None)
-        return elsewhere(call_id) if elsewhere is not None else None
+        try:
+            return elsewhere(call_id) if elsewhere is not None else None
+        except ControlRefused as e:
+            raise TransferRefused(e.status, e.detail) from None
 
     async def _ask_node(self, node: str, call_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """``op`` carried out by ``node``, which carries ``call_id``; its refusal is this request's."""

@@ -24,7 +24,7 @@ from routing.authority import (
     connect_worker,
 )
 from routing.bus import EventBus
-from routing.cluster.channel import ControlHandler, Delivery
+from routing.cluster.channel import ControlHandler, ControlRefused, Delivery
 from routing.cluster.node import ClusterNode
 from routing.events import Event, EventKind
 from routing.service import Emitted, RoutingService
@@ -296,8 +296,12 @@ class ClusterRoutingPort:
 
     # -- acts on live calls asked through the API: carried out by the node of the call -------------
     def carries_elsewhere(self, call_id: str) -> str | None:
-        """The other node that carries ``call_id``, as the leader knows it (None: this node, an
-        unknown call, or this node does not lead and cannot tell)."""
+        """The other node that carries ``call_id`` (not one of this node's calls), as the leader
+        knows it (None: an unknown call).  Only the leader can tell: a node that does not lead
+        refuses (``ControlRefused`` 409), saying where to ask."""
+        if self.node.routing.service is None:
+            raise ControlRefused(409, f"call {call_id} is not on this node, and only the node that routes for the "
+                                      "cluster knows where it is: ask the cluster's API door")
         node = self.node.routing.node_of(call_id)
         return node if node is not None and node != self.node.node_id else None
 

@@ -488,6 +488,10 @@ def test_hold_transfer_and_listen_through_the_api_door_reach_a_call_on_another_n
         r = act("transfer", {"to_skill": "intake_guidance", "mode": "warm"})
         assert r.status_code == 409 and "cluster mode" in r.json()["detail"], r.text
         assert httpx.post(f"{api}/api/v1/calls/c-nosuchcall/hold", headers=auth, timeout=15).status_code == 404
+        # a node that does not lead, asked directly about a call it does not carry, says where to ask
+        own_api = next(x["api"] for x in c.node_log(other) if x.get("event") == "node_ready")
+        r = httpx.post(f"{own_api}/api/v1/calls/c-nosuchcall/hold", headers=auth, timeout=15)
+        assert r.status_code == 409 and "API door" in r.json()["detail"], r.text
 
         # a blind transfer: the caller goes back to the queue on its own node, never hung up on,
         # and the seat (wrap-up 0 s) takes it again
