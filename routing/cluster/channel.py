@@ -138,6 +138,8 @@ class RoutingClient:
             self._tail = asyncio.create_task(self._read_deliveries(), name=f"deliveries-{self.node_id}")
 
     async def stop(self) -> None:
+        for task in list(self._controls):
+            task.cancel()
         if self._tail is not None:
             self._tail.cancel()
             with contextlib.suppress(asyncio.CancelledError):
