@@ -217,6 +217,22 @@ def seat_profile(c: RunningCluster) -> int:
     return int(size.get("count", 0) if isinstance(size, dict) else size)
 
 
+def supervised_seat_behind(c: RunningCluster, leader: int, other: int) -> tuple[str, dict[str, str]]:
+    """A supervisor token and s1 ready through the API door (which prefers the leader's API), and
+    the leader taken out of the front door's set: new callers land on ``other``.  Returns the
+    door's URL and the token's headers."""
+    token = _cli("token", "create", "--role", "supervisor", "--db-url", c.db_url, "--data-dir",
+                 str(c.data_dir)).stdout.strip().splitlines()[-1]
+    auth = {"Authorization": f"Bearer {token}"}
+    api = f"http://127.0.0.1:{c.api_port}"
+    c.wait_for(lambda: door_prefers(c) == f"node-{leader}")
+    r = httpx.put(f"{api}/api/v1/seats/s1/status", headers=auth, timeout=10, json={"status": "available", "reason": None})
+    assert r.status_code == 200, r.text
+    c.rpc.call("dispatcher.set_state", "d", 1, dispatcher_uri(c, f"node-{leader}"))
+    c.wait_for(lambda: c.in_set() == {f"node-{leader}": False, f"node-{other}": True})
+    return api, auth
+
+
 def test_a_dead_nodes_seat_call_is_ended_at_the_front_door_and_a_live_one_is_never_cut(
         routed_cluster: RunningCluster) -> None:
     """The front door's in-dialog keep-alives (OPTIONS to the node's worker, SEAT_KEEPALIVE_S):
@@ -229,17 +245,7 @@ def test_a_dead_nodes_seat_call_is_ended_at_the_front_door_and_a_live_one_is_nev
     leader = c.wait_for(lambda: next((i for i in (1, 2) if leads(c, i)), None), timeout=60)
     x = 3 - leader  # the node that carries the seat calls and is killed: routing stays where it is
     register_seat_phone(c, tone_s=3 * SEAT_KEEPALIVE_S + 60)  # outlasts every call below
-    token = _cli("token", "create", "--role", "supervisor", "--db-url", c.db_url, "--data-dir",
-                 str(c.data_dir)).stdout.strip().splitlines()[-1]
-    auth = {"Authorization": f"Bearer {token}"}
-    api = f"http://127.0.0.1:{c.api_port}"
-    c.wait_for(lambda: door_prefers(c) == f"node-{leader}")
-    r = httpx.put(f"{api}/api/v1/seats/s1/status", headers=auth, timeout=10, json={"status": "available", "reason": None})
-    assert r.status_code == 200, r.text
-
-    # callers only to node X (the leader taken out of the front door's set for now)
-    c.rpc.call("dispatcher.set_state", "d", 1, dispatcher_uri(c, f"node-{leader}"))
-    c.wait_for(lambda: c.in_set() == {f"node-{leader}": False, f"node-{x}": True})
+    supervised_seat_behind(c, leader, x)  # callers only to node X (the leader out of the set for now)
 
     # 1. a live call through the front door lasting more than three keep-alive intervals
     stay = 3 * SEAT_KEEPALIVE_S + 10.0
@@ -424,17 +430,7 @@ def test_hold_transfer_and_listen_through_the_api_door_reach_a_call_on_another_n
     leader = c.wait_for(lambda: next((i for i in (1, 2) if leads(c, i)), None), timeout=60)
     other = 3 - leader
     register_seat_phone(c, tone_s=120)
-    token = _cli("token", "create", "--role", "supervisor", "--db-url", c.db_url, "--data-dir",
-                 str(c.data_dir)).stdout.strip().splitlines()[-1]
-    auth = {"Authorization": f"Bearer {token}"}
-    api = f"http://127.0.0.1:{c.api_port}"
-    c.wait_for(lambda: door_prefers(c) == f"node-{leader}")
-    r = httpx.put(f"{api}/api/v1/seats/s1/status", headers=auth, timeout=10, json={"status": "available", "reason": None})
-    assert r.status_code == 200, r.text
-
-    # the caller lands on the node that does not lead (the leader out of the front door's set)
-    c.rpc.call("dispatcher.set_state", "d", 1, dispatcher_uri(c, f"node-{leader}"))
-    c.wait_for(lambda: c.in_set() == {f"node-{leader}": False, f"node-{other}": True})
+    api, auth = supervised_seat_behind(c, leader, other)  # the caller lands on the node that does not lead
     caller = start_caller(c, stay=60.0)
     c.wait_for(lambda: bridged(c, other) == 1, timeout=60)
     call_id = next(x["call_id"] for x in c.node_log(other) if x.get("event") == "bridged")
