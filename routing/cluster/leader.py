@@ -423,15 +423,23 @@ class ClusterRouting:
         """The request as a delivery row for its node (False: no longer the authority)."""
         assert self._out is not None
         async with self._out.transaction():
-            await self._out.execute("SELECT pg_advisory_xact_lock($1)", DELIVERIES_LOCK_KEY)
-            if int(await self._out.fetchval("SELECT epoch FROM routing_epoch WHERE id = 1 FOR SHARE")) != epoch:
-                return False
-            await self._out.execute(
-                "INSERT INTO routing_deliveries (node_id, kind, call_id, seat_id, epoch, data, at) "
-                "VALUES ($1, $2, $3, NULL, $4, $5, $6)", c.node, CONTROL_KIND, c.args.get("call_id"), epoch,
-                json.dumps({"request_id": c.request_id, "op": c.op, "args": c.args, "deadline": c.deadline,
-                            "asked_by_node": self.node_id}, default=str), time.time())
-            await self._out.execute("SELECT pg_notify($1, $2)", CHANNEL_DELIVERIES, c.node)
+            return await self._append_delivery(epoch, c.node, CONTROL_KIND, c.args.get("call_id"), None, {
+                "request_id": c.request_id, "op": c.op, "args": c.args, "deadline": c.deadline,
+                "asked_by_node": self.node_id}, time.time())
+
+    async def _append_delivery(self, epoch: int, node: str, kind: str, call_id: str | None, seat_id: str | None,
+                               data: dict[str, Any], at: float) -> bool:
+        """One row for ``node``, in the caller's transaction, in delivery order and only while
+        ``epoch`` is current (False: it is not, nothing written); its NOTIFY goes at commit."""
+        assert self._out is not None
+        await self._out.execute("SELECT pg_advisory_xact_lock($1)", DELIVERIES_LOCK_KEY)
+        if int(await self._out.fetchval("SELECT epoch FROM routing_epoch WHERE id = 1 FOR SHARE")) != epoch:
+            return False
+        await self._out.execute(
+            "INSERT INTO routing_deliveries (node_id, kind, call_id, seat_id, epoch, data, at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)", node, kind, call_id, seat_id, epoch,
+            json.dumps(data, default=str), at)
+        await self._out.execute("SELECT pg_notify($1, $2)", CHANNEL_DELIVERIES, node)
         return True
 
     # -- decisions out ----------------------------------------------------------------------------
@@ -472,14 +480,9 @@ class ClusterRouting:
                             return  # the authority's ping finds out too; nothing more leaves here
                         self._fence_refused(ev)
                         continue
-                await self._out.execute("SELECT pg_advisory_xact_lock($1)", DELIVERIES_LOCK_KEY)
-                if int(await self._out.fetchval("SELECT epoch FROM routing_epoch WHERE id = 1 FOR SHARE")) != epoch:
+                if not await self._append_delivery(epoch, node, ev.kind.value, ev.call_id, ev.seat_id,
+                                                   {**ev.data, "skill": ev.skill}, ev.at):
                     return
-                await self._out.execute(
-                    "INSERT INTO routing_deliveries (node_id, kind, call_id, seat_id, epoch, data, at) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7)", node, ev.kind.value, ev.call_id, ev.seat_id, epoch,
-                    json.dumps({**ev.data, "skill": ev.skill}, default=str), ev.at)
-                await self._out.execute("SELECT pg_notify($1, $2)", CHANNEL_DELIVERIES, node)
 
     def _still_offered(self, ev: Event) -> bool:
         """The ACD still has this call ringing this seat, in this attempt."""
